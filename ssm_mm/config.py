@@ -1,0 +1,310 @@
+"""Typed configuration for every part of ssm_mm, and the one merge that builds a run's config.
+
+Merge order (lingua-style): dataclass defaults -> YAML file -> ``key=value`` overrides (OmegaConf
+dotlist). Every node is a structured OmegaConf config, so an unknown key or a value of the wrong
+type fails at once with a :class:`ConfigError` that lists the valid keys of that section.
+
+    cfg = load_config("configs/default.yaml", ["model.d_model=256", "train.max_steps=2000"])
+    cfg.model.d_model  # 256
+
+Featurizer and tokenizer settings are defined next to their components
+(``ssm_mm.data.featurize.FeaturizerConfig``, ``ssm_mm.data.tokenizer.TokenizerConfig``) and are
+only collected here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid (unknown key, wrong type, bad value)."""
+
+
+# --------------------------------------------------------------------------------------------- model
+
+
+@dataclass
+class TemporalConfig:
+    """How the model is told about real time (SPEC §6)."""
+
+    embedding: bool = True  # temporal embedding (elapsed-time + periodic features); off = no time input
+    time_aware_dt: bool = True  # SSM decays by real elapsed seconds; off = plain Mamba-2 (λ = γ = dt)
+    n_periodic: int = 8  # number of sin/cos pairs of t (bounded periodic features)
+    min_period: float = 0.5  # seconds; periods are log-spaced in [min_period, max_period]
+    max_period: float = 600.0
+    max_gap: float = 60.0  # elapsed-time features saturate at this many seconds (bounded input)
+    train_clock_offset: float = 86400.0  # training adds a random clock offset in [0, this) seconds
+    # SSM decay-rate init: |A|·softplus(b_λ) spans [rate_min, rate_max] per second across heads.
+    rate_min: float = 0.002
+    rate_max: float = 10.0
+
+
+@dataclass
+class ModelConfig:
+    """Hybrid backbone + multimodal model sizes. Pattern letters: M = SSM mixer, A = attention."""
+
+    d_model: int = 128
+    pattern: str = "MMMA"
+    # SSM mixer (Mamba-2)
+    d_state: int = 32
+    headdim: int = 32
+    expand: int = 2
+    ngroups: int = 1
+    d_conv: int = 4
+    chunk_size: int = 64
+    # attention
+    attn_heads: int = 4
+    attn_kv_heads: int = 4
+    attn_window: int | None = 256  # tokens; None = full causal attention (unbounded cache)
+    rope_base: float = 10000.0
+    rope_positions: str = "index"  # "index" (running token index) | "time" (seconds, ablation)
+    rope_time_scale: float = 10.0  # rotary position = t * scale when rope_positions == "time"
+    # MLP after every mixer
+    mlp_ratio: float = 2.0  # hidden = mlp_ratio * d_model (gated, SwiGLU)
+    norm_eps: float = 1e-5
+    kernels: str = "auto"  # "auto" | "torch" | "cuda"
+    temporal: TemporalConfig = field(default_factory=TemporalConfig)
+    # multimodal frontends and heads (SPEC §6)
+    patch_size: int = 32  # 64x64 frames -> 2x2 = 4 patch tokens
+    tie_embeddings: bool = True
+
+
+# ---------------------------------------------------------------------------------- data / train
+
+
+@dataclass
+class AVWorldConfig:
+    """Knobs of the built-in synthetic world (SPEC §5) used when no manifest is given.
+
+    The generator's own (frozen, validated) config is ``ssm_mm.data.avworld.AVWorldConfig``; these
+    fields are passed to it by name (``val_*`` pick the held-out validation streams).
+    """
+
+    streams: int = 48
+    seconds: float = 30.0
+    fps: float = 4.0
+    jitter: float = 0.0
+    drop: float = 0.0
+    offset: float = 0.0
+    noise: float = 0.02
+    clock: float = 0.0
+    density: float = 2.0
+    classes: int = 4
+    question_every: float = 4.0
+    seed: int = 0
+    val_streams: int = 8
+    val_seed: int = 1000
+
+
+@dataclass
+class DataConfig:
+    manifest: str | None = None  # a §4 JSONL file; None = AVWorld generated into cache_dir
+    val_manifest: str | None = None
+    cache_dir: str = "cache"
+    window_seconds: float = 10.0
+    on_error: str = "raise"  # "raise" | "skip"
+    num_workers: int = 0
+    feature_cache: bool = True
+    avworld: AVWorldConfig = field(default_factory=AVWorldConfig)
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/default"
+    seed: int = 0
+    max_steps: int = 300
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 30
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    bf16: bool = False
+    modality_dropout: float = 0.0
+    loss_lm: float = 1.0
+    loss_event: float = 1.0
+    loss_speak: float = 1.0
+    ckpt_every: int = 100
+    keep_last: int = 2
+    eval_every: int = 0  # 0 = only at the end
+    resume: bool = False
+    threads: int = 0  # 0 = torch default
+    debug_signal_at_step: int = -1  # testing hook: send SIGTERM to this process after that step
+
+
+@dataclass
+class WandbConfig:
+    mode: str = (
+        "auto"  # "auto" (online iff WANDB_API_KEY is set, else offline) | "online" | "offline" | "disabled"
+    )
+    project: str = "ssm_mm"
+    entity: str | None = None
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoggingConfig:
+    log_every: int = 10
+    progress: bool = True
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class EvalConfig:
+    tolerance: float = 1.0  # seconds, for proactive responses
+    max_answer_tokens: int = 16
+    out_dir: str | None = None  # default: <run_dir>/eval
+    streams: int = 0  # 0 = all streams of the eval manifest
+
+
+def _featurizer_config():
+    from ssm_mm.data.featurize import FeaturizerConfig
+
+    return FeaturizerConfig()
+
+
+def _tokenizer_config():
+    from ssm_mm.data.tokenizer import TokenizerConfig
+
+    return TokenizerConfig()
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    features: Any = field(default_factory=_featurizer_config)
+    tokenizer: Any = field(default_factory=_tokenizer_config)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ------------------------------------------------------------------------------------------ merge
+
+
+def _valid_keys(node: Any, dotted: str) -> list[str]:
+    """Valid keys of the deepest existing section on the path ``dotted`` (for error messages)."""
+    parts = [p for p in dotted.split(".") if p]
+    for p in parts[:-1]:
+        if isinstance(node, DictConfig) and p in node and isinstance(node[p], DictConfig):
+            node = node[p]
+        else:
+            break
+    return sorted(node.keys()) if isinstance(node, DictConfig) else []
+
+
+def _explain(exc: OmegaConfBaseException, schema: DictConfig, source: str) -> ConfigError:
+    key = getattr(exc, "full_key", None) or ""
+    if isinstance(exc, (ConfigKeyError, ConfigAttributeError)):
+        valid = _valid_keys(schema, key)
+        return ConfigError(f"{source}: unknown config key '{key}'. Valid keys here: {', '.join(valid)}")
+    msg = str(exc).splitlines()[0]
+    return ConfigError(f"{source}: invalid value for '{key}': {msg}")
+
+
+def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as e:
+        raise _explain(e, base, source) from None
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Build a run's config: dataclass defaults -> YAML file ``path`` -> ``key=value`` overrides.
+
+    Returns a typed :class:`Config` object (plain dataclasses). Raises :class:`ConfigError` naming
+    the bad key and the valid ones.
+    """
+    schema = OmegaConf.structured(Config)
+    cfg = schema
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = OmegaConf.load(p)
+        except Exception as e:  # yaml errors
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if loaded is not None and not isinstance(loaded, DictConfig):
+            raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(loaded).__name__}")
+        if loaded:
+            cfg = _merge(cfg, loaded, str(p))
+    for item in overrides or []:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key = item.split("=", 1)[0].strip()
+        try:
+            dot = OmegaConf.from_dotlist([item])
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"override '{item}': {e}") from None
+        cfg = _merge(cfg, dot, f"override '{key}'")
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        raise _explain(e, schema, "config") from None
+    except ValueError as e:  # a component config's own __post_init__ check
+        raise ConfigError(f"config: {e}") from None
+    validate_config(obj)
+    return obj
+
+
+def validate_config(cfg: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    m = cfg.model
+    bad = set(m.pattern) - set(LAYER_LETTERS)
+    if not m.pattern or bad:
+        raise ConfigError(f"model.pattern='{m.pattern}': letters must be from {sorted(LAYER_LETTERS)}")
+    if m.kernels not in ("auto", "torch", "cuda"):
+        raise ConfigError(f"model.kernels='{m.kernels}': expected auto | torch | cuda")
+    if m.rope_positions not in ("index", "time"):
+        raise ConfigError(f"model.rope_positions='{m.rope_positions}': expected index | time")
+    d_inner = m.expand * m.d_model
+    if d_inner % m.headdim:
+        raise ConfigError(
+            f"model.expand*model.d_model={d_inner} must be divisible by model.headdim={m.headdim}"
+        )
+    if (d_inner // m.headdim) % m.ngroups:
+        raise ConfigError(
+            f"model.ngroups={m.ngroups} must divide the number of SSM heads {d_inner // m.headdim}"
+        )
+    if m.d_model % m.attn_heads or m.attn_heads % m.attn_kv_heads:
+        raise ConfigError(
+            "model.attn_heads must divide model.d_model and be a multiple of model.attn_kv_heads"
+        )
+    if (m.d_model // m.attn_heads) % 2:
+        raise ConfigError("attention head dim (d_model / attn_heads) must be even for rotary embeddings")
+    if m.attn_window is not None and m.attn_window < 1:
+        raise ConfigError(f"model.attn_window={m.attn_window} must be >= 1 or null (full attention)")
+    if cfg.data.on_error not in ("raise", "skip"):
+        raise ConfigError(f"data.on_error='{cfg.data.on_error}': expected raise | skip")
+    if cfg.logging.wandb.mode not in ("auto", "online", "offline", "disabled"):
+        raise ConfigError(
+            f"logging.wandb.mode='{cfg.logging.wandb.mode}': expected auto|online|offline|disabled"
+        )
+
+
+# Letters a layer pattern may use; the name -> class table lives in ssm_mm.models.backbone.
+LAYER_LETTERS = ("M", "A")
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain, JSON-serialisable dict of a (nested) config dataclass."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML (into the run folder)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.structured(cfg), str(path))

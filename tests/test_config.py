@@ -1,0 +1,66 @@
+import pytest
+
+from ssm_mm.config import Config, ConfigError, load_config, save_config
+
+
+def test_defaults_are_typed():
+    cfg = load_config()
+    assert isinstance(cfg, Config)
+    assert cfg.model.d_model == 128 and cfg.model.temporal.time_aware_dt is True
+
+
+def test_yaml_then_dotlist_merge(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("model:\n  d_model: 64\n  pattern: MMA\ntrain:\n  max_steps: 7\n")
+    cfg = load_config(
+        p, ["model.d_model=96", "model.temporal.embedding=false", "logging.wandb.mode=disabled"]
+    )
+    assert cfg.model.d_model == 96  # override beats YAML
+    assert cfg.model.pattern == "MMA"  # YAML beats default
+    assert cfg.train.max_steps == 7
+    assert cfg.model.temporal.embedding is False
+    assert cfg.logging.wandb.mode == "disabled"
+    assert cfg.model.d_state == 32  # default kept
+
+
+def test_typo_names_valid_keys():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["model.d_modle=3"])
+    msg = str(e.value)
+    assert "d_modle" in msg and "d_model" in msg and "d_state" in msg
+
+
+def test_typo_in_yaml(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("trian:\n  max_steps: 3\n")
+    with pytest.raises(ConfigError, match="trian.*Valid keys.*train"):
+        load_config(p)
+
+
+def test_wrong_type_and_bad_values():
+    with pytest.raises(ConfigError, match="d_model"):
+        load_config(None, ["model.d_model=abc"])
+    with pytest.raises(ConfigError, match="pattern"):
+        load_config(None, ["model.pattern=MMX"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["model.d_model"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("does/not/exist.yaml")
+
+
+def test_null_window_and_save_roundtrip(tmp_path):
+    cfg = load_config(None, ["model.attn_window=null"])
+    assert cfg.model.attn_window is None
+    save_config(cfg, tmp_path / "resolved.yaml")
+    again = load_config(tmp_path / "resolved.yaml")
+    assert again == cfg
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    files = sorted(root.glob("*.yaml"))
+    assert files, "configs/ must ship at least default.yaml"
+    for f in files:
+        load_config(f)
