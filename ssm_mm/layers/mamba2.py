@@ -1,0 +1,187 @@
+"""The time-aware Mamba-2 mixer (SPEC §6).
+
+Per head, with input ``u_t`` (the block input) and ``x_t, B_t, C_t`` (after the short causal conv)::
+
+    λ_t = softplus(w_λ·u_t + b_λ) · Δt_t        decay step, Δt_t = real seconds since the previous token
+    γ_t = softplus(w_γ·u_t + b_γ)               input gain, independent of Δt
+    h_t = exp(A · λ_t) · h_{t-1} + γ_t · B_t x_tᵀ      A < 0 per head
+    y_t = C_t h_t + D x_t
+
+Tokens sharing a timestamp (Δt = 0) are still written into the state (γ_t > 0) and the state forgets
+by seconds, not by token count. With ``time_aware_dt=False`` this is plain Mamba-2 (Dao & Gu, 2024):
+a single ``dt_t = softplus(w·u_t + b)`` is both the decay step and the input gain, λ_t = γ_t = dt_t.
+
+The scan itself is the pure function :func:`ssm_mm.ops.ssd.ssd_scan`, which takes the log-decay
+``A·λ`` and the scaled input ``γ·x`` separately (the interface of mamba_ssm's ``ssd_minimal_discrete``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssm_mm.config import ModelConfig
+from ssm_mm.layers.norm import GatedRMSNorm
+from ssm_mm.ops.conv import causal_conv1d, causal_conv1d_update
+from ssm_mm.ops.ssd import ssd_scan, ssd_step
+from ssm_mm.streaming.state import SSMState
+
+
+def _inv_softplus(y: Tensor) -> Tensor:
+    return y + torch.log(-torch.expm1(-y))
+
+
+class Mamba2Mixer(nn.Module):
+    """Mamba-2 mixer with the time-aware step. ``forward(u, dt, state, valid) -> (y, state)``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.d_model = cfg.d_model
+        self.d_inner = cfg.expand * cfg.d_model
+        self.headdim = cfg.headdim
+        self.nheads = self.d_inner // cfg.headdim
+        self.ngroups = cfg.ngroups
+        self.d_state = cfg.d_state
+        self.d_conv = cfg.d_conv
+        self.chunk_size = cfg.chunk_size
+        self.kernels = cfg.kernels
+        self.time_aware = cfg.temporal.time_aware_dt
+        self.conv_dim = self.d_inner + 2 * self.ngroups * self.d_state
+        n_gate = 2 * self.nheads if self.time_aware else self.nheads
+
+        # in_proj -> [z (d_inner) | xBC (conv_dim) | gate pre-activations (n_gate)]
+        self.in_proj = nn.Linear(cfg.d_model, self.d_inner + self.conv_dim + n_gate, bias=False)
+        self.conv_weight = nn.Parameter(torch.empty(self.conv_dim, self.d_conv))
+        self.conv_bias = nn.Parameter(torch.zeros(self.conv_dim))
+        self.A_log = nn.Parameter(torch.empty(self.nheads))
+        self.gate_bias = nn.Parameter(torch.empty(n_gate))
+        self.D = nn.Parameter(torch.ones(self.nheads))
+        self.norm = GatedRMSNorm(self.d_inner, eps=cfg.norm_eps)
+        self.out_proj = nn.Linear(self.d_inner, cfg.d_model, bias=False)
+        self._rate_range = (cfg.temporal.rate_min, cfg.temporal.rate_max)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.conv_weight, a=math.sqrt(5))
+        self.conv_bias.zero_()
+        h = self.nheads
+        # A in [-16, -1] as in Mamba-2.
+        self.A_log.copy_(torch.log(torch.empty(h).uniform_(1.0, 16.0)))
+        A = torch.exp(self.A_log)
+
+        def log_uniform(lo: float, hi: float) -> Tensor:
+            return torch.exp(torch.empty(h).uniform_(math.log(lo), math.log(hi)))
+
+        if self.time_aware:
+            # decay per second |A|·softplus(b_λ) log-uniform in [rate_min, rate_max]: time constants
+            # from 1/rate_max seconds (e.g. 0.1 s) to 1/rate_min (minutes) across heads.
+            rate = log_uniform(*self._rate_range) / A
+            gain = log_uniform(1e-3, 1e-1)  # Mamba-2's dt init range for the input gain
+            self.gate_bias.copy_(torch.cat([_inv_softplus(rate), _inv_softplus(gain)]))
+        else:
+            self.gate_bias.copy_(_inv_softplus(log_uniform(1e-3, 1e-1)))
+        self.D.fill_(1.0)
+
+    # ------------------------------------------------------------------------------------------
+
+    def init_state(self, batch: int, device=None, dtype=torch.float32) -> SSMState:
+        return SSMState(
+            conv=torch.zeros(batch, self.conv_dim, self.d_conv - 1, device=device, dtype=dtype),
+            ssm=torch.zeros(
+                batch, self.nheads, self.headdim, self.d_state, device=device, dtype=torch.float32
+            ),
+        )
+
+    def _gates(self, g_bth: Tensor, dt_bt: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Return (log_decay = A·λ, gain = γ), each (B, L, H) float32, from gate pre-activations."""
+        g_bth = g_bth.float() + self.gate_bias.float()
+        A = -torch.exp(self.A_log.float())  # (H,)
+        if self.time_aware:
+            if dt_bt is None:
+                raise ValueError(
+                    "Mamba2Mixer: time_aware_dt=True needs dt (seconds since the previous token)"
+                )
+            rate, gain = F.softplus(g_bth).split(self.nheads, dim=-1)
+            lam = rate * dt_bt.float().unsqueeze(-1)  # (B, L, H)
+        else:
+            lam = gain = F.softplus(g_bth)
+        return A * lam, gain
+
+    def forward(
+        self, u: Tensor, dt: Tensor | None = None, state: SSMState | None = None, valid: Tensor | None = None
+    ) -> tuple[Tensor, SSMState]:
+        """u: (B, L, d_model); dt: (B, L) seconds since the previous token (needed when time-aware);
+        valid: (B, L) bool for right-padded rows (padding never touches the state).
+        Returns y (B, L, d_model) and the new state."""
+        b, l, _ = u.shape
+        if state is None:
+            state = self.init_state(b, u.device, u.dtype)
+        proj = self.in_proj(u)
+        z, xbc, g = proj.split(
+            [self.d_inner, self.conv_dim, proj.shape[-1] - self.d_inner - self.conv_dim], -1
+        )
+        log_decay, gain = self._gates(g, dt)  # (B, L, H) each
+
+        if l == 1:
+            return self._step(u, z, xbc, log_decay, gain, state, valid)
+
+        lengths = None if valid is None else valid.sum(1)
+        xbc, conv_state = causal_conv1d(
+            xbc.transpose(1, 2), self.conv_weight, self.conv_bias, state.conv.to(xbc.dtype), "silu", lengths
+        )
+        xbc = xbc.transpose(1, 2)  # (B, L, conv_dim)
+        x, B, C = xbc.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], -1)
+        x = x.reshape(b, l, self.nheads, self.headdim)  # (B, L, H, P)
+        B = B.reshape(b, l, self.ngroups, self.d_state)  # (B, L, G, N)
+        C = C.reshape(b, l, self.ngroups, self.d_state)
+        if valid is not None:  # padding: no decay, no input -> state unchanged
+            log_decay = log_decay * valid.unsqueeze(-1)
+            gain = gain * valid.unsqueeze(-1)
+        x_scaled = x * gain.unsqueeze(-1).to(x.dtype)
+        y, ssm_state = ssd_scan(
+            x_scaled,
+            log_decay,
+            B,
+            C,
+            chunk_size=self.chunk_size,
+            initial_state=state.ssm,
+            kernels=self.kernels,
+        )
+        y = y + x * self.D.to(x.dtype).view(1, 1, -1, 1)
+        y = self.norm(y.reshape(b, l, self.d_inner), z)
+        return self.out_proj(y), SSMState(conv=conv_state, ssm=ssm_state)
+
+    def _step(self, u, z, xbc, log_decay, gain, state: SSMState, valid) -> tuple[Tensor, SSMState]:
+        """One token per row (decode / token-by-token streaming). Same maths, recurrent form."""
+        b = u.shape[0]
+        xbc, conv_state = causal_conv1d_update(
+            xbc[:, 0], self.conv_weight, self.conv_bias, state.conv.to(xbc.dtype), "silu"
+        )  # (B, conv_dim)
+        x, B, C = xbc.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], -1)
+        x = x.reshape(b, self.nheads, self.headdim)
+        x_scaled = x * gain[:, 0].unsqueeze(-1).to(x.dtype)
+        y, ssm_state = ssd_step(
+            x_scaled,
+            log_decay[:, 0],
+            B.reshape(b, self.ngroups, self.d_state),
+            C.reshape(b, self.ngroups, self.d_state),
+            state.ssm,
+        )
+        y = y + x * self.D.to(x.dtype).view(1, -1, 1)
+        y = self.norm(y.reshape(b, 1, self.d_inner), z)
+        new = SSMState(conv=conv_state, ssm=ssm_state)
+        if valid is not None:  # a padded step keeps the old state
+            keep = ~valid[:, 0]
+            new = SSMState(
+                conv=torch.where(keep.view(-1, 1, 1), state.conv, new.conv),
+                ssm=torch.where(keep.view(-1, 1, 1, 1), state.ssm, new.ssm),
+            )
+        return self.out_proj(y), new
+
+    def state_nbytes(self, batch: int = 1) -> int:
+        """Bytes of this layer's recurrent state (zoology-style state-size report)."""
+        return self.init_state(batch).nbytes()

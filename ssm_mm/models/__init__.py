@@ -1,0 +1,1 @@
+"""Models wired from layers: the hybrid backbone (and the multimodal model built on it)."""

@@ -1,0 +1,1 @@
+"""Streaming inference: per-layer state dataclasses (and the StreamingSession built on them)."""

@@ -1,0 +1,94 @@
+"""The SPEC §6 time-aware step, checked directly against its formula."""
+
+import torch
+import torch.nn.functional as F
+
+from ssm_mm.config import ModelConfig, TemporalConfig
+from ssm_mm.layers.mamba2 import Mamba2Mixer
+
+
+def mixer(time_aware=True):
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        d_model=16,
+        d_state=4,
+        headdim=8,
+        expand=1,
+        ngroups=1,
+        d_conv=2,
+        chunk_size=4,
+        kernels="torch",
+        temporal=TemporalConfig(time_aware_dt=time_aware),
+    )
+    return Mamba2Mixer(cfg).eval()
+
+
+def expected_second_state(m: Mamba2Mixer, u, dt_gap):
+    """h_2 = exp(A λ_2) h_1 + γ_2 B_2 x_2 with h_1 = γ_1 B_1 x_1 computed by hand."""
+    b, l, _ = u.shape
+    proj = m.in_proj(u)
+    z, xbc, g = proj.split([m.d_inner, m.conv_dim, proj.shape[-1] - m.d_inner - m.conv_dim], -1)
+    # d_conv=2: conv output at token i uses inputs i-1 and i
+    w = m.conv_weight
+    pad = torch.cat([torch.zeros(b, 1, m.conv_dim), xbc], 1)
+    conv = F.silu(pad[:, :-1] * w[:, 0] + pad[:, 1:] * w[:, 1] + m.conv_bias)
+    x, B, C = conv.split([m.d_inner, m.d_state, m.d_state], -1)
+    x = x.view(b, l, m.nheads, m.headdim)
+    A = -torch.exp(m.A_log)
+    gb = g + m.gate_bias
+    if m.time_aware:
+        rate, gain = F.softplus(gb).split(m.nheads, -1)
+        lam2 = rate[:, 1] * dt_gap
+    else:
+        gain = F.softplus(gb)
+        lam2 = gain[:, 1]
+    h1 = gain[:, 0, :, None, None] * x[:, 0, :, :, None] * B[:, 0, None, None, :]
+    h2 = (
+        torch.exp(A * lam2)[:, :, None, None] * h1
+        + gain[:, 1, :, None, None] * x[:, 1, :, :, None] * B[:, 1, None, None, :]
+    )
+    return h1, h2
+
+
+def test_state_follows_the_spec_formula_and_gap_doubling():
+    m = mixer(True)
+    u = torch.randn(1, 2, 16)
+    with torch.no_grad():
+        for gap in (0.3, 0.6, 0.0):
+            _, s = m(u, torch.tensor([[0.0, gap]]))
+            _, h2 = expected_second_state(m, u, gap)
+            torch.testing.assert_close(s.ssm, h2, rtol=1e-5, atol=1e-6)
+        # doubling the gap squares the decay factor applied to h_1: h2(2g) - in(2) = (h2(g) - in(2))^2 / h1
+        h1, h2a = expected_second_state(m, u, 0.3)
+        _, h2b = expected_second_state(m, u, 0.6)
+        _, h2z = expected_second_state(m, u, 0.0)
+        inp = h2z - h1  # gap 0: decay 1, so h2(0) = h1 + input
+        da = (h2a - inp) / h1
+        db = (h2b - inp) / h1
+        mask = h1.abs() > 1e-4
+        torch.testing.assert_close(db[mask], (da**2)[mask], rtol=1e-4, atol=1e-6)
+        assert (da[mask] < 1).all()
+
+
+def test_plain_mamba2_ignores_the_gap():
+    m = mixer(False)
+    u = torch.randn(1, 2, 16)
+    with torch.no_grad():
+        _, s1 = m(u, torch.tensor([[0.0, 0.3]]))
+        _, s2 = m(u, torch.tensor([[0.0, 5.0]]))
+        _, h2 = expected_second_state(m, u, None)
+    torch.testing.assert_close(s1.ssm, s2.ssm)
+    torch.testing.assert_close(s1.ssm, h2, rtol=1e-5, atol=1e-6)
+
+
+def test_same_timestamp_tokens_write_and_get_gradient():
+    m = mixer(True)
+    u = torch.randn(1, 6, 16, requires_grad=True)
+    dt = torch.zeros(1, 6)  # all tokens share one timestamp: no decay at all
+    y, s = m(u, dt)
+    assert s.ssm.abs().sum() > 0
+    # the last token still changes the state
+    _, s5 = m(u[:, :5], dt[:, :5])
+    assert (s.ssm - s5.ssm).abs().max() > 1e-6
+    (y.square().sum() + s.ssm.square().sum()).backward()
+    assert u.grad[0, -1].abs().sum() > 0 and u.grad[0, 0].abs().sum() > 0
