@@ -1,0 +1,330 @@
+"""AVWorld: determinism, ground truth measured back from the decoded media, dialogue consistency, CLI."""
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ssm_mm.data.avworld import (
+    CLASSES,
+    COLORS,
+    QUESTION_TYPES,
+    AVWorldConfig,
+    cache_key,
+    ensure_avworld,
+    frame_times,
+    generate,
+    make_scene,
+    shape_mask,
+)
+from ssm_mm.data.manifest import read_manifest
+from ssm_mm.media import decode_audio, decode_video
+
+FFPROBE = shutil.which("ffprobe")
+# Jitter, drops, a late audio track, noise and a shifted clock: every knob away from its default.
+KNOBS = dict(
+    streams=3, seconds=20.0, fps=4.0, jitter=0.04, drop=0.15, offset=0.4, noise=0.03, clock=1000.0, seed=7
+)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    return generate(tmp_path_factory.mktemp("avw") / "a", **KNOBS)
+
+
+@pytest.fixture(scope="module")
+def decoded(world):
+    m = read_manifest(world)  # check_media: real files with both streams
+    return m, [(spec, decode_video(spec.video), decode_audio(spec.video)) for spec in m]
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring the media back
+# ---------------------------------------------------------------------------------------------
+
+KINDS = [c.shape for c in CLASSES]
+PALETTE = {name: np.array(rgb, np.float32) for name, rgb in COLORS.items()}
+
+
+def classify_blob(mask: np.ndarray) -> str:
+    """Kind of one shape's pixel mask, for the four kinds of the default classes, from two features
+    that survive h264 coding: how much of its bounding box it fills (square ~1, disc ~0.79, triangle
+    and cross ~0.5) and its top/bottom balance (the triangle points up)."""
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    fill = mask.sum() / ((y1 - y0) * (x1 - x0))
+    if fill > 0.93:  # decoded AVWorld frames: squares 1.0, discs 0.72-0.85, the others <= 0.58
+        return "square"
+    if fill > 0.65:
+        return "circle"
+    mid = (y0 + y1) // 2
+    top, bottom = mask[y0:mid].sum(), mask[mid:y1].sum()
+    return "triangle" if top < 0.55 * bottom else "cross"  # triangles <= 0.43, crosses >= 0.69
+
+
+def test_blob_classifier_on_rendered_shapes():
+    # The measuring tool itself, on clean renders of every default kind at several sizes and positions.
+    for kind in KINDS[:4]:
+        for r in (8.0, 9.5, 11.0):
+            for cx, cy in ((16.0, 16.0), (47.3, 18.6)):
+                assert classify_blob(shape_mask(kind, cx, cy, r, 64)) == kind
+
+
+def measure_shapes(frame: np.ndarray) -> dict[str, str]:
+    """{kind: colour} of the shapes in one decoded frame: the pixels near each palette colour (visible
+    shapes have distinct colours), classified by :func:`classify_blob`."""
+    f = frame.astype(np.float32)
+    found = {}
+    for color, rgb in PALETTE.items():
+        mask = ((f - rgb) ** 2).sum(-1) < 60.0**2
+        if mask.sum() < 25:
+            continue
+        found[classify_blob(mask)] = color
+    return found
+
+
+def band_energy(clip, t: float, band: tuple[float, float], width: float = 0.25) -> float:
+    """Energy of the decoded audio in ``band`` (Hz) over ``[t - width/2, t + width/2]`` (nan off the track).
+
+    A rectangular 0.25 s window spans exactly one period of the drum's bursts, so its energy does not
+    depend on where the window falls between two hits."""
+    sr = clip.sample_rate
+    i0 = round((t - width / 2 - clip.t0) * sr)
+    i1 = i0 + round(width * sr)
+    x = clip.samples.numpy().astype(np.float64)
+    if i0 < 0 or i1 > x.shape[0]:
+        return float("nan")
+    seg = x[i0:i1]
+    spec = np.abs(np.fft.rfft(seg)) ** 2
+    f = np.fft.rfftfreq(i1 - i0, 1 / sr)
+    return float(spec[(f >= band[0]) & (f <= band[1])].sum())
+
+
+def sound_on(clip, times: np.ndarray, cls) -> np.ndarray:
+    """(T,) bool: is class ``cls``'s sound audible around each time (3x the band's noise floor; tones
+    are ~1000x above it, the drum's noise bursts ~20x at this noise level)."""
+    e = np.array([band_energy(clip, t, cls.band) for t in times])
+    floor = np.nanmedian(
+        np.array([band_energy(clip, t, cls.band) for t in np.arange(0.5, clip.end - 0.2, 0.1)])
+    )
+    return np.nan_to_num(e, nan=0.0) > 3 * floor
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def test_same_seed_gives_identical_files_and_decoded_content(world, tmp_path):
+    again = generate(tmp_path / "b", **KNOBS)
+    assert again.read_bytes() == world.read_bytes()  # byte-identical manifest
+    assert (again.parent / "scenes.jsonl").read_bytes() == (world.parent / "scenes.jsonl").read_bytes()
+    spec = read_manifest(world).streams[0]
+    other = read_manifest(again).streams[0]
+    v1, v2 = decode_video(spec.video), decode_video(other.video)
+    assert v1.frames.equal(v2.frames) and v1.timestamps.equal(v2.timestamps)
+    a1, a2 = decode_audio(spec.video), decode_audio(other.video)
+    assert a1.samples.equal(a2.samples) and a1.t0 == a2.t0
+    different = generate(tmp_path / "c", **{**KNOBS, "seed": 8, "streams": 1})
+    assert (
+        json.loads(different.read_text().splitlines()[0])["segments"]
+        != json.loads(world.read_text().splitlines()[0])["segments"]
+    )
+
+
+def test_manifest_fields_and_knobs(decoded):
+    m, items = decoded
+    assert len(m) == KNOBS["streams"] and m.skipped == []
+    assert set(m.labels) <= {c.name for c in CLASSES[:4]}
+    for spec, video, audio in items:
+        assert spec.t0 == KNOBS["clock"] and spec.duration == KNOBS["seconds"] and spec.audio_from_video
+        assert spec.segments, "every stream has AV events"
+        ts = video.timestamps.numpy()
+        assert video.frames.shape[1:] == (64, 64, 3) and audio.sample_rate == 16000
+        # Jitter: real times off the 0.25 s grid, but within +-jitter of it; drops: gaps of >= 2 frames.
+        grid = np.round(ts * 4) / 4
+        assert np.abs(ts - grid).max() <= KNOBS["jitter"] + 1e-9 and np.abs(ts - grid).max() > 0.005
+        assert np.diff(ts).max() > 0.4 and len(ts) < 80
+        # The audio track starts 0.4 s after the video (aac priming may put one silent frame before it).
+        assert ts[0] == 0.0 and 0.4 - 0.07 <= audio.t0 <= 0.4 + 1e-6
+        assert 0.25 < float(np.abs(audio.samples.numpy()).max()) < 1.0
+
+
+def test_segments_match_measured_audio_and_video(decoded):
+    """An AV event of class c = c's sound measured in its band AND a shape of c's kind measured in the
+    frame. At every frame away from segment boundaries this must equal "inside a segment labelled c"."""
+    _, items = decoded
+    audio_only = video_only = checked = 0
+    for spec, video, audio in items:
+        ts = video.timestamps.numpy()
+        shapes = [measure_shapes(f) for f in video.frames.numpy()]
+        bounds = np.array([b for s in spec.segments for b in (s.start, s.end)])
+        for cls in CLASSES[:4]:
+            heard = sound_on(audio, ts, cls)
+            seen = np.array([cls.shape in s for s in shapes])
+            truth = np.array(
+                [any(s.label == cls.name and s.start <= t < s.end for s in spec.segments) for t in ts]
+            )
+            away = np.array([np.abs(bounds - t).min() > 0.15 for t in ts])
+            measured = heard & seen
+            bad = np.nonzero(away & (measured != truth))[0]
+            assert bad.size == 0, f"{spec.id} {cls.name}: frames at {ts[bad]} disagree with the segments"
+            checked += int(away.sum())
+            audio_only += int((heard & ~seen).sum())
+            video_only += int((seen & ~heard).sum())
+    assert checked > 150
+    assert audio_only > 0 and video_only > 0  # distractors exist and are background
+
+
+def test_dialogue_is_consistent_with_segments_and_frames(decoded):
+    _, items = decoded
+    names = {c.name for c in CLASSES}
+    counts = {k: 0 for k in QUESTION_TYPES}
+    for spec, video, _ in items:
+        ts = video.timestamps.numpy()
+        frames = video.frames.numpy()
+        turns = spec.dialogue
+        assert all(a.t <= b.t for a, b in zip(turns, turns[1:]))
+        accounted = set()  # indices of assistant turns explained by a question or a proactive request
+        for i, q in enumerate(turns):
+            if q.role == "assistant":
+                continue
+            assert q.type in QUESTION_TYPES, q
+            counts[q.type] += 1
+            t = q.t
+            assert t * 2 == round(t * 2)  # on the 0.5 s grid
+            assert all(abs(s.start - t) > 1.0 for s in spec.segments)
+            if q.type == "proactive":
+                cls = q.text.split("the ")[1].split()[0]
+                expect = [s.start for s in spec.segments if s.label == cls and s.start > t]
+                asked_at = {x.t for x in turns if x.role == "user"}  # assistant turns there are answers
+                got = [
+                    j
+                    for j, x in enumerate(turns)
+                    if x.role == "assistant" and x.text == cls and x.t > t and x.t not in asked_at
+                ]
+                assert [turns[j].t for j in got] == expect  # one response at the start of each later AV event
+                accounted.update(got)
+                continue
+            a = turns[i + 1]
+            accounted.add(i + 1)
+            assert a.role == "assistant" and a.t == t, (q, a)
+            before = [s for s in spec.segments if s.start < t]
+            if q.type == "count":
+                cls = q.text.split("did the ")[1].split()[0]
+                assert a.text == str(sum(s.label == cls for s in before))
+            elif q.type == "order":
+                x, y = q.text.removeprefix("which came first, the ").rstrip("?").split(" or the ")
+                first = {lab: min(s.start for s in before if s.label == lab) for lab in (x, y)}
+                assert a.text == min(first, key=first.get)
+            elif q.type in ("color", "kind"):
+                cls = q.text.split("when the ")[1].split()[0]
+                seg = [s for s in before if s.label == cls][-1]  # the last one: "when the X last ..."
+                inside = [k for k, tt in enumerate(ts) if seg.start + 0.05 < tt < seg.end - 0.05]
+                for k in inside:
+                    seen = measure_shapes(frames[k])
+                    if q.type == "color":
+                        kind = q.text.split("was the ")[1].split()[0]
+                        assert seen.get(kind) == a.text, (q.text, a.text, seen)
+                    else:
+                        color = q.text.split("which shape was ")[1].split()[0]
+                        assert {c: k_ for k_, c in seen.items()}.get(color) == a.text, (q.text, seen)
+            elif q.type == "now":
+                seen = measure_shapes(frames[np.nonzero(ts <= t + 1e-9)[0][-1]])  # the frame shown at t
+                if q.text.startswith("how many shapes"):
+                    assert a.text == str(len(seen))
+                elif q.text.startswith("what shape"):
+                    assert [a.text] == list(seen)
+                else:
+                    kind = q.text.split("is the ")[1].split()[0]
+                    assert seen.get(kind) == a.text
+            assert a.text in names | set(COLORS) | set(KINDS) or a.text.isdigit()
+        assert accounted == {j for j, x in enumerate(turns) if x.role == "assistant"}
+    assert counts["proactive"] > 0 and sum(counts.values()) >= 6
+
+
+def test_scene_depends_only_on_seed_length_density_and_classes():
+    base = AVWorldConfig(seed=3, seconds=30.0)
+    ref = make_scene(base, 0)
+    for knob in (dict(fps=10.0), dict(jitter=0.05), dict(drop=0.3), dict(noise=0.1), dict(clock=5.0)):
+        assert make_scene(dataclasses.replace(base, **knob), 0) == ref, knob
+    assert make_scene(dataclasses.replace(base, seed=4), 0) != ref
+    # The world rules: at any time the visible shapes differ in kind, colour and quadrant.
+    for t in np.arange(0, 30, 0.05):
+        vis = [s for s in ref.shapes if s.visible(t)]
+        for attr in ("kind", "color", "quadrant"):
+            assert len({getattr(s, attr) for s in vis}) == len(vis)
+
+
+def test_frame_times_knobs():
+    cfg = AVWorldConfig(seconds=60.0, fps=8.0, jitter=0.05, drop=0.25, seed=1)
+    t = frame_times(cfg, 0, 0.0)
+    assert t[0] == 0.0 and np.all(np.diff(t) > 0) and t[-1] < 60.0
+    assert 0.65 < len(t) / (60 * 8) < 0.85  # ~25% dropped
+    assert np.allclose(t * 1000, np.round(t * 1000))  # 1 ms resolution: exact in the file
+    assert np.abs(t - np.round(t * 8) / 8).max() <= 0.05 + 1e-9
+
+
+@pytest.mark.parametrize(
+    "knob,value",
+    [("jitter", 0.2), ("drop", 1.0), ("seconds", 2.0), ("classes", 9), ("offset", 9.0), ("fps", 0.0)],
+)
+def test_bad_knobs_name_the_knob(knob, value):
+    with pytest.raises(ValueError, match=knob):
+        AVWorldConfig(**{knob: value})
+
+
+def test_ensure_avworld_generates_once_atomically(tmp_path):
+    cache = tmp_path / "cache"
+    m1 = ensure_avworld(cache, streams=1, seconds=6.0)
+    assert m1.parent.name == cache_key(AVWorldConfig(streams=1, seconds=6.0))
+    stamp = m1.stat().st_mtime_ns
+    assert ensure_avworld(cache, streams=1, seconds=6.0) == m1 and m1.stat().st_mtime_ns == stamp
+    m2 = ensure_avworld(cache, streams=1, seconds=6.0, seed=1)
+    assert m2 != m1 and m2.is_file()
+    assert sorted(p.name for p in cache.iterdir()) == sorted([m1.parent.name, m2.parent.name])  # no temp dirs
+    with pytest.raises(ValueError, match="unknown AVWorld knob.*valid"):
+        ensure_avworld(cache, stream=3)
+
+
+def test_cli_writes_playable_files(tmp_path):
+    out = tmp_path / "w"
+    cmd = [
+        sys.executable,
+        "-m",
+        "ssm_mm.data.avworld",
+        "--out",
+        str(out),
+        "--streams",
+        "4",
+        "--seconds",
+        "20",
+    ]
+    subprocess.run(cmd, check=True, timeout=120, capture_output=True)
+    m = read_manifest(out / "manifest.jsonl")
+    assert len(m) == 4
+    if FFPROBE is None:
+        pytest.skip("ffprobe not installed (the files were still read back by the validator)")
+    for spec in m:
+        r = subprocess.run(
+            [
+                FFPROBE,
+                "-v",
+                "error",
+                "-show_entries",
+                "stream=codec_type,codec_name,duration",
+                "-of",
+                "json",
+                str(spec.video),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        streams = {s["codec_type"]: s for s in json.loads(r.stdout)["streams"]}
+        assert streams["video"]["codec_name"] == "h264" and streams["audio"]["codec_name"] == "aac"
+        assert abs(float(streams["video"]["duration"]) - 20.0) < 0.5
