@@ -1,0 +1,273 @@
+"""The interleaver: order and time rules, ticks, text placement, incremental == offline, targets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from ssm_mm.data.featurize import FeaturizerConfig
+from ssm_mm.data.interleave import (
+    AUDIO,
+    IGNORE_INDEX,
+    TEXT,
+    VIDEO,
+    TextTurn,
+    TimedTokens,
+    encode_dialogue,
+    interleave,
+    lm_targets,
+    num_ticks,
+    place_text_time,
+    proactive_flags,
+    speak_targets,
+    tick_event_labels,
+    tick_of,
+    tick_summary_positions,
+)
+from ssm_mm.data.tokenizer import ByteTokenizer
+
+CFG = FeaturizerConfig()
+TOK = ByteTokenizer()
+LABELS = ["background", "bell", "drum"]
+
+
+@dataclass
+class Turn:  # the fields of a manifest Turn that the interleaver reads
+    t: float
+    role: str
+    text: str
+
+
+@dataclass
+class Segment:
+    start: float
+    end: float
+    label: str
+
+
+def _audio_times(seconds: float, t0: float = 0.0) -> torch.Tensor:
+    n = int(round(seconds * 10))
+    return t0 + torch.arange(1, n + 1, dtype=torch.float64) * 1600 / 16000
+
+
+def _check_order(x: TimedTokens, t0: float = 0.0) -> None:
+    """Non-decreasing time; ties by kind, then index; ticks follow from the times."""
+    assert torch.all(x.t[1:] >= x.t[:-1])
+    assert torch.equal(x.tick, tick_of(x.t - t0, CFG.tick_seconds))
+    same_t = x.t[1:] == x.t[:-1]
+    assert torch.all(x.kind[1:][same_t] >= x.kind[:-1][same_t])
+    for k in (VIDEO, AUDIO):
+        src = x.src[x.kind == k]
+        assert torch.all(src[1:] > src[:-1])  # index order within a modality
+    turns = x.turn[x.kind == TEXT]
+    assert torch.all(turns[1:] >= turns[:-1])
+
+
+# ------------------------------------------------------------------------------------ order / time
+
+
+def test_order_ties_and_frame_grouping():
+    vt = torch.arange(9, dtype=torch.float64) * 0.25  # 0 .. 2.0 s at 4 fps
+    at = _audio_times(2.0)
+    dialogue = [Turn(0.5, "user", "q?"), Turn(0.5, "assistant", "3"), Turn(1.3, "user", "hey")]
+    x = interleave(vt, at, encode_dialogue(dialogue, TOK), CFG)
+    n_text = sum(len(TOK.encode_turn(d.role, d.text)) for d in dialogue)
+    assert len(x) == 9 * 4 + 20 + n_text
+    _check_order(x)
+    # every frame's 4 patch tokens are consecutive and share the frame's time
+    vpos = torch.nonzero(x.kind == VIDEO).squeeze(1).view(9, 4)  # (frames, patches)
+    assert torch.all(vpos[:, 1:] - vpos[:, :-1] == 1)
+    assert torch.equal(x.t[vpos], vt[:, None].expand(9, 4))
+    assert torch.equal(x.src[vpos], torch.arange(36).view(9, 4))  # frame_row * 4 + patch
+    # at t = 0.5: frame 2, then audio token 4 (ends at 0.5), then the two turns in dialogue order
+    at05 = torch.nonzero(x.t == 0.5).squeeze(1)
+    assert x.kind[at05].tolist() == [VIDEO] * 4 + [AUDIO] + [TEXT] * (5 + 4)
+    assert x.src[at05][4].item() == 4
+    assert x.turn[at05][5:].tolist() == [0] * 5 + [1] * 4
+    assert x.role[at05][5:].tolist() == [0] * 5 + [1] * 4
+    # the turn at 1.3 s is snapped up to the end of its tick, 1.5 s
+    t2 = x.turn == 2
+    assert torch.all(x.t[t2] == 1.5) and torch.all(x.tick[t2] == 2)
+    assert torch.equal(x.src[t2], torch.tensor(TOK.encode_turn("user", "hey")))
+    # media columns role/turn are -1
+    assert torch.all(x.role[x.kind != TEXT] == -1) and torch.all(x.turn[x.kind != TEXT] == -1)
+
+
+def test_tick_membership():
+    t = torch.tensor(
+        [0.0, 1e-9, 0.25, 0.5, 0.5 + 1e-3, 1.0, 1.0 + 1e-7, 1.4999999999999998, 1.5000000000000002]
+    )
+    assert tick_of(t, 0.5).tolist() == [0, 0, 0, 0, 1, 1, 1, 2, 2]
+    # float noise from a large clock offset does not move a token across a tick boundary
+    t0 = 1_234_567.891
+    rel = (t0 + torch.tensor([0.5, 1.0, 7.5], dtype=torch.float64)) - t0
+    assert tick_of(rel, 0.5).tolist() == [0, 1, 14]
+    assert num_ticks(30.0, 0.5) == 60 and num_ticks(30.2, 0.5) == 61 and num_ticks(0.0, 0.5) == 1
+
+
+def test_text_placement():
+    tau = CFG.tick_seconds
+    assert place_text_time(12.5, tau) == 12.5
+    assert place_text_time(21.3, tau) == 21.5
+    assert place_text_time(0.0, tau) == 0.5  # tick 0 owns t = 0: text goes after its media
+    assert place_text_time(1000.0 + 21.3, tau, t0=1000.0) == 1021.5
+    for t in (0.0, 0.2, 3.7, 12.5):
+        once = place_text_time(t, tau)
+        assert place_text_time(once, tau) == once  # idempotent: streaming inserts at tick ends
+
+
+def _stream(seed: int, jitter: float, drop: float, seconds: float = 6.0):
+    rng = np.random.default_rng(seed)
+    t0 = float(rng.uniform(0, 1e5))
+    base = np.arange(int(seconds * 4)) * 0.25
+    vt = np.sort(base + rng.uniform(-jitter, jitter, base.size).clip(-0.12, 0.12))
+    vt = vt[(vt >= 0) & (rng.random(vt.size) >= drop)]
+    turns = [
+        Turn(float(t), role, "x" * int(rng.integers(0, 4)))
+        for t, role in zip(np.sort(rng.uniform(0, seconds, 6)).round(2), ["user", "assistant"] * 3)
+    ]
+    return t0, torch.from_numpy(t0 + vt), _audio_times(seconds, t0), turns
+
+
+@pytest.mark.parametrize("seed, jitter, drop", [(0, 0.0, 0.0), (1, 0.05, 0.0), (2, 0.0, 0.3), (3, 0.1, 0.2)])
+def test_tick_by_tick_equals_offline(seed, jitter, drop):
+    t0, vt, at, dialogue = _stream(seed, jitter, drop)
+    turns = encode_dialogue(dialogue, TOK, t0)
+    offline = interleave(vt, at, turns, CFG, t0=t0)
+    _check_order(offline, t0)
+    vtick = tick_of(vt - t0, CFG.tick_seconds)
+    atick = tick_of(at - t0, CFG.tick_seconds)
+    ttick = [int(tick_of(tt.t - t0, CFG.tick_seconds)) for tt in turns]
+    pieces = []
+    for k in range(int(max(vtick.max(), atick.max())) + 1):
+        fv, fa = torch.nonzero(vtick == k).squeeze(1), torch.nonzero(atick == k).squeeze(1)
+        v0 = int(fv[0]) if fv.numel() else 0
+        a0 = int(fa[0]) if fa.numel() else 0
+        # streaming: the tick's media in one call, then the text inserted at the tick end
+        pieces.append(interleave(vt[fv], at[fa], [], CFG, t0=t0, video_start=v0, audio_start=a0))
+        pieces.append(interleave(None, None, [tt for tt, kk in zip(turns, ttick) if kk == k], CFG, t0=t0))
+    online = TimedTokens.cat(pieces)
+    assert online.equal(offline)
+
+
+def test_dropped_frame_leaves_a_gap_and_shifts_nothing():
+    vt = torch.arange(16, dtype=torch.float64) * 0.25 + 0.013  # slightly jittered clock
+    at = _audio_times(4.0)
+    full = interleave(vt, at, [], CFG)
+    keep = torch.ones(16, dtype=torch.bool)
+    keep[5] = False
+    dropped = interleave(vt[keep], at, [], CFG)
+    assert len(dropped) == len(full) - 4
+    # every remaining token keeps its time and tick; the dropped frame's time is simply absent
+    full_wo = full.select(~((full.kind == VIDEO) & (full.t == vt[5])))
+    assert torch.equal(dropped.t, full_wo.t) and torch.equal(dropped.kind, full_wo.kind)
+    assert torch.equal(dropped.tick, full_wo.tick)
+    assert not torch.any((dropped.kind == VIDEO) & (dropped.t > vt[4]) & (dropped.t < vt[6]))
+
+
+def test_single_modality_and_empty_streams():
+    at = _audio_times(1.0)
+    turns = encode_dialogue([Turn(0.3, "user", "hi")], TOK)
+    a = interleave(None, at, turns, CFG)
+    assert a.kind.tolist() == [AUDIO] * 5 + [TEXT] * 5 + [AUDIO] * 5
+    v = interleave(torch.tensor([0.0, 0.5, 0.75]), torch.zeros(0), [], CFG)
+    assert v.kind.tolist() == [VIDEO] * 12 and v.tick.tolist() == [0] * 8 + [1] * 4
+    assert len(interleave(None, None, [], CFG)) == 0
+    x = interleave(None, None, turns, CFG)
+    assert x.kind.tolist() == [TEXT] * 5 and torch.all(x.t == 0.5)
+
+
+@pytest.mark.parametrize(
+    "vt, at, turns, match",
+    [
+        (torch.tensor([0.0, 0.5, 0.25]), None, [], "non-decreasing"),
+        (None, torch.tensor([0.1, float("nan")]), [], "NaN"),
+        (torch.zeros(2, 2), None, [], "1-D"),
+        (None, None, [TextTurn(t=0.0, role=0, ids=[], index=0)], "no tokens"),
+        (None, None, [TextTurn(t=0.0, role=5, ids=[1], index=0)], "role"),
+    ],
+)
+def test_interleave_rejects_bad_input(vt, at, turns, match):
+    with pytest.raises(ValueError, match=match):
+        interleave(vt, at, turns, CFG)
+
+
+def test_tick_summary_positions():
+    # video-only with frames missing over the whole tick [1.0, 1.5): that tick has no summary
+    vt = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0, 1.75])
+    turns = encode_dialogue([Turn(0.6, "user", "a")], TOK)
+    x = interleave(vt, None, turns, CFG)
+    ticks, pos = tick_summary_positions(x)
+    assert ticks.tolist() == [0, 1, 3]
+    # last patch of frames 0.5, 1.0 and (after the 4 text tokens placed at 1.0) 1.75
+    assert pos.tolist() == [11, 19, 27]
+    assert torch.all(x.kind[pos] == VIDEO) and torch.all(x.kind[20:24] == TEXT)
+    e = tick_summary_positions(interleave(None, None, turns, CFG))
+    assert e[0].numel() == 0 and e[1].numel() == 0
+
+
+# ---------------------------------------------------------------------------------------- targets
+
+
+def test_event_labels_majority_ties_and_overlaps():
+    segs = [
+        Segment(3.0, 3.25, "bell"),  # tick 6: half event, half background -> tie -> bell
+        Segment(4.0, 4.2, "bell"),  # tick 8: 0.2 < 0.3 background -> background
+        Segment(5.1, 5.5, "drum"),  # tick 10: drum
+        Segment(8.0, 8.2, "bell"),  # tick 16: overlapping bell segments count once: 0.2 -> background
+        Segment(8.05, 8.2, "bell"),
+        Segment(9.0, 9.25, "drum"),  # tick 18: drum 0.25 vs bell 0.25, no background -> lower index (bell)
+        Segment(9.25, 9.5, "bell"),
+        Segment(10.0, 10.2, "drum"),  # tick 20: bg 0.1, drum 0.2, bell 0.2 -> bell
+        Segment(10.2, 10.4, "bell"),
+        Segment(11.1, 12.4, "drum"),  # ticks 22 (0.4), 23, 24 (0.4) -> drum
+        Segment(0.1, 0.35, "drum"),  # tick 0: 0.25 vs 0.25 up to float noise -> drum
+    ]
+    lab = tick_event_labels(segs, LABELS, 26, 0.5)
+    expect = {6: 1, 8: 0, 10: 2, 16: 0, 18: 1, 20: 1, 22: 2, 23: 2, 24: 2, 0: 2}
+    for k in range(26):
+        assert lab[k].item() == expect.get(k, 0), k
+    assert lab.dtype == torch.int64
+
+
+def test_event_label_errors():
+    with pytest.raises(ValueError, match=r"stream s7: segments\[0\].label='gong'"):
+        tick_event_labels([Segment(0, 1, "gong")], LABELS, 4, 0.5, stream_id="s7")
+    with pytest.raises(ValueError, match="background"):
+        tick_event_labels([], ["bell", "background"], 4, 0.5)
+
+
+def test_speak_targets_answer_vs_proactive():
+    dialogue = [
+        Turn(2.0, "user", "tell me when the drum plays"),
+        Turn(2.0, "assistant", "ok"),  # same time as the question: answer
+        Turn(5.3, "assistant", "drum"),  # later: proactive, placed at 5.5 = end of tick 10
+        Turn(7.1, "user", "what colour?"),
+        Turn(7.4, "assistant", "red"),  # same tick end (7.5) as its question: answer
+        Turn(8.0, "assistant", "drum"),  # proactive at tick 15
+    ]
+    assert proactive_flags(dialogue, 0.5) == [False, False, True, False, False, True]
+    sp = speak_targets(dialogue, 20, 0.5)
+    assert torch.nonzero(sp).squeeze(1).tolist() == [10, 15]
+    # an assistant turn with no user turn before it is proactive
+    assert proactive_flags([Turn(1.0, "assistant", "bell")], 0.5) == [True]
+    with pytest.raises(ValueError, match="past the stream"):
+        speak_targets([Turn(9.9, "assistant", "x")], 10, 0.5)
+
+
+def test_lm_targets_supervise_assistant_content_and_eot():
+    dialogue = [Turn(0.5, "user", "q"), Turn(0.5, "assistant", "ab"), Turn(0.9, "assistant", "")]
+    x = interleave(torch.tensor([0.0]), None, encode_dialogue(dialogue, TOK), CFG)
+    y = lm_targets(x, TOK)
+    # layout: 4 video, user [BOT, USER, q, EOT] at 4..7, assistant [BOT, ASSISTANT, a, b, EOT] at 8..12,
+    # assistant (empty) [BOT, ASSISTANT, EOT] at 13..15
+    expect = torch.full((16,), IGNORE_INDEX)
+    expect[9], expect[10], expect[11] = ord("a"), ord("b"), TOK.eot_id  # from ROLE..last content
+    expect[14] = TOK.eot_id  # an empty answer: the model must stop at once
+    assert torch.equal(y, expect)
+    # the supervised target at position i is the input token at i + 1
+    sup = torch.nonzero(y != IGNORE_INDEX).squeeze(1)
+    assert torch.equal(y[sup], x.src[sup + 1])
