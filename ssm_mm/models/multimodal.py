@@ -1,0 +1,409 @@
+"""MultimodalSSM: frontends + modality and temporal embeddings + hybrid backbone + heads (SPEC §6).
+
+One early-fusion model over the interleaved timed tokens of :mod:`ssm_mm.data.interleave`:
+
+    x_i = frontend_{kind_i}(token_i) + modality_emb[kind_i] + temporal_emb(t_i, gap_i, gap_same_i)
+    h   = HybridBackbone(x, dt = gap, state)
+    heads: lm_head(h_i) (next text token), event_head(h at a tick's summary position),
+           speak_head(h at a tick's summary position) ("speak now" for proactive responses).
+
+Time enters twice: the temporal embedding (bounded features of the gaps and of t, see
+:mod:`ssm_mm.layers.temporal`) and the SSM decay, which advances by ``gap`` real seconds (SPEC §6).
+Gaps are computed in float64 from absolute times, so a clock shifted by hours changes nothing but
+the periodic features. The recurrent state (:class:`ModelState`) carries the backbone state and the
+times of the last token (overall and per modality), so chunked == full forward exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from ssm_mm.config import ModelConfig, TemporalConfig
+from ssm_mm.data.featurize import FeaturizerConfig
+from ssm_mm.data.interleave import AUDIO, IGNORE_INDEX, TEXT, VIDEO
+from ssm_mm.data.tokenizer import TurnTokenizer, load_tokenizer, tokenizer_from_dict
+from ssm_mm.layers.frontends import AudioFrontend, TextFrontend, VideoFrontend
+from ssm_mm.layers.temporal import TemporalEmbedding
+from ssm_mm.models.backbone import HybridBackbone
+from ssm_mm.streaming.state import BackboneState
+
+FORMAT_VERSION = 1
+N_KINDS = 3
+
+
+@dataclass
+class ModelState:
+    """Recurrent state of the whole model (batch axis 0).
+
+    backbone:  the hybrid stack's state.
+    last_t:    (B,) float64 time of the last token seen (-inf before the first one).
+    last_kind_t: (B, 3) float64 time of the last token of each modality (-inf = none yet).
+    """
+
+    backbone: BackboneState
+    last_t: Tensor
+    last_kind_t: Tensor
+
+    def nbytes(self) -> int:
+        return self.backbone.nbytes() + self.last_t.numel() * 8 + self.last_kind_t.numel() * 8
+
+    def detach(self) -> ModelState:
+        return ModelState(self.backbone.detach(), self.last_t.detach(), self.last_kind_t.detach())
+
+    def select(self, rows) -> ModelState:
+        return ModelState(self.backbone.select(rows), self.last_t[rows], self.last_kind_t[rows])
+
+    @classmethod
+    def stack(cls, states: list[ModelState]) -> ModelState:
+        return cls(
+            BackboneState.stack([s.backbone for s in states]),
+            torch.cat([s.last_t for s in states]),
+            torch.cat([s.last_kind_t for s in states]),
+        )
+
+    def to_dict(self) -> dict[str, Tensor]:
+        d = {f"backbone.{k}": v for k, v in self.backbone.to_dict().items()}
+        d["last_t"] = self.last_t.detach().clone()
+        d["last_kind_t"] = self.last_kind_t.detach().clone()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Tensor]) -> ModelState:
+        bb = {k[len("backbone.") :]: v for k, v in d.items() if k.startswith("backbone.")}
+        return cls(BackboneState.from_dict(bb), d["last_t"].clone(), d["last_kind_t"].clone())
+
+
+@dataclass
+class ModelOutput:
+    hidden: Tensor  # (B, L, d_model) final hidden states
+    state: ModelState
+
+
+def _model_config_from_dict(d: dict) -> ModelConfig:
+    d = dict(d)
+    temporal = TemporalConfig(**d.pop("temporal", {}))
+    names = {f.name for f in fields(ModelConfig)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"config.json: unknown model config keys {sorted(unknown)}")
+    return ModelConfig(**d, temporal=temporal)
+
+
+class MultimodalSSM(nn.Module):
+    """The natively multimodal, time-aware hybrid model.
+
+    Args:
+        cfg: model sizes and switches (``model.*``).
+        features: the featurizer settings the model was trained with (saved with it).
+        labels: event-label vocabulary; index 0 is ``background``.
+        tokenizer: the text tokenizer (default: byte-level).
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        features: FeaturizerConfig | None = None,
+        labels: list[str] | None = None,
+        tokenizer: TurnTokenizer | None = None,
+    ):
+        super().__init__()
+        self.cfg = cfg
+        self.features = features or FeaturizerConfig()
+        self.labels = list(labels) if labels else ["background"]
+        if self.labels[0] != "background":
+            raise ValueError(f"labels[0] must be 'background', got {self.labels[:3]}")
+        self.tokenizer = tokenizer or load_tokenizer()
+        d = cfg.d_model
+        fc = self.features
+        grid = fc.frame_size // cfg.patch_size
+        if grid * grid != fc.patches_per_frame:
+            raise ValueError(
+                f"features.patches_per_frame={fc.patches_per_frame} but frame_size {fc.frame_size} / "
+                f"model.patch_size {cfg.patch_size} gives {grid}x{grid} patches"
+            )
+        mel_frames = round(fc.audio_token_seconds * fc.sample_rate / fc.hop)
+        self.audio_dim = mel_frames * fc.n_mels
+        self.video_in = VideoFrontend(fc.frame_size, cfg.patch_size, d)
+        self.audio_in = AudioFrontend(self.audio_dim, d)
+        self.text_in = TextFrontend(self.tokenizer.vocab_size, d)
+        self.kind_emb = nn.Embedding(N_KINDS, d)
+        nn.init.normal_(self.kind_emb.weight, std=0.02)
+        self.time_emb = TemporalEmbedding(cfg.temporal, d)
+        self.backbone = HybridBackbone(cfg)
+        self.lm_head = nn.Linear(d, self.tokenizer.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.text_in.embed.weight
+        self.event_head = nn.Linear(d, len(self.labels))
+        self.speak_head = nn.Linear(d, 1)
+
+    # ------------------------------------------------------------------------------- state
+
+    def init_state(self, batch: int, device=None) -> ModelState:
+        dtype = next(self.parameters()).dtype
+        return ModelState(
+            backbone=self.backbone.init_state(batch, device, dtype),
+            last_t=torch.full((batch,), float("-inf"), dtype=torch.float64, device=device),
+            last_kind_t=torch.full((batch, N_KINDS), float("-inf"), dtype=torch.float64, device=device),
+        )
+
+    # ------------------------------------------------------------------------------- forward
+
+    def _gaps(self, kind: Tensor, t: Tensor, valid: Tensor, state: ModelState):
+        """Elapsed seconds since the previous token and since the previous same-modality token.
+
+        kind, t, valid: (B, L). Returns gap, gap_same (B, L) float64 (+inf where there is no previous
+        token) and the updated (last_t, last_kind_t). Padding (``valid`` False) never updates them.
+        """
+        neg_inf = torch.tensor(float("-inf"), dtype=torch.float64, device=t.device)
+        t_valid = torch.where(valid, t, neg_inf)  # (B, L)
+        # previous valid token's time: running max (times are non-decreasing) shifted by one
+        run = torch.cummax(torch.cat([state.last_t.unsqueeze(1), t_valid], 1), dim=1).values  # (B, L+1)
+        gap = t - run[:, :-1]
+        gap_same = torch.empty_like(t)
+        last_kind = state.last_kind_t.clone()
+        for k in range(N_KINDS):
+            tk = torch.where(valid & (kind == k), t, neg_inf)
+            runk = torch.cummax(torch.cat([state.last_kind_t[:, k : k + 1], tk], 1), dim=1).values
+            gap_same = torch.where(kind == k, t - runk[:, :-1], gap_same)
+            last_kind[:, k] = runk[:, -1]
+        return gap, gap_same, run[:, -1], last_kind
+
+    def embed(self, kind: Tensor, src: Tensor, video: Tensor | None, audio: Tensor | None) -> Tensor:
+        """Token embeddings (B, L, d) from the flat per-modality inputs.
+
+        kind, src: (B, L); video: (F, 3, S, S) frames whose patch p of frame f is ``src = f·P + p``;
+        audio: (A, D) audio tokens (``src`` = row); text: ``src`` = token id.
+        """
+        b, l = kind.shape
+        x = torch.zeros(b, l, self.cfg.d_model, device=kind.device, dtype=self.kind_emb.weight.dtype)
+        is_v, is_a, is_t = kind == VIDEO, kind == AUDIO, kind == TEXT
+        if is_v.any():
+            patches = self.video_in(video).flatten(0, 1)  # (F*P, d)
+            x = x.index_put((is_v,), patches[src[is_v]])
+        if is_a.any():
+            x = x.index_put((is_a,), self.audio_in(audio)[src[is_a]])
+        if is_t.any():
+            x = x.index_put((is_t,), self.text_in(src[is_t]))
+        return x + self.kind_emb(kind)
+
+    def forward(
+        self,
+        kind: Tensor,
+        t: Tensor,
+        src: Tensor,
+        valid: Tensor | None = None,
+        video: Tensor | None = None,
+        audio: Tensor | None = None,
+        state: ModelState | None = None,
+    ) -> ModelOutput:
+        """Run the model over (a window of) an interleaved sequence, continuing ``state``.
+
+        kind, src: (B, L) int64; t: (B, L) float64 seconds (non-decreasing along valid tokens);
+        valid: (B, L) bool (right padding); video (F, 3, S, S) / audio (A, D) flat features.
+        """
+        b, l = kind.shape
+        if valid is None:
+            valid = torch.ones(b, l, dtype=torch.bool, device=kind.device)
+        if state is None:
+            state = self.init_state(b, kind.device)
+        t = t.to(torch.float64)
+        gap, gap_same, last_t, last_kind_t = self._gaps(kind, t, valid, state)
+        x = self.embed(kind, src, video, audio) + self.time_emb(t, gap, gap_same)
+        # SSM decay step: real seconds since the previous token; the first token of a stream has no
+        # predecessor (its state is empty, so any finite value is exact) -> 0.
+        dt = torch.where(torch.isinf(gap), torch.zeros_like(gap), gap).to(x.dtype)
+        positions = None
+        if self.cfg.rope_positions == "time":
+            positions = t * self.cfg.rope_time_scale
+        hidden, bb = self.backbone(x, dt, state.backbone, valid, positions)
+        return ModelOutput(hidden, ModelState(bb, last_t, last_kind_t))
+
+    def forward_batch(self, batch, state: ModelState | None = None) -> ModelOutput:
+        """``forward`` on a :class:`ssm_mm.data.dataset.Batch`."""
+        return self(batch.kind, batch.t, batch.src, batch.valid, batch.video, batch.audio, state)
+
+    # --------------------------------------------------------------------------------- heads
+
+    def tick_hidden(self, hidden: Tensor, summary_pos: Tensor) -> Tensor:
+        """(B, K, d) hidden states at each tick's summary position (B, K)."""
+        idx = summary_pos.clamp_min(0).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        return hidden.gather(1, idx)
+
+    def loss_sums(self, out: ModelOutput, batch) -> tuple[dict[str, Tensor], dict[str, int]]:
+        """Per-head loss *sums* and the number of supervised items, for a Batch.
+
+        lm: cross-entropy over supervised text positions; event: cross-entropy over ticks with a
+        media token; speak: binary cross-entropy of the speak-now logit over the same ticks. Sums
+        (not means) so that data-parallel ranks can normalise by the global count. A head with
+        nothing to supervise contributes an exact zero that still depends on its weights (so every
+        parameter takes part in every step, as DDP requires).
+        """
+        h = out.hidden
+        sup = batch.lm_target != IGNORE_INDEX
+        zero = {
+            "lm": self.lm_head.weight.sum() * 0.0,
+            "event": self.event_head.weight.sum() * 0.0,
+            "speak": self.speak_head.weight.sum() * 0.0,
+        }
+        sums = dict(zero)
+        if sup.any():
+            logits = self.lm_head(h[sup]).float()
+            sums["lm"] = F.cross_entropy(logits, batch.lm_target[sup], reduction="sum") + zero["lm"]
+        th = self.tick_hidden(h, batch.summary_pos)
+        tv = batch.tick_valid
+        if tv.any():
+            sums["event"] = F.cross_entropy(
+                self.event_head(th[tv]).float(), batch.event_label[tv], reduction="sum"
+            )
+            speak_logit = self.speak_head(th[tv]).squeeze(-1).float()
+            sums["speak"] = F.binary_cross_entropy_with_logits(
+                speak_logit, batch.speak[tv].float(), reduction="sum"
+            )
+        counts = {"lm": int(sup.sum()), "event": int(tv.sum()), "speak": int(tv.sum())}
+        return sums, counts
+
+    def losses(self, out: ModelOutput, batch) -> dict[str, Tensor]:
+        """Per-head mean losses for a Batch (see :meth:`loss_sums`)."""
+        sums, counts = self.loss_sums(out, batch)
+        return {k: v / max(1, counts[k]) for k, v in sums.items()}
+
+    # ------------------------------------------------------------------------------ generate
+
+    @torch.no_grad()
+    def generate(
+        self, state: ModelState, t: float | Tensor, max_tokens: int = 16, role: str = "assistant"
+    ) -> tuple[list[list[int]], ModelState, list[Tensor]]:
+        """Greedy answer generation at time ``t``, carrying the state.
+
+        Feeds the forced prefix ``[BOT, ROLE]`` then greedily appends tokens (all at time ``t``)
+        until EOT or ``max_tokens`` content tokens; a turn cut by the cap is closed with EOT so the
+        state always ends after a complete turn, as in training. Returns, per row, the generated
+        content ids, the new state, and the LM logits of every step (for parity checks).
+        """
+        b = state.last_t.shape[0]
+        dev = state.last_t.device
+        tok = self.tokenizer
+        t = torch.as_tensor(t, dtype=torch.float64, device=dev).expand(b).reshape(b, 1)
+        prefix = torch.tensor([tok.bot_id, tok.role_id(role)], device=dev).expand(b, 2)
+        kind = torch.full((b, 2), TEXT, device=dev)
+        out = self(kind, t.expand(b, 2), prefix, state=state)
+        state = out.state
+        logits = self.lm_head(out.hidden[:, -1])  # (B, V)
+        steps = [logits]
+        done = torch.zeros(b, dtype=torch.bool, device=dev)
+        ids: list[list[int]] = [[] for _ in range(b)]
+        kind1 = torch.full((b, 1), TEXT, device=dev)
+        for _ in range(max_tokens):
+            nxt = logits.argmax(-1)  # (B,)
+            nxt = torch.where(done, torch.full_like(nxt, tok.pad_id), nxt)
+            for i in range(b):
+                if not done[i] and int(nxt[i]) != tok.eot_id:
+                    ids[i].append(int(nxt[i]))
+            feed = torch.where(done, torch.full_like(nxt, tok.pad_id), nxt)
+            out = self(kind1, t, feed.unsqueeze(1), valid=~done.unsqueeze(1), state=state)
+            state = out.state
+            done = done | (nxt == tok.eot_id)
+            if bool(done.all()):
+                break
+            logits = self.lm_head(out.hidden[:, -1])
+            steps.append(logits)
+        if not bool(done.all()):  # close turns cut by the length cap
+            eot = torch.full((b, 1), tok.eot_id, device=dev)
+            state = self(kind1, t, eot, valid=~done.unsqueeze(1), state=state).state
+        return ids, state, steps
+
+    # ----------------------------------------------------------------------------- streaming
+
+    def stream(self, state: dict | None = None, modalities=None, **opts):
+        """Open a :class:`ssm_mm.streaming.session.StreamingSession` on this model (SPEC §7).
+
+        ``modalities``: the stream's media, ``("video", "audio")`` by default (a resumed session keeps
+        its snapshot's); ``state``: a ``session.state_dict()`` snapshot to resume exactly; ``opts``:
+        :class:`ssm_mm.streaming.session.SessionOptions` (``t0``, ``speak_threshold``,
+        ``max_answer_tokens``, ``max_buffer_bytes``, ``max_pending``, ``auto_step``, ``record``).
+        """
+        from ssm_mm.streaming.session import StreamingSession  # lazy: streaming imports this module
+
+        return StreamingSession(self, state=state, modalities=modalities, **opts)
+
+    # --------------------------------------------------------------------------- save / load
+
+    def config_dict(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "model": asdict(self.cfg),
+            "features": asdict(self.features),
+            "labels": self.labels,
+            "tokenizer": self.tokenizer.to_dict(),
+        }
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` into ``directory`` (created)."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        if self.cfg.tie_embeddings:
+            tensors.pop("lm_head.weight", None)  # shared with text_in.embed.weight
+        tmp = d / "model.safetensors.tmp"
+        save_file(tensors, str(tmp), metadata={"format_version": str(FORMAT_VERSION)})
+        tmp.replace(d / "model.safetensors")
+        (d / "config.json").write_text(json.dumps(self.config_dict(), indent=2) + "\n")
+        return d
+
+    @classmethod
+    def from_config_dict(cls, cfg: dict) -> MultimodalSSM:
+        version = cfg.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"unsupported model format_version {version!r} (this ssm_mm reads {FORMAT_VERSION})"
+            )
+        return cls(
+            _model_config_from_dict(cfg["model"]),
+            FeaturizerConfig(**cfg["features"]),
+            cfg["labels"],
+            tokenizer_from_dict(cfg["tokenizer"]),
+        )
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> MultimodalSSM:
+        """Load a model saved by :meth:`save_pretrained` (a folder), without unpickling anything.
+
+        A training checkpoint folder that holds a ``model/`` sub-folder in this format is accepted too.
+        """
+        p = Path(path)
+        if p.is_dir() and not (p / "config.json").exists() and (p / "model" / "config.json").exists():
+            p = p / "model"
+        if not (p / "config.json").is_file() or not (p / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{p}: expected config.json and model.safetensors (from save_pretrained)")
+        try:
+            cfg = json.loads((p / "config.json").read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p / 'config.json'}: not valid JSON ({e})") from None
+        model = cls.from_config_dict(cfg)
+        tensors = load_file(str(p / "model.safetensors"), device=str(map_location))
+        if model.cfg.tie_embeddings:
+            tensors["lm_head.weight"] = tensors["text_in.embed.weight"]
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{p}: weights do not match the config (missing {missing}, unexpected {unexpected})"
+            )
+        return model.to(map_location).eval()
+
+    def num_parameters(self) -> dict[str, int]:
+        """Parameter counts per part (shared weights counted once)."""
+        parts = {
+            "frontends": [self.video_in, self.audio_in, self.text_in, self.kind_emb, self.time_emb],
+            "backbone": [self.backbone],
+            "heads": [self.event_head, self.speak_head] + ([] if self.cfg.tie_embeddings else [self.lm_head]),
+        }
+        out = {k: sum(p.numel() for m in ms for p in m.parameters()) for k, ms in parts.items()}
+        out["total"] = sum(p.numel() for p in self.parameters())
+        return out

@@ -1,0 +1,29 @@
+"""Shared fixtures for model tests: a tiny real AVWorld (mp4 files with audio), decoded for real."""
+
+import pytest
+
+from ssm_mm.data.avworld import CLASSES, generate
+from ssm_mm.data.dataset import StreamDataset
+from ssm_mm.data.featurize import FeaturizerConfig
+from ssm_mm.data.manifest import read_manifest
+from ssm_mm.data.tokenizer import ByteTokenizer
+
+LABELS = ["background"] + [c.name for c in CLASSES]
+
+
+@pytest.fixture(scope="session")
+def avworld_manifest(tmp_path_factory):
+    out = tmp_path_factory.mktemp("avworld")
+    return generate(out, streams=3, seconds=8.0, seed=11, jitter=0.02, drop=0.1, clock=3600.0)
+
+
+@pytest.fixture(scope="session")
+def make_dataset(avworld_manifest):
+    manifest = read_manifest(avworld_manifest)
+
+    def make(window_seconds=None):
+        return StreamDataset(
+            manifest, FeaturizerConfig(), ByteTokenizer(), LABELS, window_seconds=window_seconds
+        )
+
+    return make
