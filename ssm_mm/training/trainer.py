@@ -1,0 +1,457 @@
+"""The training loop (SPEC §8): stateful over long streams, exact resume, DDP, wandb.
+
+``Trainer(cfg).run()`` is everything ``train.py`` does:
+
+1. data: the manifest (or AVWorld generated into the cache on first use), validated, with bad
+   streams skipped and counted when ``data.on_error=skip``; features decoded once into a disk cache;
+2. model + AdamW (no weight decay on gains/biases) + linear warm-up and cosine decay;
+3. the loop: every micro-step each batch slot runs its next window with its carried recurrent state
+   (detached: gradients are truncated between windows); an optimizer step every ``grad_accum``
+   micro-steps, with gradient clipping; non-finite losses are caught, reported and skipped;
+4. checkpoints at optimizer-step boundaries (atomic; model, optimizer, scheduler, RNG, step = data
+   position, every slot's carried state); SIGTERM/SIGINT save and exit at the next step;
+5. validation (offline, per tick) at ``train.eval_every`` and at the end; the best model by
+   validation score is kept apart; the final model is saved with ``save_pretrained``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ssm_mm.config import Config, save_config, to_dict
+from ssm_mm.data.dataset import StreamDataset, load_features
+from ssm_mm.data.interleave import IGNORE_INDEX
+from ssm_mm.data.manifest import read_manifest
+from ssm_mm.data.tokenizer import load_tokenizer
+from ssm_mm.models.multimodal import ModelState, MultimodalSSM
+from ssm_mm.training import distributed as D
+from ssm_mm.training.checkpoint import load_latest, save_checkpoint
+from ssm_mm.training.logger import RunLogger, Throughput
+from ssm_mm.training.schedule import ScheduledWindows, ScheduleSampler, SlotSchedule
+from ssm_mm.training.validate import validate
+
+HEADS = ("lm", "event", "speak")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class TrainStep(nn.Module):
+    """Model + losses in one ``forward`` so that DDP sees every head's parameters used."""
+
+    def __init__(self, model: MultimodalSSM, weights: dict[str, float]):
+        super().__init__()
+        self.model = model
+        self.weights = weights
+
+    def forward(self, batch, state: ModelState, norm: dict[str, float]):
+        out = self.model.forward_batch(batch, state)
+        sums, counts = self.model.loss_sums(out, batch)
+        loss = sum(self.weights[k] * sums[k] / norm[k] for k in HEADS)
+        return loss, {k: sums[k].detach() for k in HEADS}, counts, out.state
+
+
+def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and "embed" not in name and "pos" not in name else no_decay).append(p)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+    )
+
+
+@dataclass
+class DataSetup:
+    train: StreamDataset
+    val: StreamDataset | None
+    labels: list[str]
+    skipped: list[tuple]
+    train_manifest: Path
+    val_manifest: Path | None
+
+
+def prepare_data(cfg: Config, log=print) -> DataSetup:
+    """Manifests (AVWorld on first use), validation with skip/raise, feature cache warm-up."""
+    from ssm_mm.data.avworld import ensure_avworld
+
+    d = cfg.data
+    cache = Path(d.cache_dir)
+    if d.manifest is None:
+        knobs = to_dict(d.avworld)
+        val_streams, val_seed = knobs.pop("val_streams"), knobs.pop("val_seed")
+        train_m = ensure_avworld(cache / "avworld", **knobs)
+        knobs.update(streams=val_streams, seed=val_seed)
+        val_m = d.val_manifest or ensure_avworld(cache / "avworld", **knobs)
+    else:
+        train_m, val_m = d.manifest, d.val_manifest
+    skipped: list[tuple] = []
+
+    def load(path) -> list:
+        m = read_manifest(path, on_error=d.on_error)
+        skipped.extend(m.skipped)
+        good = []
+        for spec in m.streams:  # decode once (fills the feature cache); bad media -> skip or raise
+            try:
+                load_features(spec, cfg.features, cache / "features" if d.feature_cache else None)
+                good.append(spec)
+            except ValueError as e:
+                if d.on_error == "raise":
+                    raise
+                skipped.append((spec.line, spec.id, str(e)))
+        if not good:
+            raise ValueError(f"{path}: no usable stream ({len(skipped)} skipped)")
+        return good
+
+    train_streams = load(train_m)
+    val_streams = load(val_m) if val_m else None
+    # label vocabulary: every event label of the training and validation streams (pinned in the model)
+    labels = sorted({s.label for st in train_streams + (val_streams or []) for s in st.segments})
+    if d.manifest is None:  # AVWorld: pin the full class vocabulary
+        from ssm_mm.data.avworld import CLASSES
+
+        labels = [c.name for c in CLASSES[: d.avworld.classes]]
+    labels = ["background"] + [x for x in labels if x != "background"]
+    tok = load_tokenizer(cfg.tokenizer)
+    fcache = cache / "features" if d.feature_cache else None
+    mem = max(1, cfg.train.batch_size)
+    train = StreamDataset(
+        train_streams,
+        cfg.features,
+        tok,
+        labels,
+        window_seconds=d.window_seconds,
+        cache_dir=fcache,
+        memory_cache=mem,
+    )
+    val = (
+        StreamDataset(
+            val_streams, cfg.features, tok, labels, window_seconds=None, cache_dir=fcache, memory_cache=1
+        )
+        if val_streams
+        else None
+    )
+    for line, sid, msg in skipped:
+        log(f"skipped bad stream {sid!r} (line {line}): {msg}")
+    return DataSetup(train, val, labels, skipped, Path(train_m), Path(val_m) if val_m else None)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, hooks=None):
+        self.cfg = cfg
+        self.hooks = hooks or {}
+
+    # ------------------------------------------------------------------------ slot states
+
+    def _slot_state(self, model: MultimodalSSM, carried: ModelState | None, is_first: torch.Tensor, device):
+        """Carried state per slot, reset to a fresh state where a new stream starts."""
+        b = is_first.shape[0]
+        fresh = model.init_state(b, device)
+        if carried is None or bool(is_first.all()):
+            return fresh
+        rows = [fresh.select([i]) if bool(is_first[i]) else carried.select([i]) for i in range(b)]
+        return ModelState.stack(rows)
+
+    # ---------------------------------------------------------------------------------- run
+
+    def run(self) -> dict:
+        cfg, tc = self.cfg, self.cfg.train
+        info = D.init_distributed()
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        run_dir = Path(tc.run_dir)
+        ckpt_dir = run_dir / "checkpoints"
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, run_dir / "config.yaml")
+        D.barrier(info)
+        log = print if info.is_main else (lambda *_: None)
+        t_start = time.perf_counter()
+
+        data = prepare_data(cfg, log) if info.is_main else None
+        D.barrier(info)
+        if not info.is_main:
+            data = prepare_data(cfg, lambda *_: None)  # the cache is warm now: fast
+        if tc.batch_size % info.world:
+            raise ValueError(
+                f"train.batch_size={tc.batch_size} must be divisible by the world size {info.world}"
+            )
+        local_b = tc.batch_size // info.world
+
+        torch.manual_seed(tc.seed)
+        random.seed(tc.seed)
+        model = MultimodalSSM(cfg.model, cfg.features, data.labels, data.train.tokenizer).to(info.device)
+        weights = {"lm": tc.loss_lm, "event": tc.loss_event, "speak": tc.loss_speak}
+        step_module: nn.Module = TrainStep(model, weights)
+        if info.enabled:
+            # find_unused_parameters: a batch without video (or audio) leaves that frontend unused
+            step_module = nn.parallel.DistributedDataParallel(
+                step_module,
+                device_ids=[info.local_rank] if info.device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
+        opt = build_optimizer(model, tc)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_lambda(s, tc.warmup_steps, tc.max_steps, tc.min_lr_ratio)
+        )
+
+        step, carried = 0, None
+        if tc.resume:
+            found = load_latest(ckpt_dir)
+            if found is not None:
+                ck, path = found
+                model.load_state_dict(ck["model"])
+                opt.load_state_dict(ck["optimizer"])
+                sched.load_state_dict(ck["scheduler"])
+                torch.set_rng_state(ck["rng"]["torch"])
+                random.setstate(_to_tuple(ck["rng"]["python"]))
+                step = int(ck["step"])
+                if ck.get("slot_state") is not None:
+                    glob = ModelState.from_dict(ck["slot_state"])
+                    lo = info.rank * local_b
+                    carried = glob.select(list(range(lo, lo + local_b)))
+                    carried = _to_device(carried, info.device)
+                log(f"resumed from {path} at step {step}")
+            else:
+                log(f"train.resume=true but no usable checkpoint in {ckpt_dir}: starting from step 0")
+
+        accum = max(1, tc.grad_accum)
+        schedule = SlotSchedule(data.train.windows_per_stream, tc.batch_size, tc.seed, info.rank, info.world)
+        windows = ScheduledWindows(
+            data.train, tc.seed, cfg.model.temporal.train_clock_offset, tc.modality_dropout
+        )
+        n_micro = (tc.max_steps - step) * accum
+        loader = torch.utils.data.DataLoader(
+            windows,
+            batch_sampler=ScheduleSampler(schedule, step * accum, n_micro),
+            collate_fn=data.train.collate,
+            num_workers=cfg.data.num_workers,
+            worker_init_fn=D.ignore_signals_in_worker if cfg.data.num_workers else None,
+            persistent_workers=False,
+        )
+
+        config_dict = to_dict(cfg)
+        logger = RunLogger(cfg, run_dir, config_dict, tc.max_steps, step, enabled=info.is_main)
+        stop = D.StopFlag().install()
+        thr = Throughput()
+        autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=tc.bf16)
+        losses_hist: list[float] = []
+        best = -math.inf
+        nonfinite = 0
+        wait_s = compute_s = 0.0
+        model.train()
+        it = iter(loader)
+        interrupted = None
+        try:
+            while step < tc.max_steps:
+                acc = {k: 0.0 for k in HEADS}
+                tokens = 0
+                bad = False
+                for _ in range(accum):
+                    t_w = time.perf_counter()
+                    batch = next(it).to(info.device)
+                    t_c = time.perf_counter()
+                    wait_s += t_c - t_w
+                    state = self._slot_state(model, carried, batch.is_first, info.device)
+                    counts = torch.tensor(
+                        [float((batch.lm_target != IGNORE_INDEX).sum()), float(batch.tick_valid.sum())],
+                        dtype=torch.float64,
+                    )
+                    counts = D.all_reduce_sum(counts, info)
+                    # normalise by the global count of supervised items of the whole optimizer step
+                    # (x accum micro-steps, x world since DDP averages gradients over ranks)
+                    norm = {
+                        "lm": max(1.0, counts[0].item()) * accum / info.world,
+                        "event": max(1.0, counts[1].item()) * accum / info.world,
+                        "speak": max(1.0, counts[1].item()) * accum / info.world,
+                    }
+                    with autocast:
+                        loss, sums, _, new_state = step_module(batch, state, norm)
+                    if D.any_rank(not bool(torch.isfinite(loss)), info):
+                        bad = True
+                        carried = None
+                        break
+                    loss.backward()
+                    carried = new_state.detach()
+                    for k in HEADS:  # this rank's share of the step's mean loss
+                        acc[k] += float(sums[k]) / (norm[k] * info.world)
+                    tokens += int(batch.valid.sum())
+                    compute_s += time.perf_counter() - t_c
+                if bad:
+                    opt.zero_grad(set_to_none=True)
+                    nonfinite += 1
+                    logger.print(f"step {step + 1}: non-finite loss, step skipped ({nonfinite} so far)")
+                    if nonfinite >= 5:
+                        raise NonFiniteLossError(f"{nonfinite} non-finite losses: stopping (lower train.lr?)")
+                    step += 1
+                    sched.step()
+                    continue
+                if info.enabled:
+                    acc = dict(
+                        zip(HEADS, D.all_reduce_sum(torch.tensor([acc[k] for k in HEADS]), info).tolist())
+                    )
+                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                sched.step()
+                step += 1
+                total_loss = sum(weights[k] * acc[k] for k in HEADS)
+                losses_hist.append(total_loss)
+                tok_s = thr.update(tokens * info.world)
+                metrics = {
+                    "loss": total_loss,
+                    **{f"loss_{k}": acc[k] for k in HEADS},
+                    "lr": sched.get_last_lr()[0],
+                    "grad_norm": float(gnorm),
+                    "tokens_per_s": tok_s,
+                    "eta_s": thr.step_time() * (tc.max_steps - step),
+                    "data_wait_frac": wait_s / max(1e-9, wait_s + compute_s),
+                }
+                logger.step(step, metrics, tc.max_steps)
+                if "on_step" in self.hooks:
+                    self.hooks["on_step"](step, metrics)
+                if tc.debug_signal_at_step == step and info.is_main:  # other ranks learn it via any_rank
+                    os.kill(os.getpid(), __import__("signal").SIGTERM)
+                stopping = D.any_rank(stop.requested, info)
+                if (
+                    tc.eval_every
+                    and step % tc.eval_every == 0
+                    and data.val is not None
+                    and info.is_main
+                    and step < tc.max_steps
+                ):
+                    best = self._maybe_best(model, data, run_dir, step, best, logger)
+                if stopping or step % tc.ckpt_every == 0 or step == tc.max_steps:
+                    self._save(model, opt, sched, step, carried, info, ckpt_dir, tc, data.labels)
+                if stopping:
+                    interrupted = stop.signal or "stop"
+                    logger.print(
+                        f"{interrupted}: saved step {step} to {ckpt_dir}; resume with train.resume=true"
+                    )
+                    break
+        finally:
+            stop.restore()
+
+        result = {
+            "step": step,
+            "losses": losses_hist,
+            "interrupted": interrupted,
+            "skipped": len(data.skipped),
+            "data_wait_frac": wait_s / max(1e-9, wait_s + compute_s),
+        }
+        if interrupted is None and info.is_main:
+            final = model.save_pretrained(run_dir / "final")
+            result["final_model"] = str(final)
+            if data.val is not None:
+                res = validate(model, data.val, device=info.device)
+                self._report_eval(res, logger, step)
+                result["eval"] = res
+                (run_dir / "eval").mkdir(exist_ok=True)
+                (run_dir / "eval" / "results.json").write_text(json.dumps(res, indent=2) + "\n")
+                self._update_best(model, run_dir, res, best)
+            result["elapsed_s"] = time.perf_counter() - t_start
+            logger.print(f"final model: {final}  (load with ssm_mm.MultimodalSSM.from_pretrained)")
+            if logger.wandb_dir:
+                logger.print(
+                    f"wandb run: {logger.wandb_dir} (sync later with `wandb sync {logger.wandb_dir}`)"
+                )
+            logger.print(f"skipped streams: {len(data.skipped)}; total time {result['elapsed_s']:.0f}s")
+        logger.close()
+        D.barrier(info)
+        D.cleanup(info)
+        return result
+
+    # ------------------------------------------------------------------------------ helpers
+
+    def _save(self, model, opt, sched, step, carried, info, ckpt_dir, tc, labels):
+        slot = None if carried is None else carried.to_dict()
+        if info.enabled:  # gather every rank's slot states, in rank (= slot) order
+            gathered = [None] * info.world
+            torch.distributed.all_gather_object(gathered, slot)
+            if all(g is not None for g in gathered):
+                slot = ModelState.stack([ModelState.from_dict(g) for g in gathered]).to_dict()
+            else:
+                slot = None
+        if info.is_main:
+            payload = {
+                "step": step,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "python": _to_lists(random.getstate())},
+                "slot_state": None if slot is None else {k: v.cpu() for k, v in slot.items()},
+                "config": to_dict(self.cfg),
+                "model_config": model.config_dict(),
+                "labels": labels,
+                "world": info.world,
+            }
+            save_checkpoint(payload, ckpt_dir, step, keep_last=tc.keep_last)
+        D.barrier(info)
+
+    def _report_eval(self, res: dict, logger: RunLogger, step: int) -> None:
+        logger.print(
+            f"eval @ step {step}: tick accuracy {res['tick_accuracy']:.3f} (majority-class rate "
+            f"{res['majority_rate']:.3f}) | event macro-F1 {res['macro_f1']:.3f} | val loss lm "
+            f"{res['loss']['lm']:.3f} event {res['loss']['event']:.3f} speak {res['loss']['speak']:.3f}"
+        )
+        logger.log(
+            {
+                "eval/tick_accuracy": res["tick_accuracy"],
+                "eval/macro_f1": res["macro_f1"],
+                "eval/majority_rate": res["majority_rate"],
+                **{f"eval/loss_{k}": v for k, v in res["loss"].items()},
+            },
+            step=step,
+        )
+
+    def _maybe_best(self, model, data, run_dir, step, best, logger) -> float:
+        res = validate(model, data.val)
+        self._report_eval(res, logger, step)
+        return self._update_best(model, run_dir, res, best)
+
+    def _update_best(self, model, run_dir: Path, res: dict, best: float) -> float:
+        score = res["macro_f1"] if not math.isnan(res["macro_f1"]) else res["tick_accuracy"]
+        if score > best:
+            model.save_pretrained(run_dir / "best")
+            (run_dir / "best" / "score.json").write_text(json.dumps({"score": score}) + "\n")
+            return score
+        return best
+
+
+def _to_lists(x):
+    if isinstance(x, tuple):
+        return [_to_lists(v) for v in x]
+    return x
+
+
+def _to_tuple(x):
+    if isinstance(x, list):
+        return tuple(_to_tuple(v) for v in x)
+    return x
+
+
+def _to_device(state: ModelState, device) -> ModelState:
+    if device.type == "cpu":
+        return state
+    return ModelState.from_dict({k: v.to(device) for k, v in state.to_dict().items()})

@@ -1,0 +1,47 @@
+"""Offline validation during training: losses and per-tick event metrics on held-out streams.
+
+Each validation stream is one window run from a fresh state (the whole stream at once), so this
+measures the same thing streaming evaluation does, without the session's per-tick overhead.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ssm_mm.data.dataset import StreamDataset
+from ssm_mm.metrics import event_metrics
+from ssm_mm.models.multimodal import MultimodalSSM
+
+
+@torch.no_grad()
+def validate(model: MultimodalSSM, dataset: StreamDataset, batch_size: int = 8, device="cpu") -> dict:
+    """Mean per-head losses and event metrics over every stream of ``dataset`` (one window each)."""
+    was_training = model.training
+    model.eval()
+    preds, trues = [], []
+    sums = {"lm": 0.0, "event": 0.0, "speak": 0.0}
+    counts = {"lm": 0, "event": 0, "speak": 0}
+    speak_hits = speak_pos = 0
+    items = list(range(len(dataset)))
+    for i in range(0, len(items), batch_size):
+        batch = dataset.collate([dataset[j] for j in items[i : i + batch_size]]).to(device)
+        out = model.forward_batch(batch)
+        s, n = model.loss_sums(out, batch)
+        for k in sums:
+            sums[k] += float(s[k])
+            counts[k] += int(n[k])
+        th = model.tick_hidden(out.hidden, batch.summary_pos)
+        tv = batch.tick_valid
+        preds.append(model.event_head(th[tv]).argmax(-1).cpu())
+        trues.append(batch.event_label[tv].cpu())
+        speak_pred = model.speak_head(th[tv]).squeeze(-1) > 0
+        speak_true = batch.speak[tv] > 0.5
+        speak_hits += int((speak_pred & speak_true).sum())
+        speak_pos += int(speak_true.sum())
+    model.train(was_training)
+    pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+    true = torch.cat(trues) if trues else torch.zeros(0, dtype=torch.long)
+    res = event_metrics(pred, true, model.labels)
+    res["loss"] = {k: sums[k] / max(1, counts[k]) for k in sums}
+    res["speak_recall_ticks"] = speak_hits / speak_pos if speak_pos else float("nan")
+    return res
