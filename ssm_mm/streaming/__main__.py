@@ -1,0 +1,227 @@
+"""Streaming demo: play a media file through a trained model, printing what it says as it happens.
+
+    python -m ssm_mm.streaming MODEL_DIR media.mp4 [--realtime] \
+        [--ask "12.5:how many times did the bell ring?"]
+
+MODEL_DIR is a folder written by ``MultimodalSSM.save_pretrained`` (or a training checkpoint folder
+holding one in ``model/``). The file may have video and audio, video only, or audio only (wav, flac,
+ogg, mp3, ...); ``--audio`` takes the sound from a separate file. Video is decoded at the model's fps
+(as in training) and audio at the file's own rate, which the session resamples as it streams.
+
+The media is pushed one tick at a time: before the end of tick ``k`` is declared with
+``advance_to(end + margin)``, every frame and audio sample before that time is pushed (``margin`` covers
+the resampler's look-ahead), so each tick completes as soon as its media is in, and a question at
+media time ``T`` is asked when the stream time reaches the end of the tick holding ``T`` (where
+training places it). ``--realtime`` waits for the wall clock (``--speed`` times faster) before each
+tick; otherwise the file is streamed as fast as the model runs. Printed: answers, proactive events,
+event labels (changes, or every tick with ``--labels all``), and the speed and per-tick latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _parse_ask(text: str) -> tuple[float, str]:
+    t, sep, question = text.partition(":")
+    try:
+        at = float(t)
+    except ValueError:
+        at = math.nan
+    if not sep or not math.isfinite(at) or at < 0 or not question.strip():
+        raise argparse.ArgumentTypeError(f"--ask wants 'SECONDS:question', got {text!r}")
+    return at, question.strip()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m ssm_mm.streaming",
+        description="Stream a media file through a trained ssm_mm model and print answers, proactive "
+        "events and event labels as they happen.",
+    )
+    p.add_argument("model", help="model folder (save_pretrained output or a training checkpoint folder)")
+    p.add_argument("media", help="media file: video with or without audio, or audio only")
+    p.add_argument("--audio", help="take the audio from this file instead of MEDIA's own track")
+    p.add_argument("--no-audio", action="store_true", help="ignore MEDIA's audio track")
+    p.add_argument("--no-video", action="store_true", help="ignore MEDIA's video track")
+    p.add_argument(
+        "--ask",
+        action="append",
+        type=_parse_ask,
+        default=[],
+        metavar="T:TEXT",
+        help="ask TEXT at media time T seconds (repeatable)",
+    )
+    p.add_argument("--realtime", action="store_true", help="pace the stream by the wall clock")
+    p.add_argument("--speed", type=float, default=1.0, help="playback speed with --realtime (default 1)")
+    p.add_argument("--threshold", type=float, default=0.5, help="speak-now threshold (default 0.5)")
+    p.add_argument("--max-tokens", type=int, default=32, help="answer length cap in tokens (default 32)")
+    p.add_argument("--t0", type=float, default=0.0, help="stream-clock time of media time 0 (default 0)")
+    p.add_argument(
+        "--labels",
+        choices=("changes", "all", "none"),
+        default="changes",
+        help="print event labels when they change (default), at every tick, or not at all",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: a tick is a few dozen tokens; on a busy machine more threads "
+        "only spin; 0 keeps torch's own choice)",
+    )
+    return p
+
+
+class _Printer:
+    """Prints labels / events / answers with their stream times (relative to the media start)."""
+
+    def __init__(self, t0: float, labels: str, out=None):
+        self.t0, self.mode, self.out = t0, labels, out or sys.stdout
+        self.last: str | None = None
+
+    def line(self, t: float, tag: str, text: str) -> None:
+        print(f"[{t - self.t0:8.2f}s] {tag:<8} {text}", file=self.out, flush=True)
+
+    def drain(self, s) -> None:
+        """Print the session's new labels and events in stream order (a tick's label, then its event)."""
+        items = [(lab.end, 0, lab) for lab in s.segment_labels()] + [(ev.t, 1, ev) for ev in s.poll()]
+        for _, is_event, x in sorted(items, key=lambda it: it[:2]):
+            if is_event:
+                self.line(x.t, "event", f"{x.text!r}  (proactive, speak={x.score:.2f})")
+                continue
+            if self.mode == "all" or (self.mode == "changes" and x.label != self.last):
+                extra = "" if x.has_media else ", no media"
+                self.line(x.start, "label", f"{x.label}  (p={x.score:.2f}, speak={x.speak:.2f}{extra})")
+            self.last = x.label
+
+
+def run(args: argparse.Namespace, out=None) -> int:
+    from ssm_mm.data.interleave import place_text_time
+    from ssm_mm.media import decode_audio, decode_video, probe_media
+    from ssm_mm.models.multimodal import MultimodalSSM
+
+    out = out or sys.stdout
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.realtime and not args.speed > 0:
+        raise SystemExit("--speed must be > 0")
+    model = MultimodalSSM.from_pretrained(args.model)
+    cfg = model.features
+    info = probe_media(args.media)
+    use_video = info.has_video and not args.no_video
+    audio_src = args.audio or (args.media if info.has_audio and not args.no_audio else None)
+    if not use_video and audio_src is None:
+        raise SystemExit(f"{args.media}: nothing to stream (no video track used and no audio)")
+
+    t0 = float(args.t0)
+    frames = torch.zeros(0, 1, 1, 3, dtype=torch.uint8)
+    ftimes = np.zeros(0)
+    if use_video:
+        clip = decode_video(args.media, fps=cfg.fps)  # the frames training sees; the session resizes them
+        frames, ftimes = clip.frames, t0 + clip.timestamps.numpy()
+    samples, sr, a_t0 = torch.zeros(0), cfg.sample_rate, t0
+    if audio_src is not None:
+        rate = probe_media(audio_src).sample_rate or cfg.sample_rate
+        aclip = decode_audio(audio_src, sample_rate=rate)  # native rate: the session resamples it
+        samples, sr, a_t0 = aclip.samples, aclip.sample_rate, t0 + aclip.t0
+    modalities = tuple(m for m, on in (("video", use_video), ("audio", audio_src is not None)) if on)
+    s = model.stream(
+        modalities=modalities, t0=t0, speak_threshold=args.threshold, max_answer_tokens=args.max_tokens
+    )
+    tau = cfg.tick_seconds
+    margin = max(1e-3, s.audio_lookahead(sr) if audio_src is not None else 0.0)
+    ends = []
+    if use_video:
+        ends.append(float(ftimes[-1]) if len(ftimes) else t0)
+    if audio_src is not None:
+        ends.append(a_t0 + samples.shape[0] / sr)
+    safe_end, media_end = min(ends), max(ends)  # advance_to is safe while every track is still running
+    n = model.num_parameters()["total"]
+    print(f"model: {args.model} ({n / 1e6:.2f} M parameters; labels {', '.join(model.labels)})", file=out)
+    parts = []
+    if use_video:
+        parts.append(f"video {len(ftimes)} frames at {cfg.fps:g} fps")
+    if audio_src is not None:
+        parts.append(f"audio {samples.shape[0] / sr:.2f} s at {sr} Hz from t={a_t0 - t0:.3f} s")
+    print(f"media: {args.media}: {', '.join(parts)}; {media_end - t0:.2f} s", file=out)
+
+    asks = sorted(((place_text_time(t0 + at, tau, t0), at, q) for at, q in args.ask), key=lambda x: x[0])
+    printer = _Printer(t0, args.labels, out)
+    fi = ai = 0
+    latencies: list[float] = []  # seconds of compute per tick
+    wall0 = time.perf_counter()
+
+    def ask_due(final: bool = False) -> None:
+        while asks and (final or asks[0][0] <= s.time + 1e-9):
+            placed, at, q = asks.pop(0)
+            answer = s.ask(q)
+            note = "" if abs(placed - s.time) < 1e-9 else f" (asked at {s.time - t0:.2f}s: the stream ended)"
+            printer.line(s.time, "user", f"{q}  (at {at:g}s){note}")
+            printer.line(s.time, "answer", repr(answer))
+
+    k = 0
+    while fi < len(ftimes) or ai < samples.shape[0]:
+        c = t0 + (k + 1) * tau + margin  # push everything before c, then declare it
+        if args.realtime:
+            delay = wall0 + (c - t0) / args.speed - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        start = time.perf_counter()
+        done_before = s.ticks_done
+        fj = int(np.searchsorted(ftimes, c, side="left"))  # frames with t < c
+        if fj > fi:
+            s.push_video(frames[fi:fj], ftimes[fi:fj])
+            fi = fj
+        aj = min(samples.shape[0], max(ai, math.ceil((c - a_t0) * sr)))  # samples with t < c
+        if aj > ai:
+            s.push_audio(samples[ai:aj], sr, a_t0 + ai / sr)
+            ai = aj
+        if c < safe_end:
+            s.advance_to(c)
+        ticks = s.ticks_done - done_before
+        if ticks:
+            latencies.extend([(time.perf_counter() - start) / ticks] * ticks)
+        printer.drain(s)
+        ask_due()
+        k += 1
+    start = time.perf_counter()
+    done_before = s.ticks_done
+    s.close()
+    ticks = s.ticks_done - done_before
+    if ticks:
+        latencies.extend([(time.perf_counter() - start) / ticks] * ticks)
+    printer.drain(s)
+    ask_due(final=True)
+    wall = time.perf_counter() - wall0
+    stream_s = s.ticks_done * tau
+    lat = np.array(latencies) * 1e3 if latencies else np.zeros(1)
+    print(
+        f"done: {s.ticks_done} ticks ({stream_s:.1f} s of stream) in {wall:.2f} s wall "
+        f"({stream_s / max(wall, 1e-9):.1f}x real time); per-tick latency "
+        f"p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms; "
+        f"session memory {s.memory_bytes() / 1024:.0f} KiB",
+        file=out,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None, out=None) -> int:
+    args = build_parser().parse_args(argv)
+    if not Path(args.model).exists():
+        raise SystemExit(f"model folder not found: {args.model}")
+    try:
+        return run(args, out)
+    except (ValueError, FileNotFoundError) as e:  # MediaError, StreamingError, a bad model folder
+        raise SystemExit(f"error: {e}") from e
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1211 @@
+"""StreamingSession: the public streaming inference API (SPEC §7).
+
+A session runs one live stream through a :class:`~ssm_mm.models.multimodal.MultimodalSSM`, tick by
+tick, with the same featurizer (:mod:`ssm_mm.data.featurize`) and interleaver
+(:mod:`ssm_mm.data.interleave`) as training, so that its outputs equal the offline forward over the
+interleaved sequence of the same media plus the session's own transcript::
+
+    s = model.stream()                          # modalities=("video", "audio")
+    s.push_video(frames, timestamps)            # uint8 (T, H, W, 3), seconds on the stream clock
+    s.push_audio(samples, sample_rate, t0)      # float (N,) or (C, N); t0 = time of samples[0]
+    answer = s.ask("how many times did the bell ring?")
+    for ev in s.poll(): print(ev.t, ev.text)     # proactive responses
+    labels = s.segment_labels()                 # per-tick event labels
+    snapshot = s.state_dict()                   # model.stream(state=snapshot) resumes exactly
+    s.close()
+
+Decisions (docs/design.md gives the tick rules these follow):
+
+* **Ticks.** Tick ``k`` owns the media with ``k·τ < t − t0 <= (k+1)·τ`` (``t0``: the session's stream
+  start, option ``t0``). It is *complete* when every declared modality is known to have delivered
+  everything with ``t <= t0 + (k+1)·τ``: video when a frame of a later tick was pushed or
+  ``advance_to(t')`` was called with ``t'`` in a later tick; audio when the audio tokens (one per
+  ``audio_token_seconds``, timed at the end of the audio they cover) up to the tick end exist. The
+  **current stream time** is the end of the last processed tick (``t0`` before the first one).
+* **Processing.** A completed tick's media tokens go through the model in one forward call that
+  continues the recurrent state. The event head and the speak-now head read the tick's summary
+  position (its last media token). When ``sigmoid(speak) > speak_threshold`` the model generates a
+  proactive response (forced ``[BOT, ROLE_ASSISTANT]``, then greedy, at the tick's end time) that
+  becomes part of the state and is queued for :meth:`StreamingSession.poll`. A tick without media
+  has no prediction: it repeats the previous tick's label and never speaks. With ``auto_step=True``
+  (default) pushes process completed ticks at once; with ``auto_step=False`` they wait for
+  :func:`step_sessions`, which steps many sessions in one batched forward.
+* **ask().** The question ``[BOT, ROLE_USER, bytes, EOT]`` goes in at the current stream time, then
+  the answer is generated greedily (stops at EOT, at most ``max_answer_tokens`` tokens, a turn cut by
+  the cap is closed with EOT); both become part of the state. Before any tick was processed there is
+  no current time to place text at (text at ``t0`` belongs after tick 0's media): ``ask()`` raises
+  :class:`StreamingError` instead of guessing. With ``auto_step=False``, ``ask()`` first processes this
+  session's completed ticks.
+* **Audio.** Multi-channel audio is mixed to mono (channel mean) and resampled to the model's rate by
+  :class:`StreamingResampler`, the chunk-exact streaming form of
+  :func:`ssm_mm.media.audio.sinc_resample` (the filter ``ssm_mm.media.resample`` uses), so pieces give
+  the whole-signal result (up to float32 rounding, ~1e-7). A session takes one input rate (the first
+  push's); another rate later is an error. Resampling looks ahead up to
+  :attr:`StreamingResampler.lookahead_seconds` (0 at the model's own rate, ~10 ms for 44.1 kHz), so
+  audio up to ``t`` is complete once input up to ``t + lookahead`` arrived (or at :meth:`close`).
+* **Gaps and overlaps.** A push starting after the end of the previous audio leaves a gap that is
+  filled with silence (zeros at the input rate), as :func:`ssm_mm.media.decode_audio` fills holes in
+  a track, so audio tokens stay on one time grid (a long gap costs what that much audio costs).
+  ``advance_to(t)`` fills started audio the same way up to ``t``; before the first audio push it only
+  records that audio starts at or after ``t``. A push that starts before the end of the previous audio
+  (by half an input sample or more), or before a time declared by ``advance_to``, is an overlap:
+  :class:`StreamingError`. Video timestamps must be non-decreasing across pushes and not before an
+  ``advance_to`` time; frames are used as pushed (any rate; decode at ``model.features.fps`` to match
+  training, as the CLI does) and resized by the featurizer.
+* **Buffers and memory.** Featurized media of ticks that are not complete yet are buffered; their
+  bytes are capped by ``max_buffer_bytes`` (a push that would exceed it raises and leaves the session
+  unchanged). :meth:`StreamingSession.memory_bytes` counts every tensor storage the session keeps
+  alive (recurrent state, bounded attention cache, featurizer/resampler carry, buffers) plus pending
+  labels/events; nothing grows with stream length when labels and events are drained (they are
+  capped at ``max_pending``, oldest dropped). ``record=True`` keeps the transcript (for parity checks
+  and logs), which grows with the number of turns and is counted too.
+* **Errors.** Bad input raises :class:`StreamingError` (a ``ValueError``) naming the problem, and every
+  public method is a transaction: on any exception the session is exactly as before the call.
+  Session state is never mutated in place (tensors are replaced, lists copied), so a transaction is a
+  shallow copy.
+* **Snapshots.** :meth:`StreamingSession.state_dict` is a plain dict of tensors, numbers, strings and
+  lists (``torch.save`` / ``torch.load(weights_only=True)`` round-trip it); ``model.stream(state=...)``
+  resumes exactly, and sessions forked from one snapshot share nothing.
+
+Sessions are not thread-safe; run one session (or one :func:`step_sessions` call) at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ssm_mm.data.featurize import (
+    AudioFeaturizer,
+    AudioFeaturizerState,
+    FeaturizerConfig,
+    VideoFeaturizer,
+    audio_token_times,
+)
+from ssm_mm.data.interleave import AUDIO, TEXT, VIDEO, TimedTokens, interleave, tick_end_time, tick_of
+from ssm_mm.models.multimodal import ModelState
+from ssm_mm.streaming.state import BackboneState
+
+if TYPE_CHECKING:
+    from ssm_mm.models.multimodal import MultimodalSSM
+
+__all__ = [
+    "StreamingError",
+    "SessionOptions",
+    "TickLabel",
+    "StreamEvent",
+    "TranscriptTurn",
+    "ResamplerState",
+    "StreamingResampler",
+    "StreamingSession",
+    "step_sessions",
+]
+
+STATE_FORMAT = "ssm_mm.StreamingSession"
+STATE_VERSION = 1
+MODALITIES = ("video", "audio")
+# Input pieces processed at once inside one push: bounds the transient memory of a long push or a
+# long silence fill, and lets ticks complete (and buffers drain) while a long push is ingested.
+_AUDIO_PIECE_SECONDS = 2.0
+_VIDEO_PIECE_FRAMES = 16
+# Nominal bytes of one pending label / event / transcript entry as Python objects (plus its text).
+_ITEM_BYTES = 64
+# Nominal bytes of the session's scalar cursor fields (ticks, times, counters).
+_CURSOR_BYTES = 256
+# Channels a (C, N) audio push may have; more means (N, C) was probably passed.
+_MAX_CHANNELS = 16
+# Largest polyphase kernel (elements) the streaming resampler builds (rate pairs with a tiny gcd).
+_MAX_KERNEL_ELEMENTS = 1 << 24
+
+
+class StreamingError(ValueError):
+    """Bad input to a streaming session or a call it cannot honour; the session is left unchanged."""
+
+
+# ------------------------------------------------------------------------------------------ records
+
+
+@dataclass(frozen=True)
+class TickLabel:
+    """The event label of one completed tick.
+
+    tick:   tick index (from the session's ``t0``); the tick spans ``[start, end)`` on the stream clock.
+    label:  label name (``model.labels[index]``; index 0 is ``background``).
+    score:  softmax probability of the label (of the repeated label for a tick without media).
+    speak:  sigmoid of the speak-now head at the tick (0 for a tick without media).
+    has_media: False when the tick had no media token (then the label repeats the previous tick's).
+    """
+
+    tick: int
+    start: float
+    end: float
+    label: str
+    index: int
+    score: float
+    speak: float
+    has_media: bool = True
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """A proactive response emitted at stream time ``t`` (a tick end); ``score`` = speak-now probability."""
+
+    t: float
+    text: str
+    ids: tuple[int, ...]
+    score: float
+
+
+@dataclass(frozen=True)
+class TranscriptTurn:
+    """One text turn that entered the session's state (``record=True``).
+
+    ``ids`` are the token ids fed to the model, ``[BOT, ROLE, content..., EOT]``; ``t`` is the stream
+    time it was placed at; ``proactive`` marks assistant turns the speak-now head triggered.
+    """
+
+    t: float
+    role: str
+    ids: tuple[int, ...]
+    text: str
+    proactive: bool = False
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """Settings of a streaming session (``model.stream(**options)``).
+
+    modalities:        the media the stream has; a tick waits for every one of them.
+    t0:                stream-clock time of the stream start; ticks are counted from it and media
+                       before it is refused. Fixed for the session's lifetime.
+    speak_threshold:   a proactive response is generated when sigmoid(speak head) > this (1 = never).
+    max_answer_tokens: cap on generated content tokens per answer / proactive response.
+    max_buffer_bytes:  cap on buffered media (featurized frames and audio tokens not yet processed).
+    max_pending:       cap on undrained labels and on undrained events (oldest dropped, counted).
+    auto_step:         process completed ticks inside push/advance calls (False: step_sessions does).
+    record:            keep the transcript (:meth:`StreamingSession.transcript`); grows with turns.
+    """
+
+    modalities: tuple[str, ...] = MODALITIES
+    t0: float = 0.0
+    speak_threshold: float = 0.5
+    max_answer_tokens: int = 32
+    max_buffer_bytes: int = 16 << 20
+    max_pending: int = 4096
+    auto_step: bool = True
+    record: bool = False
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> StreamingError:
+            return StreamingError(f"session option {name}={getattr(self, name)!r}: {why}")
+
+        mods = self.modalities
+        if isinstance(mods, str):
+            mods = (mods,)
+        try:
+            mods = tuple(mods)
+        except TypeError:
+            raise bad("modalities", f"expected a sequence of names from {MODALITIES}") from None
+        if not mods or len(set(mods)) != len(mods) or any(m not in MODALITIES for m in mods):
+            raise bad("modalities", f"expected one or both of {MODALITIES}, each once")
+        object.__setattr__(self, "modalities", tuple(m for m in MODALITIES if m in mods))
+        if not _is_real(self.t0) or not math.isfinite(self.t0):
+            raise bad("t0", "must be a finite number of seconds")
+        object.__setattr__(self, "t0", float(self.t0))
+        if not _is_real(self.speak_threshold) or not 0.0 <= self.speak_threshold <= 1.0:
+            raise bad("speak_threshold", "must be a probability in [0, 1]")
+        object.__setattr__(self, "speak_threshold", float(self.speak_threshold))
+        for name, lo in (("max_answer_tokens", 1), ("max_buffer_bytes", 0), ("max_pending", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+                raise bad(name, f"must be an integer >= {lo}")
+            object.__setattr__(self, name, int(v))  # plain int: snapshots load with weights_only
+        for name in ("auto_step", "record"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "must be True or False")
+
+    @classmethod
+    def build(cls, base: SessionOptions | None = None, **opts) -> SessionOptions:
+        """``base`` (or the defaults) with ``opts`` replaced; unknown names raise with the valid list."""
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(opts) - set(valid))
+        if unknown:
+            raise StreamingError(f"unknown session option(s) {unknown}; valid: {valid}")
+        return dataclasses.replace(base or cls(), **opts)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["modalities"] = list(self.modalities)
+        return d
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+# ---------------------------------------------------------------------------------------- resampler
+
+
+@dataclass
+class ResamplerState:
+    """Carried state of :class:`StreamingResampler` (bounded: ``carry`` < kernel length + one block).
+
+    carry:  (n,) float32 input samples from position ``q·orig − width`` on, where ``q`` is the next
+            output block (zeros stand for the samples before the stream start).
+    n_in:   input samples consumed since the stream start.
+    n_out:  output samples emitted.
+    """
+
+    carry: Tensor
+    n_in: int
+    n_out: int
+
+    def to_dict(self) -> dict:
+        return {"carry": self.carry.clone(), "n_in": self.n_in, "n_out": self.n_out}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ResamplerState:
+        return cls(carry=d["carry"].to(torch.float32).clone(), n_in=int(d["n_in"]), n_out=int(d["n_out"]))
+
+
+class StreamingResampler:
+    """Band-limited resampling of a stream in pieces, equal to resampling the whole signal at once.
+
+    :func:`ssm_mm.media.audio.sinc_resample` computes output block ``q`` (``new`` samples, rates divided
+    by their gcd) as one stride-``orig`` correlation of the zero-padded input with a polyphase kernel
+    of length ``K = 2·width + orig``: block ``q`` reads input ``[q·orig − width, q·orig + orig + width)``.
+    Here every block is computed as soon as that input range has arrived, with the same kernel and
+    dtype, and the input from the next block's start on is carried; :meth:`flush` pads the end with
+    zeros and trims to ``ceil(n_in · new / orig)`` samples, as the whole-signal call does.
+
+    ``y, state = rs(x, state)`` with x (N,) float32 -> y (M,) float32.
+    """
+
+    def __init__(self, orig_sr: int, new_sr: int):
+        from ssm_mm.media.audio import sinc_resample_kernel
+
+        g = math.gcd(int(orig_sr), int(new_sr))
+        self.orig_sr, self.new_sr = int(orig_sr), int(new_sr)
+        self.orig, self.new = self.orig_sr // g, self.new_sr // g
+        self.identity = self.orig == self.new
+        self.width = 0
+        self.kernel: Tensor | None = None
+        if not self.identity:
+            # kernel (new, 1, K) with K = 2·width + orig; refuse rate pairs whose kernel is absurd
+            base = min(self.orig, self.new) * 0.99
+            k_len = 2 * math.ceil(6 * self.orig / base) + self.orig
+            if self.new * k_len > _MAX_KERNEL_ELEMENTS:
+                raise StreamingError(
+                    f"cannot resample {self.orig_sr} Hz -> {self.new_sr} Hz: the rates share too small a "
+                    f"factor (gcd {g}), the polyphase filter would have {self.new * k_len} taps"
+                )
+            kernel, self.width = sinc_resample_kernel(self.orig, self.new)
+            self.kernel = kernel.to(torch.float32)  # (new, 1, K), the dtype sinc_resample uses for float32
+
+    @property
+    def kernel_size(self) -> int:
+        return 0 if self.identity else 2 * self.width + self.orig
+
+    @property
+    def lookahead_seconds(self) -> float:
+        """Input seconds past an output sample's time needed before it is emitted (an upper bound)."""
+        return 0.0 if self.identity else (self.orig + self.width) / self.orig_sr
+
+    def init_state(self) -> ResamplerState:
+        return ResamplerState(carry=torch.zeros(self.width, dtype=torch.float32), n_in=0, n_out=0)
+
+    def _blocks(self, buf: Tensor) -> tuple[Tensor, int]:
+        """Every complete output block of ``buf`` (starting at a block boundary − width)."""
+        k_len = self.kernel_size
+        if buf.shape[0] < k_len:
+            return torch.zeros(0, dtype=torch.float32), 0
+        nq = (buf.shape[0] - k_len) // self.orig + 1
+        x = buf[: (nq - 1) * self.orig + k_len].view(1, 1, -1)  # (1, 1, n)
+        y = F.conv1d(x, self.kernel, stride=self.orig)  # (1, new, nq): phase j of block q
+        return y[0].transpose(0, 1).reshape(-1), nq  # (nq·new,) interleaved: k = q·new + j
+
+    def __call__(self, x: Tensor, state: ResamplerState) -> tuple[Tensor, ResamplerState]:
+        if self.identity:
+            n = x.shape[0]
+            return x, ResamplerState(state.carry, state.n_in + n, state.n_out + n)
+        buf = torch.cat([state.carry, x])  # (n_carry + N,)
+        y, nq = self._blocks(buf)
+        return y, ResamplerState(
+            buf[nq * self.orig :].clone(), state.n_in + x.shape[0], state.n_out + y.shape[0]
+        )
+
+    def flush(self, state: ResamplerState) -> tuple[Tensor, ResamplerState]:
+        """The remaining output at the end of the stream (zeros assumed after the last input)."""
+        total = math.ceil(state.n_in * self.new / self.orig)
+        if self.identity or state.n_out >= total:
+            return torch.zeros(0, dtype=torch.float32), state
+        buf = torch.cat([state.carry, torch.zeros(self.width + self.orig, dtype=torch.float32)])
+        y, _ = self._blocks(buf)
+        y = y[: total - state.n_out].clone()
+        return y, ResamplerState(torch.zeros(0, dtype=torch.float32), state.n_in, total)
+
+
+# --------------------------------------------------------------------------------------- input checks
+
+
+def _as_audio(samples) -> Tensor:
+    """(N,) or (C, N) float numpy/torch -> (N,) float32 mono (channel mean); StreamingError if bad."""
+    if isinstance(samples, np.ndarray):
+        if samples.dtype.kind != "f":
+            raise StreamingError(
+                f"audio samples must be floating point (e.g. int16 PCM / 32768), got dtype {samples.dtype}"
+            )
+        samples = torch.from_numpy(np.ascontiguousarray(samples))
+    if not isinstance(samples, Tensor):
+        raise StreamingError(
+            f"audio samples must be a numpy array or torch tensor, got {type(samples).__name__}"
+        )
+    if not samples.is_floating_point():
+        raise StreamingError(
+            f"audio samples must be floating point (e.g. int16 PCM / 32768), got dtype {samples.dtype}"
+        )
+    if samples.ndim == 2:
+        if not 1 <= samples.shape[0] <= _MAX_CHANNELS:
+            raise StreamingError(
+                f"audio samples must be (N,) or (C, N) with 1..{_MAX_CHANNELS} channels, got shape "
+                f"{tuple(samples.shape)} (pass (C, N), not (N, C))"
+            )
+    elif samples.ndim != 1:
+        raise StreamingError(f"audio samples must be (N,) or (C, N), got shape {tuple(samples.shape)}")
+    x = samples.detach().to(device="cpu", dtype=torch.float32)
+    if not bool(torch.isfinite(x).all()):
+        raise StreamingError("audio samples contain NaN or Inf")
+    if x.ndim == 2:
+        x = x.mean(0)  # (N,) mono: the mean of the channels, as decode_audio mixes
+    return x.contiguous()
+
+
+def _as_rate(sample_rate) -> int:
+    if not _is_real(sample_rate) or not math.isfinite(float(sample_rate)) or float(sample_rate) <= 0:
+        raise StreamingError(f"sample_rate must be a positive number of Hz, got {sample_rate!r}")
+    if float(sample_rate) != int(sample_rate):
+        raise StreamingError(f"sample_rate must be a whole number of Hz, got {sample_rate!r}")
+    return int(sample_rate)
+
+
+def _as_time(t, what: str) -> float:
+    if isinstance(t, (np.ndarray, Tensor)) and t.ndim == 0:
+        t = t.item()
+    if not _is_real(t) or not math.isfinite(float(t)):
+        raise StreamingError(f"{what} must be a finite number of seconds, got {t!r}")
+    return float(t)
+
+
+def _as_frames(frames) -> Tensor:
+    if isinstance(frames, np.ndarray):
+        frames = torch.from_numpy(np.ascontiguousarray(frames))
+    if not isinstance(frames, Tensor):
+        raise StreamingError(
+            f"video frames must be a numpy array or torch tensor, got {type(frames).__name__}"
+        )
+    if frames.dtype != torch.uint8:
+        raise StreamingError(f"video frames must be uint8 RGB, got dtype {frames.dtype}")
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[1] == 0 or frames.shape[2] == 0:
+        raise StreamingError(
+            f"video frames must have shape (T, H, W, 3) with H, W > 0, got {tuple(frames.shape)}"
+        )
+    return frames.detach().cpu()
+
+
+def _as_timestamps(timestamps, n: int) -> Tensor:
+    try:
+        if isinstance(timestamps, Tensor):
+            ts = timestamps.detach().cpu().to(torch.float64)
+        else:
+            ts = torch.from_numpy(np.asarray(timestamps, dtype=np.float64))
+    except (TypeError, ValueError):
+        raise StreamingError(
+            f"video timestamps must be numbers (seconds), got {type(timestamps).__name__}"
+        ) from None
+    if ts.ndim != 1 or ts.shape[0] != n:
+        raise StreamingError(
+            f"got {n} frames but timestamps of shape {tuple(ts.shape)}: need one timestamp per frame"
+        )
+    if not bool(torch.isfinite(ts).all()):
+        raise StreamingError("video timestamps contain NaN or Inf")
+    if n > 1 and bool((ts[1:] < ts[:-1]).any()):
+        i = int(torch.nonzero(ts[1:] < ts[:-1])[0])
+        raise StreamingError(
+            f"video timestamps must be non-decreasing: t[{i}]={ts[i].item()} > t[{i + 1}]={ts[i + 1].item()}"
+        )
+    return ts
+
+
+# ------------------------------------------------------------------------------------- session state
+
+
+@dataclass
+class _State:
+    """Everything a session holds. Never mutated in place: tensors are replaced, lists are copied by
+    :meth:`copy`, so a shallow copy is a snapshot (transactions, forks)."""
+
+    model: ModelState
+    next_tick: int  # first tick not processed yet; current stream time = end of tick next_tick − 1
+    end_tick: int | None  # set by close(): ticks < end_tick are complete regardless of media
+    closed: bool
+    # video: featurized frames not processed yet, and what is known about the future
+    video_feats: Tensor  # (Fb, 3, S, S) float32
+    video_times: Tensor  # (Fb,) float64 stream clock
+    video_until: float  # no frame will come before this (last frame time or advance_to time)
+    n_frames: int  # frames pushed so far
+    # audio: tokens not processed yet, featurizer and resampler carry, input bookkeeping
+    audio_feats: Tensor  # (Ab, D) float32
+    audio_times: Tensor  # (Ab,) float64 stream clock (end of the audio each token covers)
+    audio_until: float  # before the first audio push: audio starts at or after this
+    audio_t0: float | None  # stream time of the first audio sample (None: no audio yet)
+    audio_rate: int  # input sample rate of the pushes (0: none yet)
+    audio_in: int  # input samples since audio_t0, silence fills included
+    resampler: ResamplerState | None
+    featurizer: AudioFeaturizerState | None
+    # heads and text
+    last_label: int
+    last_score: float
+    n_turns: int
+    labels: list[TickLabel] = field(default_factory=list)
+    events: list[StreamEvent] = field(default_factory=list)
+    dropped_labels: int = 0
+    dropped_events: int = 0
+    transcript: list[TranscriptTurn] | None = None
+
+    def copy(self) -> _State:
+        c = dataclasses.replace(self)
+        c.labels, c.events = list(self.labels), list(self.events)
+        c.transcript = None if self.transcript is None else list(self.transcript)
+        return c
+
+
+def _compact(t: Tensor) -> Tensor:
+    """``t`` in storage of its own size (a slice must not keep a larger buffer alive)."""
+    return t if t.untyped_storage().nbytes() == t.numel() * t.element_size() else t.clone()
+
+
+def _compact_model_state(s: ModelState) -> ModelState:
+    bb = BackboneState([layer.map(_compact) for layer in s.backbone.layers], _compact(s.backbone.n_tokens))
+    return ModelState(bb, _compact(s.last_t), _compact(s.last_kind_t))
+
+
+@functools.lru_cache(maxsize=8)
+def _featurizers_by_key(key: str) -> tuple[AudioFeaturizer, VideoFeaturizer]:
+    cfg = FeaturizerConfig(**json.loads(key))
+    return AudioFeaturizer(cfg), VideoFeaturizer(cfg)
+
+
+def _featurizers(cfg: FeaturizerConfig) -> tuple[AudioFeaturizer, VideoFeaturizer]:
+    """The featurizers of a config, shared by every session (they hold only constants: window, mel
+    filterbank), so that a session's memory is its own state."""
+    return _featurizers_by_key(json.dumps(dataclasses.asdict(cfg), sort_keys=True))
+
+
+@functools.lru_cache(maxsize=32)
+def _resampler(orig_sr: int, new_sr: int) -> StreamingResampler:
+    """Shared resamplers (constants only: the polyphase kernel)."""
+    return StreamingResampler(orig_sr, new_sr)
+
+
+def _model_digest(model: MultimodalSSM) -> str:
+    blob = json.dumps(model.config_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------ session
+
+
+class StreamingSession:
+    """One live stream through a MultimodalSSM (SPEC §7); see the module docstring for the rules.
+
+    Create it with ``model.stream(state=None, modalities=("video", "audio"), **options)``
+    (:class:`SessionOptions` lists the options). ``state``: a :meth:`state_dict` snapshot to resume;
+    the stream-defining options (modalities, t0) then come from it, runtime options may be changed.
+    """
+
+    def __init__(
+        self,
+        model: MultimodalSSM,
+        state: dict | None = None,
+        modalities: Sequence[str] | str | None = None,
+        **options,
+    ):
+        self.model = model
+        self.cfg: FeaturizerConfig = model.features
+        self.tau = float(self.cfg.tick_seconds)
+        self._audio_fz, self._video_fz = _featurizers(self.cfg)
+        self._digest = _model_digest(model)
+        self._device = next(model.parameters()).device
+        if state is None:
+            if modalities is not None:
+                options["modalities"] = modalities
+            self.options = SessionOptions.build(**options)
+            self._st = self._fresh_state()
+        else:
+            self._load(state, modalities, options)
+
+    # ------------------------------------------------------------------------------- properties
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.options.modalities
+
+    @property
+    def t0(self) -> float:
+        return self.options.t0
+
+    @property
+    def time(self) -> float:
+        """Current stream time: the end of the last processed tick (``t0`` before the first)."""
+        k = self._st.next_tick
+        return self.t0 if k == 0 else tick_end_time(k - 1, self.tau, self.t0)
+
+    @property
+    def ticks_done(self) -> int:
+        """Ticks processed so far."""
+        return self._st.next_tick
+
+    @property
+    def closed(self) -> bool:
+        return self._st.closed
+
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Labels / events dropped because more than ``max_pending`` were left unread."""
+        return {"labels": self._st.dropped_labels, "events": self._st.dropped_events}
+
+    def audio_lookahead(self, sample_rate: int) -> float:
+        """Seconds of input audio past a time needed before audio up to that time is complete."""
+        return self._resampler(_as_rate(sample_rate)).lookahead_seconds
+
+    def __repr__(self) -> str:
+        return (
+            f"StreamingSession(modalities={self.modalities}, time={self.time:.3f}, ticks={self.ticks_done}, "
+            f"buffered={self.buffered_bytes()} B, closed={self.closed})"
+        )
+
+    # ---------------------------------------------------------------------------------- pushes
+
+    @torch.no_grad()
+    def push_video(self, frames, timestamps) -> None:
+        """Push frames ``(T, H, W, 3)`` uint8 (numpy or torch, any H, W) at ``timestamps`` (T,) seconds
+        on the stream clock, non-decreasing (also across calls) and not before ``t0`` or an
+        ``advance_to`` time."""
+        self._check_open("push_video")
+        self._check_declared("video")
+        x = _as_frames(frames)
+        ts = _as_timestamps(timestamps, x.shape[0])
+        if ts.shape[0] == 0:
+            return
+        st = self._st
+        first = float(ts[0])
+        if first < self.t0:
+            raise StreamingError(f"video timestamp {first} is before the stream start t0={self.t0}")
+        if first < st.video_until:
+            raise StreamingError(
+                f"video timestamps went backwards: first timestamp {first} < {st.video_until}, the last "
+                f"frame's time or a time declared by advance_to()"
+            )
+        with self._transaction():
+            for i in range(0, x.shape[0], _VIDEO_PIECE_FRAMES):
+                feats, times = self._video_fz(x[i : i + _VIDEO_PIECE_FRAMES], ts[i : i + _VIDEO_PIECE_FRAMES])
+                st = self._st
+                st.video_feats = torch.cat([st.video_feats, feats])  # (Fb + t, 3, S, S)
+                st.video_times = torch.cat([st.video_times, times])
+                st.video_until = float(times[-1])
+                st.n_frames += feats.shape[0]
+                self._after_ingest()
+
+    @torch.no_grad()
+    def push_audio(self, samples, sample_rate, t0) -> None:
+        """Push audio ``(N,)`` or ``(C, N)`` float (numpy or torch) at ``sample_rate`` Hz whose first
+        sample is at stream time ``t0``. A gap after the previous push is filled with silence; an
+        overlap (or a start before an ``advance_to`` time) raises. One input rate per session."""
+        self._check_open("push_audio")
+        self._check_declared("audio")
+        x = _as_audio(samples)
+        sr = _as_rate(sample_rate)
+        t0 = _as_time(t0, "audio t0")
+        st = self._st
+        if st.audio_t0 is None:
+            if t0 < self.t0:
+                raise StreamingError(f"audio t0={t0} is before the stream start t0={self.t0}")
+            if t0 < st.audio_until:
+                raise StreamingError(
+                    f"audio t0={t0} is before {st.audio_until}, declared by advance_to() as the earliest "
+                    f"time media may still arrive"
+                )
+            self._resampler(sr)  # rejects impossible rate pairs before anything changes
+            gap = 0
+        else:
+            if sr != st.audio_rate:
+                raise StreamingError(
+                    f"sample_rate {sr} Hz differs from this session's audio input rate {st.audio_rate} Hz "
+                    f"(one input rate per session)"
+                )
+            gap = round((t0 - st.audio_t0) * sr) - st.audio_in
+            if gap < 0:
+                end = st.audio_t0 + st.audio_in / sr
+                raise StreamingError(
+                    f"audio t0={t0} overlaps audio already pushed (or declared silent by advance_to) up to "
+                    f"t={end:.6f}: audio must not go backwards"
+                )
+        if x.shape[0] == 0 and gap == 0:
+            return
+        with self._transaction():
+            if self._st.audio_t0 is None:
+                self._start_audio(t0, sr)
+            self._feed_audio(torch.zeros(gap, dtype=torch.float32))
+            self._feed_audio(x)
+
+    @torch.no_grad()
+    def advance_to(self, t) -> None:
+        """Declare that no media will arrive before stream time ``t``: ticks ending before ``t`` can
+        complete. Started audio is filled with silence up to ``t``. An earlier ``t`` is a no-op."""
+        self._check_open("advance_to")
+        t = _as_time(t, "advance_to time")
+        with self._transaction():
+            st = self._st
+            if "video" in self.modalities and t > st.video_until:
+                st.video_until = t
+            if "audio" in self.modalities:
+                if st.audio_t0 is None:
+                    st.audio_until = max(st.audio_until, t)
+                else:
+                    gap = round((t - st.audio_t0) * st.audio_rate) - st.audio_in
+                    if gap > 0:
+                        self._feed_audio(torch.zeros(gap, dtype=torch.float32))
+            self._after_ingest()
+
+    @torch.no_grad()
+    def close(self) -> None:
+        """End of the stream: flush the resampler and process every buffered tick, the last partial
+        one included (an incomplete last audio token does not exist, as offline). Idempotent; no
+        media may be pushed afterwards (``ask`` still works)."""
+        if self._st.closed:
+            return
+        with self._transaction():
+            st = self._st
+            if st.resampler is not None and st.audio_rate:
+                y, st.resampler = self._resampler(st.audio_rate).flush(st.resampler)
+                self._featurize_audio(y)
+            last = st.next_tick - 1
+            for times in (st.video_times, st.audio_times):
+                if times.shape[0]:
+                    last = max(last, int(tick_of(float(times[-1]) - self.t0, self.tau)))
+            st.end_tick = last + 1
+            self._advance(force=True)
+            st = self._st
+            st.closed = True
+
+    # ------------------------------------------------------------------------------------ text
+
+    @torch.no_grad()
+    def ask(self, text: str) -> str:
+        """Ask ``text`` at the current stream time; returns the generated answer (greedy, stops at EOT
+        or after ``max_answer_tokens``). Question and answer become part of the state."""
+        if not isinstance(text, str):
+            raise StreamingError(f"question must be a str, got {type(text).__name__}")
+        if not text.strip():
+            raise StreamingError("question text is empty")
+        if self._st.next_tick == 0 and self._complete_until() == 0:
+            raise StreamingError(
+                "ask() before the first tick completed: there is no stream time to ask at yet (text at "
+                f"t0 goes after tick 0's media); push media up to t0 + {self.tau} s or call "
+                f"advance_to(t) with t > {self.t0 + self.tau}"
+            )
+        with self._transaction():
+            self._advance(force=True)
+            tok = self.model.tokenizer
+            t = self.time
+            q_ids = tok.encode_turn("user", text)
+            dev = self._device
+            kind = torch.full((1, len(q_ids)), TEXT, dtype=torch.int64, device=dev)
+            times = torch.full((1, len(q_ids)), t, dtype=torch.float64, device=dev)
+            src = torch.tensor([q_ids], dtype=torch.int64, device=dev)
+            state = self.model(kind, times, src, state=self._st.model).state
+            ids, state, _ = self.model.generate(state, t, self.options.max_answer_tokens, role="assistant")
+            st = self._st
+            st.model = _compact_model_state(state)
+            answer = tok.decode(ids[0])
+            a_ids = (tok.bot_id, tok.role_id("assistant"), *ids[0], tok.eot_id)
+            st.n_turns += 2
+            if st.transcript is not None:
+                st.transcript.append(TranscriptTurn(t, "user", tuple(q_ids), text))
+                st.transcript.append(TranscriptTurn(t, "assistant", a_ids, answer))
+        return answer
+
+    def poll(self) -> list[StreamEvent]:
+        """Proactive responses emitted since the last call (drained)."""
+        out, self._st.events = self._st.events, []
+        return out
+
+    def segment_labels(self) -> list[TickLabel]:
+        """Per-tick event labels emitted since the last call (drained), ticks ascending."""
+        out, self._st.labels = self._st.labels, []
+        return out
+
+    def transcript(self) -> list[TranscriptTurn]:
+        """Every text turn so far, in order (needs ``record=True``)."""
+        if self._st.transcript is None:
+            raise StreamingError("the transcript is only kept with model.stream(record=True)")
+        return list(self._st.transcript)
+
+    # ---------------------------------------------------------------------------------- memory
+
+    def _held_tensors(self) -> Iterator[Tensor]:
+        st = self._st
+        for layer in st.model.backbone.layers:
+            yield from layer.tensors().values()
+        yield from (st.model.backbone.n_tokens, st.model.last_t, st.model.last_kind_t)
+        yield from (st.video_feats, st.video_times, st.audio_feats, st.audio_times)
+        if st.featurizer is not None:
+            yield from (st.featurizer.tail, st.featurizer.pending)
+        if st.resampler is not None:
+            yield st.resampler.carry
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the session: every tensor storage it keeps alive (recurrent state, attention
+        cache, featurizer/resampler carry, media buffers; counted once per storage), plus pending
+        labels/events (and the transcript with ``record=True``) at a nominal size per item. Constants
+        shared by all sessions (model weights, mel filterbank, resampling kernels) are not counted."""
+        storages: dict[int, int] = {}
+        for t in self._held_tensors():
+            s = t.untyped_storage()
+            storages[s.data_ptr()] = max(storages.get(s.data_ptr(), 0), s.nbytes())
+        st = self._st
+        items = len(st.labels) * _ITEM_BYTES
+        items += sum(_ITEM_BYTES + 8 * len(e.ids) + len(e.text.encode()) for e in st.events)
+        if st.transcript is not None:
+            items += sum(_ITEM_BYTES + 8 * len(x.ids) + len(x.text.encode()) for x in st.transcript)
+        return sum(storages.values()) + items + _CURSOR_BYTES
+
+    def buffered_bytes(self) -> int:
+        """Bytes of buffered media (the part capped by ``max_buffer_bytes``)."""
+        st = self._st
+        return sum(
+            t.numel() * t.element_size()
+            for t in (st.video_feats, st.video_times, st.audio_feats, st.audio_times)
+        )
+
+    # -------------------------------------------------------------------------------- snapshots
+
+    def state_dict(self) -> dict:
+        """A plain snapshot (tensors, numbers, strings, lists, dicts) of everything the session holds.
+
+        Survives ``torch.save`` / ``torch.load(weights_only=True)``; ``model.stream(state=sd)`` resumes
+        exactly. Tensors are copies (on the CPU).
+        """
+        st = self._st
+        cpu = lambda t: t.detach().to("cpu", copy=True)
+        return {
+            "format": STATE_FORMAT,
+            "format_version": STATE_VERSION,
+            "model_digest": self._digest,
+            "options": self.options.to_dict(),
+            "model_state": {k: cpu(v) for k, v in st.model.to_dict().items()},
+            "cursor": {
+                "next_tick": st.next_tick,
+                "end_tick": -1 if st.end_tick is None else st.end_tick,
+                "closed": st.closed,
+                "n_turns": st.n_turns,
+                "last_label": st.last_label,
+                "last_score": st.last_score,
+                "dropped_labels": st.dropped_labels,
+                "dropped_events": st.dropped_events,
+            },
+            "video": {
+                "feats": cpu(st.video_feats),
+                "times": cpu(st.video_times),
+                "until": st.video_until,
+                "n_frames": st.n_frames,
+            },
+            "audio": {
+                "feats": cpu(st.audio_feats),
+                "times": cpu(st.audio_times),
+                "until": st.audio_until,
+                "t0": st.audio_t0,
+                "rate": st.audio_rate,
+                "n_in": st.audio_in,
+                "resampler": None if st.resampler is None else st.resampler.to_dict(),
+                "featurizer": None if st.featurizer is None else st.featurizer.to_dict(),
+            },
+            "labels": [dataclasses.asdict(x) for x in st.labels],
+            "events": [{**dataclasses.asdict(e), "ids": list(e.ids)} for e in st.events],
+            "transcript": None
+            if st.transcript is None
+            else [{**dataclasses.asdict(x), "ids": list(x.ids)} for x in st.transcript],
+        }
+
+    def _load(self, sd: dict, modalities, options: dict) -> None:
+        if not isinstance(sd, dict) or sd.get("format") != STATE_FORMAT:
+            raise StreamingError("state is not a StreamingSession.state_dict() snapshot")
+        if sd.get("format_version") != STATE_VERSION:
+            raise StreamingError(
+                f"snapshot format_version {sd.get('format_version')!r} is not supported (this ssm_mm reads "
+                f"{STATE_VERSION})"
+            )
+        if sd["model_digest"] != self._digest:
+            raise StreamingError(
+                "snapshot was taken with a model of another configuration (config digest "
+                f"{sd['model_digest']} != {self._digest})"
+            )
+        saved = dict(sd["options"])
+        saved["modalities"] = tuple(saved["modalities"])
+        base = SessionOptions.build(**saved)
+        if modalities is not None:
+            options["modalities"] = modalities
+        for name in ("modalities", "t0"):
+            if name in options:
+                want = SessionOptions.build(base, **{name: options.pop(name)})
+                if getattr(want, name) != getattr(base, name):
+                    raise StreamingError(
+                        f"cannot change {name} of a resumed session ({getattr(base, name)!r} in the snapshot)"
+                    )
+        self.options = SessionOptions.build(base, **options)
+        dev = self._device
+        c, v, a = sd["cursor"], sd["video"], sd["audio"]
+        model_state = ModelState.from_dict({k: t.to(dev) for k, t in sd["model_state"].items()})
+        fz = a["featurizer"]
+        st = _State(
+            model=_compact_model_state(model_state),
+            next_tick=int(c["next_tick"]),
+            end_tick=None if int(c["end_tick"]) < 0 else int(c["end_tick"]),
+            closed=bool(c["closed"]),
+            video_feats=v["feats"].to(torch.float32).clone(),
+            video_times=v["times"].to(torch.float64).clone(),
+            video_until=float(v["until"]),
+            n_frames=int(v["n_frames"]),
+            audio_feats=a["feats"].to(torch.float32).clone(),
+            audio_times=a["times"].to(torch.float64).clone(),
+            audio_until=float(a["until"]),
+            audio_t0=None if a["t0"] is None else float(a["t0"]),
+            audio_rate=int(a["rate"]),
+            audio_in=int(a["n_in"]),
+            resampler=None if a["resampler"] is None else ResamplerState.from_dict(a["resampler"]),
+            featurizer=None if fz is None else AudioFeaturizerState.from_dict(fz),
+            last_label=int(c["last_label"]),
+            last_score=float(c["last_score"]),
+            n_turns=int(c["n_turns"]),
+            labels=[TickLabel(**x) for x in sd["labels"]],
+            events=[StreamEvent(**{**e, "ids": tuple(e["ids"])}) for e in sd["events"]],
+            dropped_labels=int(c["dropped_labels"]),
+            dropped_events=int(c["dropped_events"]),
+        )
+        if self.options.record:
+            saved_tr = sd.get("transcript") or []
+            st.transcript = [TranscriptTurn(**{**x, "ids": tuple(x["ids"])}) for x in saved_tr]
+        self._st = st
+
+    # ------------------------------------------------------------------------------- internals
+
+    def _fresh_state(self) -> _State:
+        cfg = self.cfg
+        s = cfg.frame_size
+        return _State(
+            model=self.model.init_state(1, self._device),
+            next_tick=0,
+            end_tick=None,
+            closed=False,
+            video_feats=torch.zeros(0, 3, s, s, dtype=torch.float32),
+            video_times=torch.zeros(0, dtype=torch.float64),
+            video_until=-math.inf,
+            n_frames=0,
+            audio_feats=torch.zeros(0, cfg.audio_token_dim, dtype=torch.float32),
+            audio_times=torch.zeros(0, dtype=torch.float64),
+            audio_until=-math.inf,
+            audio_t0=None,
+            audio_rate=0,
+            audio_in=0,
+            resampler=None,
+            featurizer=None,
+            last_label=0,
+            last_score=float("nan"),
+            n_turns=0,
+            transcript=[] if self.options.record else None,
+        )
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        """On any exception, put the session back exactly as it was (state is never mutated in place)."""
+        saved = self._st.copy()
+        try:
+            yield
+        except BaseException:
+            self._st = saved
+            raise
+
+    def _check_open(self, what: str) -> None:
+        if self._st.closed:
+            raise StreamingError(f"{what}(): the session is closed (close() ended the stream)")
+
+    def _check_declared(self, modality: str) -> None:
+        if modality not in self.modalities:
+            raise StreamingError(
+                f"this session's modalities are {self.modalities}: it does not take {modality} "
+                f"(open it with model.stream(modalities=...))"
+            )
+
+    def _resampler(self, sr: int) -> StreamingResampler:
+        return _resampler(sr, self.cfg.sample_rate)
+
+    def _start_audio(self, t0: float, sr: int) -> None:
+        st = self._st
+        st.audio_t0, st.audio_rate, st.audio_in = t0, sr, 0
+        st.resampler = self._resampler(sr).init_state()
+        st.featurizer = self._audio_fz.init_state(t0=t0)
+
+    def _feed_audio(self, x: Tensor) -> None:
+        """Input-rate samples -> resampler -> featurizer -> buffer, in pieces (ticks run in between)."""
+        piece = max(1, int(_AUDIO_PIECE_SECONDS * self._st.audio_rate))
+        rs = self._resampler(self._st.audio_rate)
+        for i in range(0, x.shape[0], piece):
+            st = self._st
+            chunk = x[i : i + piece]
+            y, st.resampler = rs(chunk, st.resampler)
+            st.audio_in += chunk.shape[0]
+            self._featurize_audio(y)
+            self._after_ingest()
+
+    def _featurize_audio(self, y: Tensor) -> None:
+        st = self._st
+        if y.shape[0] == 0:
+            return
+        feats, times, st.featurizer = self._audio_fz(y, st.featurizer)
+        if feats.shape[0]:
+            st.audio_feats = torch.cat([st.audio_feats, feats])  # (Ab + n, D)
+            st.audio_times = torch.cat([st.audio_times, times])
+
+    def _after_ingest(self) -> None:
+        """Run completed ticks (auto_step), then enforce the buffer cap (the caller's transaction undoes
+        the whole call when it is exceeded)."""
+        if self.options.auto_step:
+            self._advance()
+        used, cap = self.buffered_bytes(), self.options.max_buffer_bytes
+        if used > cap:
+            waiting = " and ".join(
+                m for m in self.modalities if self._modality_next_tick(m) <= self._st.next_tick
+            )
+            raise StreamingError(
+                f"media buffer would hold {used} bytes > max_buffer_bytes={cap}: ticks from "
+                f"t={self.time:.3f} cannot complete until {waiting or 'a step'} media arrives"
+                + ("" if self.options.auto_step else " (call step_sessions)")
+            )
+
+    def _modality_next_tick(self, modality: str) -> int:
+        """First tick that ``modality`` has not completed (ticks before it have all their media)."""
+        st = self._st
+        if modality == "video":
+            return 0 if st.video_until == -math.inf else int(tick_of(st.video_until - self.t0, self.tau))
+        if st.audio_t0 is None:
+            return 0 if st.audio_until == -math.inf else int(tick_of(st.audio_until - self.t0, self.tau))
+        n_tok = st.featurizer.n_samples // self.cfg.samples_per_token
+        t_next = float(audio_token_times(self.cfg, st.audio_t0, n_tok, 1)[0])  # the next token's time
+        return int(tick_of(t_next - self.t0, self.tau))
+
+    def _complete_until(self) -> int:
+        """Ticks ``< this`` are complete."""
+        st = self._st
+        if st.end_tick is not None:
+            return st.end_tick
+        return min(self._modality_next_tick(m) for m in self.modalities)
+
+    def _ready(self) -> bool:
+        return self._st.next_tick < self._complete_until()
+
+    def _advance(self, force: bool = False) -> None:
+        """Process this session's completed ticks (one forward each)."""
+        if not (self.options.auto_step or force):
+            return
+        while self._ready():
+            _step_round([self])
+
+    def _take_tick(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Remove tick ``next_tick``'s media from the buffers: (video (F,3,S,S), times (F,), audio
+        (A, D), times (A,)); the buffers are time-sorted, so a tick's media is their head."""
+        st, k = self._st, self._st.next_tick
+        nv = int((tick_of(st.video_times - self.t0, self.tau) <= k).sum()) if st.video_times.shape[0] else 0
+        na = int((tick_of(st.audio_times - self.t0, self.tau) <= k).sum()) if st.audio_times.shape[0] else 0
+        out = (st.video_feats[:nv], st.video_times[:nv], st.audio_feats[:na], st.audio_times[:na])
+        st.video_feats, st.video_times = _compact(st.video_feats[nv:]), _compact(st.video_times[nv:])
+        st.audio_feats, st.audio_times = _compact(st.audio_feats[na:]), _compact(st.audio_times[na:])
+        return out
+
+    def _push_label(self, label: TickLabel) -> None:
+        st = self._st
+        st.labels.append(label)
+        if len(st.labels) > self.options.max_pending:
+            del st.labels[0]
+            st.dropped_labels += 1
+
+    def _push_event(self, ev: StreamEvent) -> None:
+        st = self._st
+        st.events.append(ev)
+        if len(st.events) > self.options.max_pending:
+            del st.events[0]
+            st.dropped_events += 1
+
+
+# ---------------------------------------------------------------------------------- batched stepping
+
+
+@dataclass
+class _TickWork:
+    session: StreamingSession
+    tick: int
+    tokens: TimedTokens  # the tick's media tokens (session-local src)
+    video: Tensor
+    audio: Tensor
+
+
+def _step_round(sessions: list[StreamingSession]) -> None:
+    """Process the next (complete) tick of every session in ``sessions``: one batched forward over
+    the ticks that have media, heads at their summary positions, then one batched generation for the
+    sessions whose speak-now head fired."""
+    model = sessions[0].model
+    cfg = sessions[0].cfg
+    work: list[_TickWork] = []
+    for s in sessions:
+        k = s._st.next_tick
+        vf, vt, af, at = s._take_tick()
+        if vt.shape[0] == 0 and at.shape[0] == 0:  # no media: no prediction, repeat the last label
+            st = s._st
+            s._push_label(
+                TickLabel(
+                    tick=k,
+                    start=s.t0 + k * s.tau,
+                    end=tick_end_time(k, s.tau, s.t0),
+                    label=model.labels[st.last_label],
+                    index=st.last_label,
+                    score=st.last_score,
+                    speak=0.0,
+                    has_media=False,
+                )
+            )
+            st.next_tick = k + 1
+            continue
+        tokens = interleave(vt, at, [], cfg, t0=s.t0)  # (L_i,) this tick's media in training order
+        work.append(_TickWork(s, k, tokens, vf, af))
+    if not work:
+        return
+    dev = sessions[0]._device
+    ppf = cfg.patches_per_frame
+    b = len(work)
+    lens = [len(w.tokens) for w in work]
+    L = max(lens)
+    pad_id = model.tokenizer.pad_id
+    kind = torch.full((b, L), TEXT, dtype=torch.int64)
+    t = torch.zeros(b, L, dtype=torch.float64)
+    src = torch.full((b, L), pad_id, dtype=torch.int64)
+    valid = torch.zeros(b, L, dtype=torch.bool)
+    f_off = a_off = 0
+    for i, w in enumerate(work):
+        n, tk = lens[i], w.tokens
+        s_i = tk.src.clone()
+        s_i[tk.kind == VIDEO] += f_off * ppf  # session-local frame -> batch frame
+        s_i[tk.kind == AUDIO] += a_off
+        kind[i, :n] = tk.kind
+        t[i, :n] = tk.t
+        src[i, :n] = s_i
+        valid[i, :n] = True
+        t[i, n:] = tk.t[-1]  # padding repeats the row's last time (Δt = 0; masked anyway)
+        f_off += w.video.shape[0]
+        a_off += w.audio.shape[0]
+    video = torch.cat([w.video for w in work]).to(dev)  # (F, 3, S, S)
+    audio = torch.cat([w.audio for w in work]).to(dev)  # (A, D)
+    states = [w.session._st.model for w in work]
+    state = states[0] if b == 1 else ModelState.stack(states)
+    out = model(kind.to(dev), t.to(dev), src.to(dev), valid.to(dev), video, audio, state)
+    last = torch.tensor(lens, device=dev) - 1  # summary position: the tick's last media token
+    h = out.hidden[torch.arange(b, device=dev), last]  # (B, d)
+    probs = torch.softmax(model.event_head(h).float(), -1)  # (B, n_labels)
+    score, label = probs.max(-1)
+    speak = torch.sigmoid(model.speak_head(h).float().squeeze(-1))  # (B,)
+    rows = [out.state.select([i]) for i in range(b)]  # per-session states (copies: compact storage)
+    fire = [i for i, w in enumerate(work) if float(speak[i]) > w.session.options.speak_threshold]
+    gen: dict[int, tuple[list[int], float]] = {}
+    by_cap: dict[int, list[int]] = {}
+    for i in fire:
+        by_cap.setdefault(work[i].session.options.max_answer_tokens, []).append(i)
+    for cap, group in by_cap.items():  # one batched generation per answer-length cap (usually one)
+        ends = [tick_end_time(work[i].tick, cfg.tick_seconds, work[i].session.t0) for i in group]
+        sub = rows[group[0]] if len(group) == 1 else ModelState.stack([rows[i] for i in group])
+        t_end = torch.tensor(ends, dtype=torch.float64, device=dev)  # (G,) each row at its tick end
+        ids, sub, _ = model.generate(sub, t_end, cap, role="assistant")
+        for j, i in enumerate(group):
+            rows[i] = sub.select([j]) if len(group) > 1 else sub
+            gen[i] = (ids[j], ends[j])
+    tok = model.tokenizer
+    for i, w in enumerate(work):
+        s, st, k = w.session, w.session._st, w.tick
+        st.model = _compact_model_state(rows[i])
+        li = int(label[i])
+        st.last_label, st.last_score = li, float(score[i])
+        s._push_label(
+            TickLabel(
+                tick=k,
+                start=s.t0 + k * s.tau,
+                end=tick_end_time(k, s.tau, s.t0),
+                label=model.labels[li],
+                index=li,
+                score=float(score[i]),
+                speak=float(speak[i]),
+            )
+        )
+        if i in gen:
+            ids_i, t_end = gen[i]
+            text = tok.decode(ids_i)
+            full = (tok.bot_id, tok.role_id("assistant"), *ids_i, tok.eot_id)
+            s._push_event(StreamEvent(t=t_end, text=text, ids=tuple(ids_i), score=float(speak[i])))
+            st.n_turns += 1
+            if st.transcript is not None:
+                st.transcript.append(TranscriptTurn(t_end, "assistant", full, text, proactive=True))
+        st.next_tick = k + 1
+
+
+@torch.no_grad()
+def step_sessions(sessions: Sequence[StreamingSession]) -> list[int]:
+    """Advance many sessions together: every completed tick of every session is processed, in rounds
+    where each session with a completed tick contributes its next tick to ONE batched forward
+    (right-padded, ``valid`` masked, so padding never touches a state; recurrent states are stacked
+    and split back with ``ModelState.stack`` / ``select``). Proactive responses of a round are
+    generated in one batched call too. Results equal stepping each session alone (up to float
+    rounding of batched matmuls). Meant for sessions opened with ``auto_step=False`` (sessions with
+    ``auto_step=True`` have nothing left to step after their pushes).
+
+    Returns the number of ticks processed per session. On any error every session is left unchanged.
+    """
+    sessions = list(sessions)
+    if not sessions:
+        return []
+    if any(not isinstance(s, StreamingSession) for s in sessions):
+        raise StreamingError("step_sessions takes StreamingSession objects")
+    if len({id(s) for s in sessions}) != len(sessions):
+        raise StreamingError("step_sessions: the same session appears twice")
+    model = sessions[0].model
+    if any(s.model is not model for s in sessions):
+        raise StreamingError("step_sessions: every session must run on the same model object")
+    counts = [0] * len(sessions)
+    with contextlib.ExitStack() as stack:
+        for s in sessions:
+            stack.enter_context(s._transaction())
+        while True:
+            ready = [i for i, s in enumerate(sessions) if s._ready()]
+            if not ready:
+                break
+            _step_round([sessions[i] for i in ready])
+            for i in ready:
+                counts[i] += 1
+    return counts
