@@ -373,28 +373,50 @@ class MultimodalSSM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, map_location: str | torch.device = "cpu") -> MultimodalSSM:
-        """Load a model saved by :meth:`save_pretrained` (a folder), without unpickling anything.
+        """Load a model without unpickling anything.
 
-        A training checkpoint folder that holds a ``model/`` sub-folder in this format is accepted too.
+        ``path`` may be a folder written by :meth:`save_pretrained` (``config.json`` +
+        ``model.safetensors``), a training checkpoint file (``step_*.pt``, read with
+        ``weights_only=True``), or a run / checkpoint folder, from which the newest usable checkpoint
+        is taken.
         """
         p = Path(path)
-        if p.is_dir() and not (p / "config.json").exists() and (p / "model" / "config.json").exists():
-            p = p / "model"
-        if not (p / "config.json").is_file() or not (p / "model.safetensors").is_file():
-            raise FileNotFoundError(f"{p}: expected config.json and model.safetensors (from save_pretrained)")
-        try:
-            cfg = json.loads((p / "config.json").read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p / 'config.json'}: not valid JSON ({e})") from None
-        model = cls.from_config_dict(cfg)
-        tensors = load_file(str(p / "model.safetensors"), device=str(map_location))
-        if model.cfg.tie_embeddings:
-            tensors["lm_head.weight"] = tensors["text_in.embed.weight"]
+        if p.is_dir() and (p / "config.json").exists():
+            if not (p / "model.safetensors").is_file():
+                raise FileNotFoundError(f"{p}: has config.json but no model.safetensors")
+            try:
+                cfg = json.loads((p / "config.json").read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{p / 'config.json'}: not valid JSON ({e})") from None
+            model = cls.from_config_dict(cfg)
+            tensors = load_file(str(p / "model.safetensors"), device=str(map_location))
+            if model.cfg.tie_embeddings:
+                tensors["lm_head.weight"] = tensors["text_in.embed.weight"]
+            where = p
+        else:
+            from ssm_mm.training.checkpoint import load_checkpoint, load_latest
+
+            if p.is_file():
+                ck = load_checkpoint(p)
+            else:
+                found = None
+                for folder in (p, p / "checkpoints"):
+                    if folder.is_dir() and (found := load_latest(folder)) is not None:
+                        break
+                if found is None:
+                    raise FileNotFoundError(
+                        f"{p}: expected a save_pretrained folder (config.json + model.safetensors), a training "
+                        "checkpoint file, or a run folder with checkpoints"
+                    )
+                ck, p = found
+            if "model_config" not in ck or "model" not in ck:
+                raise ValueError(f"{p}: not an ssm_mm training checkpoint (no model / model_config)")
+            model = cls.from_config_dict(ck["model_config"])
+            tensors = {k: v.to(map_location) for k, v in ck["model"].items()}
+            where = p
         missing, unexpected = model.load_state_dict(tensors, strict=False)
         if missing or unexpected:
-            raise ValueError(
-                f"{p}: weights do not match the config (missing {missing}, unexpected {unexpected})"
-            )
+            raise ValueError(f"{where}: weights do not match the config (missing {missing}, unexpected {unexpected})")
         return model.to(map_location).eval()
 
     def num_parameters(self) -> dict[str, int]:

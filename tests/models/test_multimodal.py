@@ -82,6 +82,20 @@ def test_save_load_bit_identical(tmp_path, make_dataset):
         MultimodalSSM.from_pretrained(tmp_path / "missing")
 
 
+def test_from_pretrained_accepts_a_training_checkpoint(tmp_path, make_dataset):
+    from ssm_mm.training.checkpoint import save_checkpoint
+
+    model = tiny_model(seed=3)
+    payload = {"step": 1, "model": model.state_dict(), "model_config": model.config_dict()}
+    f = save_checkpoint(payload, tmp_path / "run" / "checkpoints", 1)
+    batch = make_dataset(None).collate([make_dataset(None)[0]])
+    with torch.no_grad():
+        want = model.forward_batch(batch).hidden
+        for path in (f, tmp_path / "run", tmp_path / "run" / "checkpoints"):
+            got = MultimodalSSM.from_pretrained(path).forward_batch(batch).hidden
+            assert torch.equal(got, want), path
+
+
 def test_bad_config_json_is_refused(tmp_path):
     model = tiny_model()
     d = model.save_pretrained(tmp_path / "m")
