@@ -405,8 +405,8 @@ class MultimodalSSM(nn.Module):
                         break
                 if found is None:
                     raise FileNotFoundError(
-                        f"{p}: expected a save_pretrained folder (config.json + model.safetensors), a training "
-                        "checkpoint file, or a run folder with checkpoints"
+                        f"{p}: expected a save_pretrained folder (config.json + model.safetensors), "
+                        "a training checkpoint file, or a run folder with checkpoints"
                     )
                 ck, p = found
             if "model_config" not in ck or "model" not in ck:
@@ -416,7 +416,9 @@ class MultimodalSSM(nn.Module):
             where = p
         missing, unexpected = model.load_state_dict(tensors, strict=False)
         if missing or unexpected:
-            raise ValueError(f"{where}: weights do not match the config (missing {missing}, unexpected {unexpected})")
+            raise ValueError(
+                f"{where}: weights do not match the config (missing {missing}, unexpected {unexpected})"
+            )
         return model.to(map_location).eval()
 
     def num_parameters(self) -> dict[str, int]:
