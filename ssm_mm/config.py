@@ -162,10 +162,29 @@ class LoggingConfig:
 
 @dataclass
 class EvalConfig:
+    """The streaming evaluation harness (``eval/run.py``, end of ``train.py``; ``ssm_mm.evaluation``)."""
+
     tolerance: float = 1.0  # seconds, for proactive responses
     max_answer_tokens: int = 16
-    out_dir: str | None = None  # default: <run_dir>/eval
+    out_dir: str | None = None  # default: <run_dir>/eval (train.py), runs/eval/<time> (eval/run.py)
     streams: int = 0  # 0 = all streams of the eval manifest
+    speak_threshold: float = 0.5  # the session speaks when sigmoid(speak head) > this
+    span_seconds: float = 1.0  # coarse (AVE-style per-second) label accuracy
+    batch_streams: int = 0  # streams stepped together in one batch; 0 = all streams of a dataset
+    threads: int = 1  # torch threads while evaluating (0 = torch's default)
+    at_end: bool = True  # train.py: run the streaming harness on the validation set at the end
+    plots: bool = True
+    plot_streams: int = 3  # per-stream timeline PNGs per dataset
+    # Robustness sweeps over AVWorld knobs (held-out streams generated into data.cache_dir, cached):
+    # sweep=fps sweep_values=[2,4,8], or several at once: sweeps.fps=[2,4,8] sweeps.drop=[0,0.3];
+    # sweep=all runs every knob at its default values. Knobs: length (x sweep_seconds), seconds, fps,
+    # jitter, drop, offset, clock, noise. The base world is data.avworld.
+    sweep: str | None = None
+    sweep_values: list[float] = field(default_factory=list)
+    sweeps: dict[str, list[float]] = field(default_factory=dict)
+    sweep_streams: int = 4
+    sweep_seconds: float = 30.0
+    sweep_seed: int = 2000
 
 
 def _featurizer_config():

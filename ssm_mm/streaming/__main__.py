@@ -15,6 +15,7 @@ media time ``T`` is asked when the stream time reaches the end of the tick holdi
 training places it). ``--realtime`` waits for the wall clock (``--speed`` times faster) before each
 tick; otherwise the file is streamed as fast as the model runs. Printed: answers, proactive events,
 event labels (changes, or every tick with ``--labels all``), and the speed and per-tick latency.
+The driving loop is :func:`ssm_mm.streaming.drive.drive` (shared with the evaluation harness).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -90,9 +90,9 @@ class _Printer:
     def line(self, t: float, tag: str, text: str) -> None:
         print(f"[{t - self.t0:8.2f}s] {tag:<8} {text}", file=self.out, flush=True)
 
-    def drain(self, s) -> None:
-        """Print the session's new labels and events in stream order (a tick's label, then its event)."""
-        items = [(lab.end, 0, lab) for lab in s.segment_labels()] + [(ev.t, 1, ev) for ev in s.poll()]
+    def __call__(self, _round: int, labels, events, answers) -> None:
+        """Print one round's output in stream order (a tick's label, then its event), then answers."""
+        items = [(lab.end, 0, lab) for lab in labels] + [(ev.t, 1, ev) for ev in events]
         for _, is_event, x in sorted(items, key=lambda it: it[:2]):
             if is_event:
                 self.line(x.t, "event", f"{x.text!r}  (proactive, speak={x.score:.2f})")
@@ -101,12 +101,19 @@ class _Printer:
                 extra = "" if x.has_media else ", no media"
                 self.line(x.start, "label", f"{x.label}  (p={x.score:.2f}, speak={x.speak:.2f}{extra})")
             self.last = x.label
+        for a in answers:
+            if a.asked_at is None:
+                self.line(a.placed, "user", f"{a.text}  (at {a.t:g}s): not asked, the stream had no media")
+                continue
+            note = f" (asked at {a.asked_at - self.t0:.2f}s: the stream ended)" if a.late else ""
+            self.line(a.asked_at, "user", f"{a.text}  (at {a.t:g}s){note}")
+            self.line(a.asked_at, "answer", repr(a.answer))
 
 
 def run(args: argparse.Namespace, out=None) -> int:
-    from ssm_mm.data.interleave import place_text_time
-    from ssm_mm.media import decode_audio, decode_video, probe_media
+    from ssm_mm.media import probe_media
     from ssm_mm.models.multimodal import MultimodalSSM
+    from ssm_mm.streaming.drive import Question, decode_stream_media, drive
 
     out = out or sys.stdout
     if args.threads > 0:
@@ -122,90 +129,31 @@ def run(args: argparse.Namespace, out=None) -> int:
         raise SystemExit(f"{args.media}: nothing to stream (no video track used and no audio)")
 
     t0 = float(args.t0)
-    frames = torch.zeros(0, 1, 1, 3, dtype=torch.uint8)
-    ftimes = np.zeros(0)
-    if use_video:
-        clip = decode_video(args.media, fps=cfg.fps)  # the frames training sees; the session resizes them
-        frames, ftimes = clip.frames, t0 + clip.timestamps.numpy()
-    samples, sr, a_t0 = torch.zeros(0), cfg.sample_rate, t0
-    if audio_src is not None:
-        rate = probe_media(audio_src).sample_rate or cfg.sample_rate
-        aclip = decode_audio(audio_src, sample_rate=rate)  # native rate: the session resamples it
-        samples, sr, a_t0 = aclip.samples, aclip.sample_rate, t0 + aclip.t0
-    modalities = tuple(m for m, on in (("video", use_video), ("audio", audio_src is not None)) if on)
+    # video at the model's fps (the frames training sees); audio at the file's own rate (the session
+    # resamples it while streaming)
+    media = decode_stream_media(args.media if use_video else None, audio_src, fps=cfg.fps, t0=t0)
     s = model.stream(
-        modalities=modalities, t0=t0, speak_threshold=args.threshold, max_answer_tokens=args.max_tokens
+        modalities=media.modalities, t0=t0, speak_threshold=args.threshold, max_answer_tokens=args.max_tokens
     )
-    tau = cfg.tick_seconds
-    margin = max(1e-3, s.audio_lookahead(sr) if audio_src is not None else 0.0)
-    ends = []
-    if use_video:
-        ends.append(float(ftimes[-1]) if len(ftimes) else t0)
-    if audio_src is not None:
-        ends.append(a_t0 + samples.shape[0] / sr)
-    safe_end, media_end = min(ends), max(ends)  # advance_to is safe while every track is still running
     n = model.num_parameters()["total"]
     print(f"model: {args.model} ({n / 1e6:.2f} M parameters; labels {', '.join(model.labels)})", file=out)
     parts = []
-    if use_video:
-        parts.append(f"video {len(ftimes)} frames at {cfg.fps:g} fps")
-    if audio_src is not None:
-        parts.append(f"audio {samples.shape[0] / sr:.2f} s at {sr} Hz from t={a_t0 - t0:.3f} s")
-    print(f"media: {args.media}: {', '.join(parts)}; {media_end - t0:.2f} s", file=out)
+    if media.has_video:
+        parts.append(f"video {len(media.frame_times)} frames at {cfg.fps:g} fps")
+    if media.has_audio:
+        sr = media.sample_rate
+        parts.append(
+            f"audio {media.samples.shape[0] / sr:.2f} s at {sr} Hz from t={media.audio_t0 - t0:.3f} s"
+        )
+    print(f"media: {args.media}: {', '.join(parts)}; {media.seconds:.2f} s", file=out)
 
-    asks = sorted(((place_text_time(t0 + at, tau, t0), at, q) for at, q in args.ask), key=lambda x: x[0])
     printer = _Printer(t0, args.labels, out)
-    fi = ai = 0
-    latencies: list[float] = []  # seconds of compute per tick
-    wall0 = time.perf_counter()
-
-    def ask_due(final: bool = False) -> None:
-        while asks and (final or asks[0][0] <= s.time + 1e-9):
-            placed, at, q = asks.pop(0)
-            answer = s.ask(q)
-            note = "" if abs(placed - s.time) < 1e-9 else f" (asked at {s.time - t0:.2f}s: the stream ended)"
-            printer.line(s.time, "user", f"{q}  (at {at:g}s){note}")
-            printer.line(s.time, "answer", repr(answer))
-
-    k = 0
-    while fi < len(ftimes) or ai < samples.shape[0]:
-        c = t0 + (k + 1) * tau + margin  # push everything before c, then declare it
-        if args.realtime:
-            delay = wall0 + (c - t0) / args.speed - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-        start = time.perf_counter()
-        done_before = s.ticks_done
-        fj = int(np.searchsorted(ftimes, c, side="left"))  # frames with t < c
-        if fj > fi:
-            s.push_video(frames[fi:fj], ftimes[fi:fj])
-            fi = fj
-        aj = min(samples.shape[0], max(ai, math.ceil((c - a_t0) * sr)))  # samples with t < c
-        if aj > ai:
-            s.push_audio(samples[ai:aj], sr, a_t0 + ai / sr)
-            ai = aj
-        if c < safe_end:
-            s.advance_to(c)
-        ticks = s.ticks_done - done_before
-        if ticks:
-            latencies.extend([(time.perf_counter() - start) / ticks] * ticks)
-        printer.drain(s)
-        ask_due()
-        k += 1
-    start = time.perf_counter()
-    done_before = s.ticks_done
-    s.close()
-    ticks = s.ticks_done - done_before
-    if ticks:
-        latencies.extend([(time.perf_counter() - start) / ticks] * ticks)
-    printer.drain(s)
-    ask_due(final=True)
-    wall = time.perf_counter() - wall0
-    stream_s = s.ticks_done * tau
-    lat = np.array(latencies) * 1e3 if latencies else np.zeros(1)
+    questions = [Question(at, q) for at, q in args.ask]
+    res = drive(s, media, questions, on_round=printer, realtime=args.realtime, speed=args.speed, keep=False)
+    lat = np.array(res.tick_latency) * 1e3 if res.tick_latency else np.zeros(1)
     print(
-        f"done: {s.ticks_done} ticks ({stream_s:.1f} s of stream) in {wall:.2f} s wall "
-        f"({stream_s / max(wall, 1e-9):.1f}x real time); per-tick latency "
+        f"done: {res.ticks} ticks ({res.stream_seconds:.1f} s of stream) in {res.wall:.2f} s wall "
+        f"({res.stream_seconds / max(res.wall, 1e-9):.1f}x real time); per-tick latency "
         f"p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms; "
         f"session memory {s.memory_bytes() / 1024:.0f} KiB",
         file=out,

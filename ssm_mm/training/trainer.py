@@ -11,7 +11,10 @@
 4. checkpoints at optimizer-step boundaries (atomic; model, optimizer, scheduler, RNG, step = data
    position, every slot's carried state); SIGTERM/SIGINT save and exit at the next step;
 5. validation (offline, per tick) at ``train.eval_every`` and at the end; the best model by
-   validation score is kept apart; the final model is saved with ``save_pretrained``.
+   validation score is kept apart; the final model is saved with ``save_pretrained``; then the
+   streaming evaluation harness (:mod:`ssm_mm.evaluation`, ``eval.at_end``) runs the final model on
+   the validation streams as a user would and writes ``results.json`` + PNGs into
+   ``<run_dir>/eval/`` (logged to wandb).
 """
 
 from __future__ import annotations
@@ -367,9 +370,12 @@ class Trainer:
                 res = validate(model, data.val, device=info.device)
                 self._report_eval(res, logger, step)
                 result["eval"] = res
-                (run_dir / "eval").mkdir(exist_ok=True)
-                (run_dir / "eval" / "results.json").write_text(json.dumps(res, indent=2) + "\n")
+                eval_dir = Path(cfg.eval.out_dir) if cfg.eval.out_dir else run_dir / "eval"
+                eval_dir.mkdir(parents=True, exist_ok=True)
+                (eval_dir / "offline.json").write_text(json.dumps(res, indent=2) + "\n")
                 self._update_best(model, run_dir, res, best)
+                if cfg.eval.at_end:  # the streaming harness (SPEC §8): results.json + PNGs in eval_dir
+                    result["eval_stream"] = self._stream_eval(model, data, eval_dir, logger, step)
             result["elapsed_s"] = time.perf_counter() - t_start
             logger.print(f"final model: {final}  (load with ssm_mm.MultimodalSSM.from_pretrained)")
             if logger.wandb_dir:
@@ -424,6 +430,48 @@ class Trainer:
             },
             step=step,
         )
+
+    def _stream_eval(self, model, data: DataSetup, out_dir: Path, logger: RunLogger, step: int) -> dict:
+        """Run the streaming evaluation harness on the validation streams (and any eval.sweep points),
+        print its table, and log its headline metrics and plots to wandb. Returns the headline
+        metrics of the validation set."""
+        from ssm_mm.evaluation import (
+            Dataset,
+            EvalOptions,
+            format_table,
+            headline,
+            model_classes,
+            run_suite,
+        )
+        from ssm_mm.evaluation.suite import sweep_datasets
+
+        cfg = self.cfg
+        streams = list(data.val.streams)
+        if cfg.eval.streams > 0:
+            streams = streams[: cfg.eval.streams]
+        name = Path(cfg.train.run_dir).name or "model"
+        datasets = [Dataset("val", streams, data.val_manifest)]
+        datasets += sweep_datasets(cfg, model_classes({name: model}), logger.print)
+        t = time.perf_counter()
+        res = run_suite(
+            {name: model},
+            datasets,
+            EvalOptions.from_config(cfg.eval),
+            out_dir,
+            plots=cfg.eval.plots,
+            plot_streams=cfg.eval.plot_streams,
+            log=lambda *_: None,
+        )
+        logger.print(f"streaming eval ({time.perf_counter() - t:.1f} s, {out_dir / 'results.json'}):")
+        logger.print(format_table(res["results"]))
+        logged = {}
+        for r in res["results"]:
+            prefix = "eval_stream" if r["dataset"] == "val" else f"eval_stream/{r['dataset']}"
+            logged.update({f"{prefix}/{k}": v for k, v in headline(r["metrics"]).items()})
+        logger.log(logged, step=step)
+        for f in res["plots"]:
+            logger.image(f"eval_stream/{Path(f).stem}", out_dir / f, step)
+        return headline(res["results"][0]["metrics"])
 
     def _maybe_best(self, model, data, run_dir, step, best, logger) -> float:
         res = validate(model, data.val)

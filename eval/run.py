@@ -1,0 +1,138 @@
+"""Streaming evaluation of trained models (SPEC §8): event localization, streaming QA, proactive
+responses, speed; robustness sweeps; several models compared in one run.
+
+    python eval/run.py model=runs/default/final data.manifest=path/to/test.jsonl
+    python eval/run.py model=runs/default/final,runs/baseline_ssm/final      # AVWorld validation set
+    python eval/run.py model=runs/default/final eval.sweep=fps eval.sweep_values=[2,4,8]
+    python eval/run.py model=A model=B eval.sweeps.drop=[0,0.1,0.3] eval.sweeps.length=[1,10]
+    python eval/run.py --config configs/default.yaml model=DIR eval.tolerance=0.5 eval.out_dir=out/
+
+``model=`` takes a save_pretrained folder, a training checkpoint or a run folder; give it several
+times (or a comma list) to compare models. Every other argument is a config override (``data.*``,
+``eval.*``; see ``ssm_mm.config.EvalConfig``), merged onto ``--config`` (default: the dataclass
+defaults) exactly as train.py merges; ``model.*`` overrides do not apply (a model's architecture
+comes from its folder). Data: ``data.manifest`` (any §4 manifest: AVWorld, converted AVE or
+MUSIC-AVQA), else ``data.val_manifest``, else the AVWorld validation streams; plus one dataset per
+sweep point. Writes ``results.json`` (schema: ``ssm_mm/evaluation/report.py``) and PNG plots into
+``eval.out_dir`` (default ``runs/eval/<date-time>``) and prints a table.
+
+Exit status 2 with a message naming the problem on bad input (unknown key, missing model folder,
+manifest line with missing media, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+_GENERIC = {"final", "best", "model", "checkpoints"}
+
+
+def model_names(paths: list[str]) -> list[str]:
+    """Short unique display names: the folder name, with its parent for generic names ("final"),
+    and more parents until the names differ."""
+    parts = [Path(p).resolve().parts for p in paths]
+    depth = [2 if len(p) > 1 and p[-1] in _GENERIC else 1 for p in parts]
+    for _ in range(max((len(p) for p in parts), default=0)):
+        names = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+        dup = {n for n in names if names.count(n) > 1}
+        if not dup:
+            return names
+        depth = [d + 1 if n in dup and d < len(p) else d for p, d, n in zip(parts, depth, names)]
+    return [f"{n}#{i}" for i, n in enumerate(names)]
+
+
+def parse(argv: list[str] | None) -> tuple[str | None, list[str], list[str]]:
+    """(config file, model paths, overrides) from the command line."""
+    ap = argparse.ArgumentParser(
+        prog="eval/run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--config", default=None, help="YAML config (default: the dataclass defaults)")
+    ap.add_argument("args", nargs="*", help="model=DIR (repeatable, or a comma list) and key=value overrides")
+    a = ap.parse_args(argv)
+    models, overrides = [], []
+    for item in a.args:
+        if item.startswith("model="):
+            models += [p.strip() for p in item[len("model=") :].split(",") if p.strip()]
+        else:
+            overrides.append(item)
+    return a.config, models, overrides
+
+
+def run(argv: list[str] | None = None, out=None) -> dict:
+    """The whole evaluation; returns the results dict. Raises a ValueError subclass on bad input."""
+    import torch
+
+    from ssm_mm.config import load_config
+    from ssm_mm.evaluation import (
+        EvalError,
+        EvalOptions,
+        datasets_from_config,
+        format_table,
+        model_classes,
+        run_suite,
+    )
+    from ssm_mm.models.multimodal import MultimodalSSM
+
+    out = out or sys.stdout
+
+    def log(msg: str) -> None:
+        print(msg, file=out, flush=True)
+
+    config, paths, overrides = parse(argv)
+    if not paths:
+        raise EvalError("no model given: pass model=DIR (a save_pretrained folder, checkpoint or run folder)")
+    cfg = load_config(config, overrides)  # ConfigError names an unknown key and the valid ones
+    ignored = [o.split("=", 1)[0] for o in overrides if o.startswith("model.")]
+    if ignored:
+        log(f"note: {', '.join(ignored)} ignored: a model's architecture comes from its folder")
+    options = EvalOptions.from_config(cfg.eval)
+    if options.threads > 0:
+        torch.set_num_threads(options.threads)
+    models = {}
+    for name, path in zip(model_names(paths), paths):
+        if not Path(path).exists():
+            raise EvalError(f"model={path}: folder or file not found")
+        try:
+            models[name] = MultimodalSSM.from_pretrained(path)
+        except (ValueError, FileNotFoundError) as e:
+            raise EvalError(f"model={path}: cannot load it: {e}") from e
+        n = models[name].num_parameters()["total"]
+        log(f"model {name}: {path} ({n / 1e6:.2f} M parameters, pattern {models[name].cfg.pattern})")
+    datasets = datasets_from_config(cfg, model_classes(models), log)
+    for ds in datasets:
+        where = f" ({ds.manifest})" if ds.manifest is not None else ""
+        skipped = f", {len(ds.skipped)} bad streams skipped" if ds.skipped else ""
+        log(f"data {ds.name}: {len(ds.specs)} streams{where}{skipped}")
+    out_dir = Path(cfg.eval.out_dir or f"runs/eval/{time.strftime('%Y%m%d-%H%M%S')}")
+    start = time.perf_counter()
+    res = run_suite(
+        models,
+        datasets,
+        options,
+        out_dir,
+        plots=cfg.eval.plots,
+        plot_streams=cfg.eval.plot_streams,
+        paths=dict(zip(models, paths)),
+        log=log,
+    )
+    log("")
+    log(format_table(res["results"]))
+    dt = time.perf_counter() - start
+    log(f"\nwrote {out_dir / 'results.json'} and {len(res['plots'])} plots in {dt:.1f} s")
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(argv)
+    except (ValueError, FileNotFoundError) as e:  # ConfigError, EvalError, ManifestError, MediaError
+        print(f"eval/run.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

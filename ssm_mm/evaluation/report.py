@@ -1,0 +1,343 @@
+"""Reports of the streaming evaluation: the terminal table, ``results.json`` and PNG plots.
+
+``results.json`` (schema ``"ssm_mm.eval/1"``; every NaN is written as ``null``)::
+
+    {
+      "schema": "ssm_mm.eval/1",
+      "created": "2025-01-01T12:00:00+0000",
+      "options": {"tolerance", "max_answer_tokens", "speak_threshold", "span_seconds",
+                  "batch_streams", "threads"},
+      "models":   {NAME: {"path", "parameters", "pattern", "d_model", "labels", "fps", "tick_seconds"}},
+      "datasets": {NAME: {"manifest", "streams", "knob", "value"}},      # knob/value: sweep points
+      "results": [                                                         # one per (model, dataset)
+        {"model": NAME, "dataset": NAME, "knob": str|null, "value": float|null,
+         "metrics": {
+           "n_streams": int,
+           "events": {"tick_accuracy", "macro_f1", "majority_rate", "n_ticks", "missing_ticks",
+                      "span_seconds", "span_accuracy", "span_macro_f1", "span_majority_rate", "n_spans",
+                      "per_class": {LABEL: {"precision", "recall", "f1", "support"}}},
+           "qa": {"accuracy", "n", "late", "per_type": {TYPE: {"accuracy", "n"}}},
+           "proactive": {"precision", "recall", "f1", "tp", "fp", "fn", "n_references", "n_responses",
+                         "mean_delay", "p90_delay", "mean_abs_delay", "text_accuracy", "tolerance"},
+           "speed": {"rtf", "throughput_rtf", "stream_seconds", "wall_seconds", "decode_seconds",
+                     "batch_streams", "threads",
+                     "tick_latency": {"mean_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "n"},
+                     "ask_latency": {...same...}},
+           "unknown_labels": [LABEL, ...]},
+         "streams": [{"id", "n_ticks", "ticks", "missing_ticks", "tick_accuracy", "rtf",
+                      "true": [int per tick], "pred": [int per tick, -1 = no prediction],
+                      "qa": [{"t", "question", "type", "reference", "answer", "correct", "asked_at", "late"}],
+                      "answers": [{"t", "question", "type", "answer", "asked_at"}],   # every question
+                      "responses": [{"t", "text", "score", "matched", "reference"}],
+                      "references": [{"t", "text", "request_t", "matched", "delay", "response"}]}]}
+      ],
+      "sweeps": {KNOB: {"values": [...], "datasets": [NAME, ...],
+                        "models": {NAME: {METRIC: [value per point]}}}},   # METRIC: see SWEEP_METRICS
+      "plots": ["timeline_<dataset>_<stream>.png", "sweep_<knob>.png", "compare_<dataset>.png"]
+    }
+
+Times in ``streams`` are media times (seconds from the stream's start); label indices refer to the
+model's ``labels`` (``labels[0]`` = background), followed by any ``unknown_labels``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "ssm_mm.eval/1"
+# metric name in sweeps -> path into a result's metrics
+SWEEP_METRICS: dict[str, tuple[str, ...]] = {
+    "tick_accuracy": ("events", "tick_accuracy"),
+    "span_accuracy": ("events", "span_accuracy"),
+    "macro_f1": ("events", "macro_f1"),
+    "qa_accuracy": ("qa", "accuracy"),
+    "proactive_f1": ("proactive", "f1"),
+    "rtf": ("speed", "rtf"),
+}
+_PLOTTED = ("tick_accuracy", "macro_f1", "qa_accuracy", "proactive_f1")
+
+
+def get(metrics: dict, path: tuple[str, ...]) -> float:
+    x: Any = metrics
+    for k in path:
+        x = x[k]
+    return float("nan") if x is None else float(x)
+
+
+def headline(metrics: dict) -> dict[str, float]:
+    """The numbers logged per dataset (wandb, summaries): flat ``name -> value``."""
+    out = {
+        "tick_accuracy": metrics["events"]["tick_accuracy"],
+        "span_accuracy": metrics["events"]["span_accuracy"],
+        "majority_rate": metrics["events"]["majority_rate"],
+        "macro_f1": metrics["events"]["macro_f1"],
+        "qa_accuracy": metrics["qa"]["accuracy"],
+        "proactive_precision": metrics["proactive"]["precision"],
+        "proactive_recall": metrics["proactive"]["recall"],
+        "proactive_f1": metrics["proactive"]["f1"],
+        "proactive_mean_delay": metrics["proactive"]["mean_delay"],
+        "rtf": metrics["speed"]["rtf"],
+        "tick_latency_p50_ms": metrics["speed"]["tick_latency"]["p50_ms"],
+        "tick_latency_p99_ms": metrics["speed"]["tick_latency"]["p99_ms"],
+    }
+    for qtype, v in metrics["qa"]["per_type"].items():
+        out[f"qa_accuracy/{qtype}"] = v["accuracy"]
+    return {k: (float("nan") if v is None else float(v)) for k, v in out.items()}
+
+
+# ------------------------------------------------------------------------------------------- JSON
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe copy: NaN/inf -> None, tuples -> lists, numpy / torch scalars -> Python."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if hasattr(x, "item") and callable(x.item) and getattr(x, "ndim", 0) == 0:
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def write_json(results: dict, path: str | Path) -> Path:
+    """Write ``results`` as strict JSON (NaN -> null) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_clean(results), indent=1, allow_nan=False) + "\n")
+    tmp.replace(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ table
+
+
+def _fmt(x: float | None, pct: bool = True, digits: int = 1) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{100 * x:.{digits}f}" if pct else f"{x:.{digits}f}"
+
+
+def format_table(results: list[dict]) -> str:
+    """One row per (model, dataset): events, QA, proactive and speed headline numbers (percentages
+    for scores, seconds for the delay, ms for latencies)."""
+    header = [
+        "model",
+        "data",
+        "n",
+        "tick%",
+        "sec%",
+        "major%",
+        "mF1%",
+        "QA%",
+        "(n)",
+        "proP%",
+        "proR%",
+        "proF1%",
+        "delay",
+        "RTF",
+        "p50ms",
+        "p99ms",
+    ]
+    rows = [header]
+    for r in results:
+        m = r["metrics"]
+        ev, qa, pro, sp = m["events"], m["qa"], m["proactive"], m["speed"]
+        rows.append(
+            [
+                r["model"],
+                r["dataset"],
+                str(m["n_streams"]),
+                _fmt(ev["tick_accuracy"]),
+                _fmt(ev["span_accuracy"]),
+                _fmt(ev["majority_rate"]),
+                _fmt(ev["macro_f1"]),
+                _fmt(qa["accuracy"]),
+                str(qa["n"]),
+                _fmt(pro["precision"]),
+                _fmt(pro["recall"]),
+                _fmt(pro["f1"]),
+                _fmt(pro["mean_delay"], pct=False, digits=2),
+                _fmt(sp["rtf"], pct=False),
+                _fmt(sp["tick_latency"]["p50_ms"], pct=False),
+                _fmt(sp["tick_latency"]["p99_ms"], pct=False),
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = []
+    for j, row in enumerate(rows):
+        cells = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells))
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    legend = (
+        "tick% / sec%: label accuracy per tick / per span (AVE-style); major%: majority-class rate; mF1%: "
+        "macro-F1 over event classes; QA%: exact match; pro*: proactive responses; delay: mean seconds "
+        "after the reference; RTF: stream seconds per wall second per stream; p50/p99: tick latency"
+    )
+    return "\n".join(lines) + "\n" + legend
+
+
+# ------------------------------------------------------------------------------------------ plots
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", name).strip("_") or "x"
+
+
+def _colors(labels: list[str]) -> dict[int, Any]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    return {i: cmap((i - 1) % 10) for i in range(1, len(labels))}
+
+
+def _runs(ticks: list[int]) -> list[tuple[int, int, int]]:
+    """(start, length, label) of maximal runs of equal labels."""
+    out, start = [], 0
+    for k in range(1, len(ticks) + 1):
+        if k == len(ticks) or ticks[k] != ticks[start]:
+            out.append((start, k - start, ticks[start]))
+            start = k
+    return out
+
+
+def plot_timeline(
+    path: str | Path,
+    title: str,
+    labels: list[str],
+    tick_seconds: float,
+    true: list[int],
+    per_model: dict[str, dict],
+    references: list[dict],
+) -> Path:
+    """A stream's timeline: true event labels, each model's predicted labels, its proactive responses
+    (▼ matched, x unmatched), its answers (● right, ○ wrong), the proactive requests (▶) and the
+    reference response times (▲). Hatched: ticks without a prediction.
+
+    per_model: ``{name: {"pred": [int per tick], "responses": [...], "qa": [...], "tick_seconds"}}``
+    (from the stream records of the ``results.json`` schema); ``true`` is on ``tick_seconds``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    colors = _colors(labels)
+    names = list(per_model)
+    rows = ["truth"] + names
+    duration = len(true) * tick_seconds
+    fig, ax = plt.subplots(figsize=(12, 1.0 + 0.7 * len(rows)))
+    for r, row in enumerate(rows):
+        y = len(rows) - 1 - r
+        ticks = true if row == "truth" else per_model[row]["pred"]
+        tau = tick_seconds if row == "truth" else per_model[row].get("tick_seconds", tick_seconds)
+        for start, n, lab in _runs(list(ticks)):
+            span = [(start * tau, n * tau)]
+            if lab > 0:
+                ax.broken_barh(span, (y - 0.3, 0.6), color=colors[lab])
+            elif lab < 0:  # no prediction
+                ax.broken_barh(span, (y - 0.3, 0.6), facecolor="none", edgecolor="gray", hatch="//")
+        if row == "truth":
+            for ref in references:
+                ax.plot(ref["t"], y + 0.38, marker="^", color="black", ms=7, ls="none")
+            for t in sorted({ref["request_t"] for ref in references if ref["request_t"] is not None}):
+                ax.plot(t, y + 0.38, marker=">", color="gray", ms=7, ls="none")
+            continue
+        for resp in per_model[row]["responses"]:
+            ok = resp["matched"]
+            ax.plot(resp["t"], y + 0.38, marker="v" if ok else "x", color="green" if ok else "red", ls="none")
+        for q in per_model[row]["qa"]:
+            t = q["asked_at"] if q["asked_at"] is not None else q["t"]
+            if q["correct"]:
+                ax.plot(t, y - 0.4, marker="o", color="green", ms=5, ls="none")
+            else:
+                ax.plot(t, y - 0.4, marker="o", mfc="none", mec="red", ms=5, ls="none")
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(list(reversed(rows)))
+    ax.set_xlim(0, max(duration, tick_seconds))
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set_xlabel("media time (s)")
+    ax.set_title(title, fontsize=10)
+    handles = [Patch(color=colors[i], label=labels[i]) for i in sorted(colors)]
+    handles += [
+        plt.Line2D([], [], marker=">", color="gray", ls="none", label="proactive request"),
+        plt.Line2D([], [], marker="^", color="black", ls="none", label="reference response"),
+        plt.Line2D([], [], marker="v", color="green", ls="none", label="response (matched)"),
+        plt.Line2D([], [], marker="x", color="red", ls="none", label="response (unmatched)"),
+        plt.Line2D([], [], marker="o", color="green", ls="none", label="answer right"),
+        plt.Line2D([], [], marker="o", mfc="none", mec="red", ls="none", label="answer wrong"),
+    ]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_sweep(path: str | Path, knob: str, values: list[float], per_model: dict[str, dict]) -> Path:
+    """Metric vs. sweep value, one line per model (``per_model[name][metric]``: one value per point)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(_PLOTTED), figsize=(3.2 * len(_PLOTTED), 3.0))
+    x = list(range(len(values)))  # evenly spaced: knobs span very different scales (clock: 0 .. 1e6)
+    for ax, metric in zip(axes, _PLOTTED):
+        for name, series in per_model.items():
+            y = [float("nan") if v is None else v for v in series[metric]]
+            ax.plot(x, y, marker="o", label=name)
+        ax.set_xticks(x)
+        ax.set_xticklabels([f"{v:g}" for v in values], fontsize=8)
+        ax.set_xlabel(knob)
+        ax.set_title(metric, fontsize=10)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_compare(path: str | Path, dataset: str, per_model: dict[str, dict[str, float]]) -> Path:
+    """Grouped bars of the headline scores of several models on one dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = ["tick_accuracy", "span_accuracy", "macro_f1", "qa_accuracy", "proactive_f1"]
+    names = list(per_model)
+    width = 0.8 / max(1, len(names))
+    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(metrics), 3.2))
+    for i, name in enumerate(names):
+        ys = [per_model[name].get(m, float("nan")) for m in metrics]
+        ys = [0.0 if y is None or math.isnan(y) else y for y in ys]
+        ax.bar([j + i * width for j in range(len(metrics))], ys, width, label=name)
+    ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(metrics))])
+    ax.set_xticklabels(metrics, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"models on {dataset}", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe version of a dataset / stream name."""
+    return _safe(name)

@@ -1,0 +1,310 @@
+"""Models × datasets: the whole evaluation run behind ``eval/run.py`` and train.py's final evaluation.
+
+    models = {"hybrid": MultimodalSSM.from_pretrained("runs/default/final"), ...}
+    datasets = datasets_from_config(cfg, classes=4)        # the manifest and/or sweep points
+    results = run_suite(models, datasets, EvalOptions.from_config(cfg.eval), out_dir="runs/eval/x")
+    print(format_table(results["results"]))
+
+Each dataset's media is decoded once per video rate and shared by every model; each model is then
+run in streaming mode (:func:`ssm_mm.evaluation.harness.evaluate`). ``out_dir`` receives
+``results.json`` (schema in :mod:`ssm_mm.evaluation.report`) and the PNG plots.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ssm_mm.data.manifest import StreamSpec, read_manifest
+from ssm_mm.evaluation import report
+from ssm_mm.evaluation.harness import EvalError, EvalOptions, decode_streams, evaluate
+from ssm_mm.evaluation.sweeps import ensure_point, sweep_points, sweep_spec
+from ssm_mm.models.multimodal import MultimodalSSM
+
+__all__ = [
+    "Dataset",
+    "load_dataset",
+    "datasets_from_config",
+    "sweep_datasets",
+    "model_classes",
+    "run_suite",
+]
+
+
+@dataclass
+class Dataset:
+    """Streams to evaluate on: a manifest, or one sweep point (``knob = value``)."""
+
+    name: str
+    specs: list[StreamSpec]
+    manifest: Path | None = None
+    knob: str | None = None
+    value: float | None = None
+    skipped: list[tuple] = field(default_factory=list)
+
+
+def load_dataset(
+    path: str | Path, name: str | None = None, on_error: str = "raise", streams: int = 0, **point
+) -> Dataset:
+    """Read (and validate, media included) a §4 manifest; ``streams`` > 0 keeps the first ones.
+
+    Raises :class:`~ssm_mm.data.manifest.ManifestError` naming the file, line, stream and field of
+    a bad line (a missing media file included) unless ``on_error="skip"``; :class:`EvalError` when no
+    stream is left.
+    """
+    m = read_manifest(path, on_error=on_error)
+    specs = m.streams[:streams] if streams > 0 else m.streams
+    if not specs:
+        why = f" ({len(m.skipped)} bad streams skipped)" if m.skipped else ""
+        raise EvalError(f"{path}: no stream to evaluate{why}")
+    return Dataset(name or Path(path).stem, specs, Path(path), skipped=list(m.skipped), **point)
+
+
+def model_classes(models: dict[str, MultimodalSSM]) -> int | None:
+    """How many AVWorld classes to generate streams with for these models (AVWorld uses the first
+    ``classes`` of its class table): enough for every event label of every model; None when a model
+    has a label that is not an AVWorld class. (A model trained on a manifest knows only the labels
+    it saw, which need not be a prefix of the table; a generated class it lacks counts as missed.)"""
+    from ssm_mm.data.avworld import CLASSES
+
+    names = [c.name for c in CLASSES]
+    need = 2  # AVWorld's minimum
+    for m in models.values():
+        for label in m.labels[1:]:
+            if label not in names:
+                return None
+            need = max(need, names.index(label) + 1)
+    return need
+
+
+def _base_world(cfg, classes: int | None) -> tuple[dict, int, int]:
+    """AVWorld knobs of ``data.avworld`` (the model's class count), and its val_streams / val_seed."""
+    from dataclasses import asdict
+
+    world = asdict(cfg.data.avworld)
+    val_streams, val_seed = world.pop("val_streams"), world.pop("val_seed")
+    if classes is not None:
+        world["classes"] = classes
+    return world, val_streams, val_seed
+
+
+def sweep_datasets(cfg, classes: int | None, log=print) -> list[Dataset]:
+    """One dataset per sweep point of ``eval.sweep`` / ``eval.sweeps`` (none when no sweep is asked)."""
+    ec = cfg.eval
+    spec = sweep_spec(ec.sweep, list(ec.sweep_values), dict(ec.sweeps))
+    if not spec:
+        return []
+    if classes is None:
+        raise EvalError("robustness sweeps generate AVWorld streams: the models must label AVWorld classes")
+    world, _, _ = _base_world(cfg, classes)
+    base = {**world, "streams": ec.sweep_streams, "seconds": ec.sweep_seconds, "seed": ec.sweep_seed}
+    out = []
+    for knob, values in spec.items():
+        for p in sweep_points(knob, values, base):
+            t = time.perf_counter()
+            path = ensure_point(p, cfg.data.cache_dir)
+            dt = time.perf_counter() - t
+            if dt > 1.0:
+                log(f"generated sweep point {p.name}: {p.world['streams']} streams in {dt:.0f} s")
+            out.append(load_dataset(path, name=p.name, knob=knob, value=p.value))
+    return out
+
+
+def datasets_from_config(cfg, classes: int | None, log=print) -> list[Dataset]:
+    """The datasets a config asks for (``cfg``: :class:`ssm_mm.config.Config`).
+
+    * ``data.manifest`` (else ``data.val_manifest``) when given;
+    * one dataset per sweep point of ``eval.sweep`` / ``eval.sweeps`` (:mod:`ssm_mm.evaluation.sweeps`);
+    * with neither: the AVWorld validation streams train.py validates on (``data.avworld`` with
+      ``val_streams`` / ``val_seed``, generated into ``data.cache_dir`` if needed).
+
+    ``classes``: the models' number of AVWorld classes (:func:`model_classes`), None if not AVWorld.
+    """
+    from ssm_mm.data.avworld import ensure_avworld
+
+    d = cfg.data
+    sweeps = sweep_datasets(cfg, classes, log)
+    manifest = d.manifest or d.val_manifest
+    out: list[Dataset] = []
+    if manifest:
+        out.append(load_dataset(manifest, on_error=d.on_error, streams=cfg.eval.streams))
+    elif not sweeps:
+        if classes is None:
+            raise EvalError(
+                "no data.manifest given and the model's labels are not AVWorld classes: "
+                "give data.manifest=PATH"
+            )
+        world, val_streams, val_seed = _base_world(cfg, classes)
+        path = ensure_avworld(
+            Path(d.cache_dir) / "avworld", **{**world, "streams": val_streams, "seed": val_seed}
+        )
+        out.append(load_dataset(path, name="avworld-val", streams=cfg.eval.streams))
+    return out + sweeps
+
+
+def _model_info(name: str, model: MultimodalSSM, path: str | None) -> dict:
+    return {
+        "path": path,
+        "parameters": model.num_parameters()["total"],
+        "pattern": model.cfg.pattern,
+        "d_model": model.cfg.d_model,
+        "labels": list(model.labels),
+        "fps": model.features.fps,
+        "tick_seconds": model.features.tick_seconds,
+    }
+
+
+def _stream_record(sc, labels) -> dict:
+    n = int(sc.true.numel())
+    return {
+        "id": sc.id,
+        "n_ticks": n,
+        "ticks": sc.ticks,
+        "missing_ticks": sc.missing_ticks,
+        "tick_accuracy": float((sc.pred == sc.true).float().mean()) if n else float("nan"),
+        "rtf": sc.stream_seconds / sc.wall if sc.wall > 0 else float("nan"),
+        "true": sc.true.tolist(),
+        "pred": sc.pred.tolist(),
+        "qa": sc.qa,
+        "answers": sc.answers,
+        "responses": sc.responses,
+        "references": sc.references,
+    }
+
+
+def run_suite(
+    models: dict[str, MultimodalSSM],
+    datasets: list[Dataset],
+    options: EvalOptions | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    plots: bool = True,
+    plot_streams: int = 3,
+    paths: dict[str, str] | None = None,
+    log=print,
+) -> dict:
+    """Evaluate every model on every dataset; write ``results.json`` and plots into ``out_dir``.
+
+    Returns the results dict (the ``results.json`` schema of :mod:`ssm_mm.evaluation.report`, with
+    NaN where ``results.json`` has null). ``paths``: where each model was loaded from (recorded).
+    """
+    if not models:
+        raise EvalError("no model to evaluate")
+    if not datasets:
+        raise EvalError("no dataset to evaluate on")
+    opt = options or EvalOptions()
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    results: list[dict] = []
+    plot_files: list[str] = []
+    for ds in datasets:
+        media_by_fps: dict[float, tuple[list, float]] = {}
+        per_model: dict[str, dict] = {}
+        for name, model in models.items():
+            fps = float(model.features.fps)
+            if fps not in media_by_fps:
+                media_by_fps[fps] = decode_streams(ds.specs, fps)
+            media, decode_s = media_by_fps[fps]
+            log(f"{name} on {ds.name}: {len(ds.specs)} streams")
+            ev = evaluate(model, ds.specs, opt, media=media)
+            ev.metrics["speed"]["decode_seconds"] = decode_s
+            rec = {
+                "model": name,
+                "dataset": ds.name,
+                "knob": ds.knob,
+                "value": ds.value,
+                "metrics": ev.metrics,
+                "streams": [_stream_record(sc, ev.labels) for sc in ev.scores],
+            }
+            results.append(rec)
+            per_model[name] = {"eval": ev, "rec": rec, "tick_seconds": float(model.features.tick_seconds)}
+        del media_by_fps  # free the decoded media before the next dataset
+        if out is not None and plots:
+            plot_files += _dataset_plots(out, ds, per_model, plot_streams)
+
+    sweeps: dict[str, dict] = {}
+    for r in results:
+        if r["knob"] is None:
+            continue
+        sw = sweeps.setdefault(r["knob"], {"values": [], "datasets": [], "models": {}})
+        if r["dataset"] not in sw["datasets"]:
+            sw["datasets"].append(r["dataset"])
+            sw["values"].append(r["value"])
+        series = sw["models"].setdefault(r["model"], {k: [] for k in report.SWEEP_METRICS})
+        for k, p in report.SWEEP_METRICS.items():
+            series[k].append(report.get(r["metrics"], p))
+    if out is not None and plots:
+        for knob, sw in sweeps.items():
+            f = report.plot_sweep(
+                out / f"sweep_{report.safe_name(knob)}.png", knob, sw["values"], sw["models"]
+            )
+            plot_files.append(f.name)
+
+    res = {
+        "schema": report.SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "options": {
+            k: getattr(opt, k)
+            for k in (
+                "tolerance",
+                "max_answer_tokens",
+                "speak_threshold",
+                "span_seconds",
+                "batch_streams",
+                "threads",
+            )
+        },
+        "models": {n: _model_info(n, m, (paths or {}).get(n)) for n, m in models.items()},
+        "datasets": {
+            ds.name: {
+                "manifest": None if ds.manifest is None else str(ds.manifest),
+                "streams": len(ds.specs),
+                "knob": ds.knob,
+                "value": ds.value,
+            }
+            for ds in datasets
+        },
+        "results": results,
+        "sweeps": sweeps,
+        "plots": plot_files,
+    }
+    if out is not None:
+        report.write_json(res, out / "results.json")
+    return res
+
+
+def _dataset_plots(out: Path, ds: Dataset, per_model: dict[str, dict], plot_streams: int) -> list[str]:
+    """Timelines of the first ``plot_streams`` streams (every model in one figure) and, with several
+    models, a bar chart comparing them."""
+    files = []
+    first = next(iter(per_model.values()))
+    for s_i, stream in enumerate(first["rec"]["streams"][: max(0, plot_streams)]):
+        rows = {}
+        for name, pm in per_model.items():
+            st = pm["rec"]["streams"][s_i]
+            rows[name] = {
+                "pred": st["pred"],
+                "responses": st["responses"],
+                "qa": st["qa"],
+                "tick_seconds": pm["tick_seconds"],
+            }
+        f = report.plot_timeline(
+            out / f"timeline_{report.safe_name(ds.name)}_{report.safe_name(stream['id'])}.png",
+            f"{ds.name} / {stream['id']}",
+            first["eval"].labels,
+            first["tick_seconds"],
+            stream["true"],
+            rows,
+            stream["references"],
+        )
+        files.append(f.name)
+    if len(per_model) > 1:
+        f = report.plot_compare(
+            out / f"compare_{report.safe_name(ds.name)}.png",
+            ds.name,
+            {name: report.headline(pm["rec"]["metrics"]) for name, pm in per_model.items()},
+        )
+        files.append(f.name)
+    return files

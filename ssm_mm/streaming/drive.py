@@ -1,0 +1,383 @@
+"""Drive streaming sessions from decoded media files, tick by tick, as a live source would.
+
+This is the one driving loop used by the command-line demo (``python -m ssm_mm.streaming``) and the
+evaluation harness (:mod:`ssm_mm.evaluation`)::
+
+    media = decode_stream_media("clip.mp4", "clip.mp4", fps=model.features.fps, t0=0.0)
+    s = model.stream(modalities=media.modalities, t0=media.t0)
+    result = drive(s, media, [Question(12.5, "how many times did the bell ring?")])
+    result.labels, result.events, result.answers, result.tick_latency
+
+The feeding rule (one *round* per tick): before the end of tick ``k`` is declared with
+``advance_to(c)``, ``c = t0 + (k+1)·τ + margin``, every frame and audio sample with time ``< c`` is
+pushed; ``margin`` (at least 1 ms) covers the audio resampler's look-ahead, so tick ``k`` completes in
+round ``k`` as soon as its media is in. ``advance_to`` is only called while the audio track still has
+samples after ``c``: past the end of the audio it would fill silence that the offline path does not
+have (declaring the end of a finished video track is harmless: no frame will come). The ticks after
+the end of the audio complete at ``close()``.
+
+Questions: a question at media time ``T`` is placed at the end of the tick holding ``T`` (where
+training puts text, :func:`ssm_mm.data.interleave.place_text_time`) and asked once the session's
+current time reaches that placed time, i.e. right after the round that completes its tick. Questions
+still pending when the stream ends are asked after ``close()`` (at the final stream time, which is
+later than their placed time if the media is shorter than the question's time; :class:`AskRecord`
+keeps both times).
+
+Many sessions are driven in lockstep by :func:`drive_many`: round ``k`` pushes tick ``k``'s media into
+every session, then :func:`~ssm_mm.streaming.session.step_sessions` processes every session's tick in
+one batched forward (sessions opened with ``auto_step=False``; with ``auto_step=True`` the pushes
+process the ticks and the step is a no-op).
+
+Latency: a tick's latency is the wall time of the round that completed it (every session's pushes,
+which featurize the media, plus the batched step), divided by the ticks the round completed for that
+session. With ``B`` sessions in one batch it is the latency each of ``B`` concurrently served live
+streams sees. Time spent in ``ask()`` is measured separately (:attr:`AskRecord.seconds`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ssm_mm.data.interleave import place_text_time
+from ssm_mm.streaming.session import StreamEvent, StreamingSession, TickLabel, step_sessions
+
+__all__ = [
+    "StreamMedia",
+    "Question",
+    "AskRecord",
+    "DriveResult",
+    "decode_stream_media",
+    "drive",
+    "drive_many",
+]
+
+# Smallest margin past a tick end at which the tick is declared complete (seconds).
+_MIN_MARGIN = 1e-3
+# Two stream-clock times closer than this are the same time (float noise of t0 + k·τ).
+_TIME_EPS = 1e-9
+
+
+@dataclass
+class StreamMedia:
+    """One stream's decoded media on the stream clock (``t0`` = clock time of media time 0).
+
+    frames:       (F, H, W, 3) uint8 video frames; F = 0 when the stream has no video.
+    frame_times:  (F,) float64 stream-clock timestamps, non-decreasing.
+    samples:      (N,) float32 mono audio at ``sample_rate``; N = 0 when it has no audio.
+    audio_t0:     stream-clock time of ``samples[0]``.
+    has_video / has_audio: which tracks the stream declares (a declared track may still be empty).
+    """
+
+    t0: float
+    frames: Tensor
+    frame_times: np.ndarray
+    samples: Tensor
+    sample_rate: int
+    audio_t0: float
+    has_video: bool
+    has_audio: bool
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The session modalities this media needs, ``("video", "audio")`` order."""
+        return tuple(m for m, on in (("video", self.has_video), ("audio", self.has_audio)) if on)
+
+    def track_ends(self) -> list[float]:
+        """Stream-clock end of each declared track (video: its last frame's time; audio: the end of
+        its last sample)."""
+        ends = []
+        if self.has_video:
+            ends.append(float(self.frame_times[-1]) if len(self.frame_times) else self.t0)
+        if self.has_audio:
+            ends.append(self.audio_t0 + self.samples.shape[0] / self.sample_rate)
+        return ends
+
+    @property
+    def end(self) -> float:
+        """Stream-clock time at which the last track ends."""
+        return max(self.track_ends(), default=self.t0)
+
+    @property
+    def seconds(self) -> float:
+        """Seconds of media (from ``t0`` to the end of the last track)."""
+        return self.end - self.t0
+
+
+def decode_stream_media(
+    video: str | Path | None,
+    audio: str | Path | None,
+    fps: float,
+    t0: float = 0.0,
+    sample_rate: int | None = None,
+) -> StreamMedia:
+    """Decode a stream's media as a live source would deliver it to a session.
+
+    Args:
+        video: file whose video track is used (None: no video).
+        audio: file whose audio track is used (the video file itself for its own track; None: no audio).
+        fps: video decoding rate, the model's ``features.fps`` (the frames training sees; the session
+            resizes them).
+        t0: stream-clock time of media time 0 (a manifest's ``t0``).
+        sample_rate: audio decoding rate; None = the file's own rate (the session resamples it while
+            streaming, as a live source at another rate would be).
+
+    Raises:
+        MediaError (a ValueError) naming the file when a track cannot be decoded; ValueError when
+        neither a video nor an audio file is given.
+    """
+    from ssm_mm.media import decode_audio, decode_video, probe_media
+
+    if video is None and audio is None:
+        raise ValueError("nothing to stream: neither a video nor an audio file is given")
+    t0 = float(t0)
+    frames = torch.zeros(0, 1, 1, 3, dtype=torch.uint8)
+    ftimes = np.zeros(0, dtype=np.float64)
+    if video is not None:
+        clip = decode_video(video, fps=fps)
+        frames, ftimes = clip.frames, t0 + clip.timestamps.numpy().astype(np.float64)
+    samples, sr, a_t0 = torch.zeros(0), int(sample_rate or 16000), t0
+    if audio is not None:
+        rate = sample_rate or probe_media(audio).sample_rate or 16000
+        aclip = decode_audio(audio, sample_rate=int(rate))
+        samples, sr, a_t0 = aclip.samples, aclip.sample_rate, t0 + aclip.t0
+    return StreamMedia(
+        t0=t0,
+        frames=frames,
+        frame_times=ftimes,
+        samples=samples,
+        sample_rate=int(sr),
+        audio_t0=float(a_t0),
+        has_video=video is not None,
+        has_audio=audio is not None,
+    )
+
+
+@dataclass(frozen=True)
+class Question:
+    """A question to ask at media time ``t`` (seconds from the stream's media start)."""
+
+    t: float
+    text: str
+
+
+@dataclass(frozen=True)
+class AskRecord:
+    """A question that was asked.
+
+    index:    the question's position in the list given to the driver.
+    t:        the question's media time.
+    placed:   stream-clock time it belongs at (end of the tick holding ``t``).
+    asked_at: stream-clock time it was asked at (``placed``, or the final stream time when the
+              media ended first); None when it could not be asked (the stream produced no tick).
+    answer:   the generated answer (None when not asked).
+    seconds:  wall time of the ``ask()`` call.
+    """
+
+    index: int
+    t: float
+    text: str
+    placed: float
+    asked_at: float | None
+    answer: str | None
+    seconds: float = 0.0
+
+    @property
+    def late(self) -> bool:
+        return self.asked_at is not None and self.asked_at > self.placed + _TIME_EPS
+
+
+@dataclass
+class DriveResult:
+    """What one session produced while driven (every label and event, in stream order)."""
+
+    labels: list[TickLabel] = field(default_factory=list)
+    events: list[StreamEvent] = field(default_factory=list)
+    answers: list[AskRecord] = field(default_factory=list)
+    tick_latency: list[float] = field(default_factory=list)  # seconds per processed tick
+    ticks: int = 0  # ticks processed
+    stream_seconds: float = 0.0  # ticks · τ
+    wall: float = 0.0  # seconds from the first push to the last answer (shared by a batch)
+
+
+# Called after every round with what the session emitted in it: (labels, events, new answers).
+RoundCallback = Callable[[int, list[TickLabel], list[StreamEvent], list[AskRecord]], None]
+
+
+class _Feeder:
+    """Pushes one stream's media into its session one tick at a time (the module's feeding rule)."""
+
+    def __init__(self, session: StreamingSession, media: StreamMedia, questions: Sequence[Question]):
+        if set(media.modalities) != set(session.modalities):
+            raise ValueError(
+                f"the media has tracks {media.modalities} but the session takes {session.modalities}"
+            )
+        self.s, self.m = session, media
+        self.tau = session.tau
+        self.margin = max(_MIN_MARGIN, session.audio_lookahead(media.sample_rate) if media.has_audio else 0.0)
+        # advance_to(c) is exact while the audio runs past c (it would append silence after its end)
+        self.safe_end = media.track_ends()[-1] if media.has_audio else math.inf
+        self.fi = self.ai = 0
+        self.k = 0
+        self.closed = False
+        t0 = session.t0
+        self.asks = sorted(
+            ((place_text_time(t0 + q.t, self.tau, t0), i, q) for i, q in enumerate(questions)),
+            key=lambda x: (x[0], x[1]),
+        )
+        self.result = DriveResult()
+
+    @property
+    def media_done(self) -> bool:
+        return self.fi >= len(self.m.frame_times) and self.ai >= self.m.samples.shape[0]
+
+    def cut(self) -> float:
+        """Stream-clock time before which this round pushes everything (``t0 + (k+1)·τ + margin``)."""
+        return self.s.t0 + (self.k + 1) * self.tau + self.margin
+
+    def push_round(self) -> None:
+        """Push the media before the next cut and declare it (when safe)."""
+        s, m, c = self.s, self.m, self.cut()
+        fj = int(np.searchsorted(m.frame_times, c, side="left"))  # frames with t < c
+        if fj > self.fi:
+            s.push_video(m.frames[self.fi : fj], m.frame_times[self.fi : fj])
+            self.fi = fj
+        n = m.samples.shape[0]
+        aj = min(n, max(self.ai, math.ceil((c - m.audio_t0) * m.sample_rate)))  # samples with t < c
+        if aj > self.ai:
+            s.push_audio(m.samples[self.ai : aj], m.sample_rate, m.audio_t0 + self.ai / m.sample_rate)
+            self.ai = aj
+        if c < self.safe_end:
+            s.advance_to(c)
+        self.k += 1
+
+    def ask_due(self, final: bool = False) -> list[AskRecord]:
+        """Ask the questions whose placed time the session reached (all of them when ``final``)."""
+        out = []
+        while self.asks and (final or self.asks[0][0] <= self.s.time + _TIME_EPS):
+            placed, i, q = self.asks.pop(0)
+            if self.s.ticks_done == 0:  # nothing was streamed: there is no time to ask at
+                out.append(AskRecord(i, q.t, q.text, placed, None, None))
+                continue
+            start = time.perf_counter()
+            answer = self.s.ask(q.text)
+            out.append(AskRecord(i, q.t, q.text, placed, self.s.time, answer, time.perf_counter() - start))
+        return out
+
+
+def drive_many(
+    sessions: Sequence[StreamingSession],
+    media: Sequence[StreamMedia],
+    questions: Sequence[Sequence[Question]] | None = None,
+    *,
+    on_round: Sequence[RoundCallback | None] | None = None,
+    realtime: bool = False,
+    speed: float = 1.0,
+    keep: bool = True,
+) -> list[DriveResult]:
+    """Drive ``sessions[i]`` with ``media[i]`` in lockstep (one tick per round, batched steps).
+
+    Args:
+        sessions: open sessions on ONE model, each with the modalities of its media; open them with
+            ``auto_step=False`` so that a round's ticks are processed in one batched forward.
+        media: decoded media per session (:func:`decode_stream_media`).
+        questions: per session, the questions to ask (media times).
+        on_round: per session, an optional callback ``(round, labels, events, answers)`` called after
+            every round with what that session emitted in it (the CLI prints there).
+        realtime: pace rounds by the wall clock (``speed`` times faster than real time).
+        keep: keep every label / event in the results (False: only the callbacks see them).
+
+    Returns one :class:`DriveResult` per session. Sessions are closed at the end of their media.
+    """
+    sessions, media = list(sessions), list(media)
+    if len(sessions) != len(media):
+        raise ValueError(f"{len(sessions)} sessions but {len(media)} media")
+    questions = list(questions) if questions is not None else [[] for _ in sessions]
+    callbacks = list(on_round) if on_round is not None else [None] * len(sessions)
+    if len(questions) != len(sessions) or len(callbacks) != len(sessions):
+        raise ValueError("questions and on_round need one entry per session")
+    if realtime and not speed > 0:
+        raise ValueError(f"speed must be > 0, got {speed}")
+    feeders = [_Feeder(s, m, q) for s, m, q in zip(sessions, media, questions)]
+    tau = sessions[0].tau if sessions else 0.0
+
+    def emit(i: int, rnd: int, answers: list[AskRecord]) -> None:
+        f = feeders[i]
+        labels, events = f.s.segment_labels(), f.s.poll()
+        if keep:
+            f.result.labels += labels
+            f.result.events += events
+        f.result.answers += answers
+        if callbacks[i] is not None:
+            callbacks[i](rnd, labels, events, answers)
+
+    wall0 = time.perf_counter()
+    rnd = 0
+    active = [i for i, f in enumerate(feeders) if not f.media_done]
+    for i, f in enumerate(feeders):  # no media at all: close at once (there is nothing to stream)
+        if f.media_done:
+            f.s.close()
+            f.closed = True
+            emit(i, rnd, f.ask_due(final=True))
+    while active:
+        if realtime:
+            delay = wall0 + ((rnd + 1) * tau + feeders[active[0]].margin) / speed - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        start = time.perf_counter()
+        before = [feeders[i].s.ticks_done for i in active]
+        for i in active:
+            feeders[i].push_round()
+        step_sessions([feeders[i].s for i in active])
+        dt = time.perf_counter() - start
+        done = [feeders[i].s.ticks_done - b for i, b in zip(active, before)]
+        n_max = max(done)
+        for i, n in zip(active, done):
+            if n:
+                feeders[i].result.tick_latency += [dt / n_max] * n
+        for i in active:
+            emit(i, rnd, feeders[i].ask_due())
+        for i in [i for i in active if feeders[i].media_done]:
+            f = feeders[i]
+            start = time.perf_counter()
+            before_close = f.s.ticks_done
+            f.s.close()
+            n = f.s.ticks_done - before_close
+            if n:
+                f.result.tick_latency += [(time.perf_counter() - start) / n] * n
+            f.closed = True
+            emit(i, rnd, f.ask_due(final=True))
+        active = [i for i in active if not feeders[i].closed]
+        rnd += 1
+    wall = time.perf_counter() - wall0
+    out = []
+    for f in feeders:
+        r = f.result
+        r.ticks = f.s.ticks_done
+        r.stream_seconds = r.ticks * tau
+        r.wall = wall
+        out.append(r)
+    return out
+
+
+def drive(
+    session: StreamingSession,
+    media: StreamMedia,
+    questions: Sequence[Question] = (),
+    *,
+    on_round: RoundCallback | None = None,
+    realtime: bool = False,
+    speed: float = 1.0,
+    keep: bool = True,
+) -> DriveResult:
+    """Drive one session with its media (see :func:`drive_many`); closes the session at the end."""
+    return drive_many(
+        [session], [media], [list(questions)], on_round=[on_round], realtime=realtime, speed=speed, keep=keep
+    )[0]

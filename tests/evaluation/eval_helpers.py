@@ -1,0 +1,108 @@
+"""Helpers shared by the evaluation tests: the tiny model settings and a tiny untrained model."""
+
+import torch
+
+from ssm_mm.config import ModelConfig
+from ssm_mm.data.avworld import CLASSES
+from ssm_mm.models.multimodal import MultimodalSSM
+
+LABELS = ["background"] + [c.name for c in CLASSES[:4]]  # AVWorld's default 4 classes
+
+TINY = dict(
+    d_model=32,
+    pattern="MMA",
+    d_state=8,
+    headdim=8,
+    attn_heads=2,
+    attn_kv_heads=2,
+    attn_window=16,
+    chunk_size=16,
+    kernels="torch",
+)
+
+
+def tiny_model(seed: int = 0) -> MultimodalSSM:
+    torch.manual_seed(seed)
+    return MultimodalSSM(ModelConfig(**TINY), labels=LABELS).eval()
+
+
+def load_run_py():
+    """``eval/run.py`` imported as a module (it is a script, not part of the package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "eval" / "run.py"
+    spec = importlib.util.spec_from_file_location("eval_run", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _strict(text: str):
+    import json
+
+    def refuse(x):
+        raise AssertionError(f"results.json has a non-JSON number {x}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def check_results(path, n_models: int, datasets: list[str]) -> dict:
+    """Load ``results.json`` (strict JSON) and check it against the schema documented in
+    ``ssm_mm/evaluation/report.py``; returns it."""
+    from pathlib import Path
+
+    res = _strict(Path(path).read_text())
+    assert res["schema"] == "ssm_mm.eval/1"
+    assert set(res) == {"schema", "created", "options", "models", "datasets", "results", "sweeps", "plots"}
+    assert set(res["options"]) == {
+        "tolerance",
+        "max_answer_tokens",
+        "speak_threshold",
+        "span_seconds",
+        "batch_streams",
+        "threads",
+    }
+    assert len(res["models"]) == n_models
+    for m in res["models"].values():
+        assert {"path", "parameters", "pattern", "d_model", "labels", "fps", "tick_seconds"} <= set(m)
+        assert m["labels"][0] == "background" and m["parameters"] > 0
+    assert list(res["datasets"]) == datasets
+    assert len(res["results"]) == n_models * len(datasets)
+    for r in res["results"]:
+        assert r["model"] in res["models"] and r["dataset"] in res["datasets"]
+        m = r["metrics"]
+        assert set(m) == {"n_streams", "events", "qa", "proactive", "speed", "unknown_labels"}
+        ev = m["events"]
+        for k in ("tick_accuracy", "macro_f1", "majority_rate", "span_accuracy", "span_majority_rate"):
+            assert ev[k] is None or 0.0 <= ev[k] <= 1.0, (k, ev[k])
+        assert {"n_ticks", "missing_ticks", "per_class", "n_spans", "span_macro_f1"} <= set(ev)
+        assert {"accuracy", "n", "late", "per_type"} <= set(m["qa"])
+        pro = m["proactive"]
+        assert {
+            "precision",
+            "recall",
+            "f1",
+            "tp",
+            "fp",
+            "fn",
+            "mean_delay",
+            "p90_delay",
+            "text_accuracy",
+        } <= set(pro)
+        assert pro["tp"] + pro["fn"] == pro["n_references"] and pro["tp"] + pro["fp"] == pro["n_responses"]
+        sp = m["speed"]
+        assert sp["rtf"] > 0 and sp["throughput_rtf"] > 0 and sp["wall_seconds"] > 0
+        assert {"p50_ms", "p90_ms", "p99_ms"} <= set(sp["tick_latency"]) and sp["tick_latency"]["n"] > 0
+        assert len(r["streams"]) == m["n_streams"] == res["datasets"][r["dataset"]]["streams"]
+        n_ticks = 0
+        for s in r["streams"]:
+            assert len(s["true"]) == len(s["pred"]) == s["n_ticks"]
+            assert {"id", "qa", "answers", "responses", "references", "rtf", "missing_ticks"} <= set(s)
+            n_ticks += s["n_ticks"]
+        assert n_ticks == ev["n_ticks"]
+    for name in res["plots"]:
+        f = Path(path).parent / name
+        assert f.suffix == ".png" and f.stat().st_size > 1000, name
+        assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return res
