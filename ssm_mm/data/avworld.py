@@ -61,7 +61,7 @@ import numpy as np
 
 from ssm_mm.data.manifest import Segment, StreamSpec, Turn, write_manifest
 
-GENERATOR_VERSION = 1  # bump when the output for a given config changes (invalidates caches)
+GENERATOR_VERSION = 2  # bump when the output for a given config changes (invalidates caches)
 
 
 @dataclass(frozen=True)
@@ -365,6 +365,9 @@ def _stable_visible(scene: Scene, t: float, window: float = 0.75) -> list[Shape]
     return now
 
 
+ACK = "ok"  # the immediate reply to a proactive request
+
+
 def make_dialogue(cfg: AVWorldConfig, stream: int, scene: Scene, first: float) -> list[Turn]:
     """Questions (answered at the same time) and proactive requests (answered at later AV event starts)."""
     rng = np.random.default_rng([cfg.seed, stream, 2])
@@ -397,6 +400,8 @@ def make_dialogue(cfg: AVWorldConfig, stream: int, scene: Scene, first: float) -
             c = open_classes[int(rng.integers(len(open_classes)))]
             requested.add(c)
             turns.append(Turn(t, "user", f"tell me when the {c} {_cls(c).verb_s}", "proactive"))
+            # acknowledged at once (so ask() has a trained reply), then answered at each later AV event
+            turns.append(Turn(t, "assistant", ACK))
             turns += [Turn(e.start, "assistant", c) for e in events if e.cls == c and e.start > t]
             continue
         qa = _question(rng, scene, events, classes, t)

@@ -208,6 +208,9 @@ def test_dialogue_is_consistent_with_segments_and_frames(decoded):
                 ]
                 assert [turns[j].t for j in got] == expect  # one response at the start of each later AV event
                 accounted.update(got)
+                ack = turns[i + 1]  # acknowledged at once, as an answer
+                assert ack.role == "assistant" and ack.t == t and ack.text == "ok", ack
+                accounted.add(i + 1)
                 continue
             a = turns[i + 1]
             accounted.add(i + 1)
