@@ -132,8 +132,16 @@ def causal_conv1d(
         s_cl = state.to(x.dtype).transpose(1, 2).contiguous().transpose(1, 2)
         y = load_mamba_refs().causal_conv1d_fn(x_cl, weight, bias, initial_states=s_cl, activation=activation)
         return y, new_state
-    # Compute in the weight's dtype (like causal_conv1d_ref), return x's dtype.
-    y = F.conv1d(xs.to(weight.dtype), weight.unsqueeze(1), bias, groups=d)  # (b, d, l)
+    # Compute in the weight's dtype (like causal_conv1d_ref), return x's dtype. One fused multiply-add
+    # per tap instead of F.conv1d(groups=d): same forward values and speed, but the CPU (oneDNN)
+    # depthwise conv1d *backward* takes seconds per call at training lengths (5 s for 320 channels x
+    # 16k steps, and up to 10-36 s on the first call of each new shape) against ~0.1 s for this
+    # (eval/bench_train.py; BENCHMARKS.md).
+    xs = xs.to(weight.dtype)
+    L = x.shape[2]
+    y = bias[:, None] if bias is not None else xs.new_zeros(())
+    for k in range(w):  # tap k looks back w - 1 - k steps
+        y = torch.addcmul(y, weight[:, k, None], xs[:, :, k : k + L])  # (b, d, l)
     if activation == "silu":
         y = F.silu(y)
     return y.to(x.dtype), new_state
