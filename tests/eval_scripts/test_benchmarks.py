@@ -1,0 +1,103 @@
+"""The SPEC §9 benchmark scripts run end to end in ``--quick`` mode and write complete JSON.
+
+No timing is asserted (the machine is shared and noisy): only that each script runs, measures both
+the model and its baseline, and records what BENCHMARKS.md reads from it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+EVAL = Path(__file__).resolve().parents[2] / "eval"
+
+
+def load_script(name: str):
+    """Import ``eval/<name>.py`` as a module (eval/ is a folder of scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"eval_{name}", EVAL / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run_quick(name: str, tmp_path: Path, *extra: str) -> dict:
+    out = tmp_path / f"{name}.json"
+    report = load_script(name).main(["--quick", "--out", str(out), *extra])
+    on_disk = json.loads(out.read_text())
+    assert on_disk["machine"]["cores"] >= 1 and "torch" in on_disk["machine"]
+    assert on_disk["results"] == json.loads(json.dumps(report["results"]))
+    return on_disk
+
+
+def test_avworld_source_pushes_exactly_one_tick_per_call():
+    bu = load_script("benchutil")
+    model = bu.build_model(bu.DEFAULT_CONFIG, overrides=["model.d_model=32", "model.headdim=16"])
+    src = bu.AVWorldSource(seconds=4.0)
+    s = model.stream(speak_threshold=1.0)
+    frames_pushed = 0
+    for k in range(10):  # 10 ticks = 5 s: the 4 s scene wraps around
+        frames, times, audio = src.tick_media(k)
+        assert audio.shape == (src.samples_per_tick,)
+        assert bool((times > k * src.tau).all()) or k == 0
+        frames_pushed += frames.shape[0]
+        src.push_tick(s, k)
+        assert s.ticks_done == k + 1
+    assert frames_pushed == src._last_frame(9) + 1  # every frame once, none skipped
+
+
+def test_percentiles_nearest_rank():
+    bu = load_script("benchutil")
+    p = bu.percentiles([float(i) for i in range(1, 101)])
+    assert (p["p50_s"], p["p99_s"], p["max_s"], p["n"]) == (50.0, 99.0, 100.0, 100)
+
+
+def test_bench_streaming_quick(tmp_path):
+    r = run_quick("bench_streaming", tmp_path)
+    for name in ("hybrid", "transformer"):
+        m = r["results"][name]
+        assert m["ticks_timed"] == 6 and m["labels_seen"] == 8  # 3 s timed + 2 warm-up ticks
+        assert m["tick_latency"]["p99_s"] >= m["tick_latency"]["p50_s"] > 0
+        assert 0 < m["model_forward_frac"] <= 1
+        assert m["generation"]["per_forward_call_s"]["n"] == 1
+    assert r["settings"]["threads"] == 1
+
+
+def test_bench_sessions_quick(tmp_path):
+    r = run_quick("bench_sessions", tmp_path)
+    rows = r["results"][0]["rows"]
+    assert [row["sessions"] for row in rows] == [2, 4]
+    for row in rows:
+        assert row["batched"]["round"]["n"] == 2 and row["one_by_one"]["round"]["n"] == 2
+    assert r["max_realtime_sessions_batched"] in (0, 2, 4)
+
+
+def test_bench_memory_quick(tmp_path):
+    r = run_quick("bench_memory", tmp_path)
+    h, t = r["results"]["hybrid"], r["results"]["transformer"]
+    assert h["complete"] and t["complete"]
+    assert [p["ticks"] for p in h["points"]] == [3, 6, 12]
+    # The hybrid's session memory is the same at every point; the full-attention cache grows.
+    assert len({p["memory_bytes"] for p in h["points"]}) == 1 and h["memory_growth"] == 0.0
+    assert t["points"][-1]["memory_bytes"] > t["points"][0]["memory_bytes"]
+
+
+def test_bench_train_quick(tmp_path):
+    r = run_quick("bench_train", tmp_path)
+    assert [row["length"] for row in r["results"]] == [64, 128]
+    for row in r["results"]:
+        assert 0 < row["tokens"] <= row["rows"] * row["length"]
+        assert row["hybrid"]["tokens_per_s"] > 0 and row["transformer"]["tokens_per_s"] > 0
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="AVWorld generation needs ffmpeg")
+def test_bench_data_quick(tmp_path):
+    r = run_quick("bench_data", tmp_path, "--cache-dir", str(tmp_path / "cache"))
+    (res,) = r["results"]
+    assert res["steps"] == 2 and 0 <= res["data_wait_frac"] < 1
+    assert [s["step"] for s in res["per_step"]] == [1, 2]
