@@ -88,7 +88,7 @@ class AVWorldConfig:
     fields are passed to it by name (``val_*`` pick the held-out validation streams).
     """
 
-    streams: int = 48
+    streams: int = 128
     seconds: float = 30.0
     fps: float = 4.0
     jitter: float = 0.0
@@ -120,12 +120,12 @@ class DataConfig:
 class TrainConfig:
     run_dir: str = "runs/default"
     seed: int = 0
-    max_steps: int = 300
+    max_steps: int = 700
     batch_size: int = 8
     grad_accum: int = 1
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
-    warmup_steps: int = 30
+    warmup_steps: int = 50
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     grad_clip: float = 1.0
@@ -139,6 +139,7 @@ class TrainConfig:
     eval_every: int = 0  # 0 = only at the end
     resume: bool = False
     threads: int = 0  # 0 = torch default
+    parallel: str = "ddp"  # with torchrun: "ddp" (replicated) | "fsdp" (FSDP2 fully_shard per block)
     debug_signal_at_step: int = -1  # testing hook: send SIGTERM to this process after that step
 
 
@@ -306,6 +307,8 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError("attention head dim (d_model / attn_heads) must be even for rotary embeddings")
     if m.attn_window is not None and m.attn_window < 1:
         raise ConfigError(f"model.attn_window={m.attn_window} must be >= 1 or null (full attention)")
+    if cfg.train.parallel not in ("ddp", "fsdp"):
+        raise ConfigError(f"train.parallel='{cfg.train.parallel}': expected ddp | fsdp")
     if cfg.data.on_error not in ("raise", "skip"):
         raise ConfigError(f"data.on_error='{cfg.data.on_error}': expected raise | skip")
     if cfg.logging.wandb.mode not in ("auto", "online", "offline", "disabled"):

@@ -29,6 +29,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from ssm_mm.config import Config, save_config, to_dict
 from ssm_mm.data.dataset import StreamDataset, load_features
@@ -43,6 +50,8 @@ from ssm_mm.training.schedule import ScheduledWindows, ScheduleSampler, SlotSche
 from ssm_mm.training.validate import validate
 
 HEADS = ("lm", "event", "speak")
+# Checkpoints hold full state dicts; on load every rank reads the file and keeps its own shard.
+_FULL = StateDictOptions(full_state_dict=True)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -207,7 +216,15 @@ class Trainer:
         model = MultimodalSSM(cfg.model, cfg.features, data.labels, data.train.tokenizer).to(info.device)
         weights = {"lm": tc.loss_lm, "event": tc.loss_event, "speak": tc.loss_speak}
         step_module: nn.Module = TrainStep(model, weights)
-        if info.enabled:
+        if info.enabled and tc.parallel == "fsdp":
+            # FSDP2: shard each backbone block, then the rest (frontends, heads) at the root, which is
+            # the TrainStep so that the heads are used inside its forward
+            from torch.distributed.fsdp import fully_shard
+
+            for blk in model.backbone.blocks:
+                fully_shard(blk)
+            fully_shard(step_module)
+        elif info.enabled:
             # find_unused_parameters: a batch without video (or audio) leaves that frontend unused
             step_module = nn.parallel.DistributedDataParallel(
                 step_module,
@@ -224,8 +241,8 @@ class Trainer:
             found = load_latest(ckpt_dir)
             if found is not None:
                 ck, path = found
-                model.load_state_dict(ck["model"])
-                opt.load_state_dict(ck["optimizer"])
+                set_model_state_dict(model, ck["model"], options=_FULL)
+                set_optimizer_state_dict(model, opt, ck["optimizer"], options=_FULL)
                 sched.load_state_dict(ck["scheduler"])
                 torch.set_rng_state(ck["rng"]["torch"])
                 random.setstate(_to_tuple(ck["rng"]["python"]))
@@ -341,10 +358,12 @@ class Trainer:
                     tc.eval_every
                     and step % tc.eval_every == 0
                     and data.val is not None
-                    and info.is_main
                     and step < tc.max_steps
                 ):
-                    best = self._maybe_best(model, data, run_dir, step, best, logger)
+                    export = self._export(model, info)  # collective under FSDP
+                    if info.is_main:
+                        best = self._maybe_best(export, data, run_dir, step, best, logger)
+                    D.barrier(info)
                 if stopping or step % tc.ckpt_every == 0 or step == tc.max_steps:
                     self._save(model, opt, sched, step, carried, info, ckpt_dir, tc, data.labels)
                 if stopping:
@@ -363,6 +382,8 @@ class Trainer:
             "skipped": len(data.skipped),
             "data_wait_frac": wait_s / max(1e-9, wait_s + compute_s),
         }
+        if interrupted is None:
+            model = self._export(model, info)  # a whole (unsharded) model on rank 0
         if interrupted is None and info.is_main:
             final = model.save_pretrained(run_dir / "final")
             result["final_model"] = str(final)
@@ -390,7 +411,24 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ helpers
 
+    def _export(self, model: MultimodalSSM, info: D.DistInfo) -> MultimodalSSM | None:
+        """The model as one whole module on rank 0 (under FSDP its parameters are gathered into a fresh
+        copy; a collective, so every rank calls it). Without FSDP, the model itself."""
+        if not (info.enabled and self.cfg.train.parallel == "fsdp"):
+            return model
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not info.is_main:
+            return None
+        copy = MultimodalSSM(model.cfg, model.features, model.labels, model.tokenizer)
+        copy.load_state_dict(full)
+        return copy
+
     def _save(self, model, opt, sched, step, carried, info, ckpt_dir, tc, labels):
+        # full (unsharded) state dicts keyed by parameter name: the same checkpoint resumes under DDP,
+        # FSDP or a single process
+        full = StateDictOptions(full_state_dict=True, cpu_offload=info.enabled)
+        model_sd = get_model_state_dict(model, options=full)
+        optim_sd = get_optimizer_state_dict(model, opt, options=full)
         slot = None if carried is None else carried.to_dict()
         if info.enabled:  # gather every rank's slot states, in rank (= slot) order
             gathered = [None] * info.world
@@ -402,8 +440,8 @@ class Trainer:
         if info.is_main:
             payload = {
                 "step": step,
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
+                "model": model_sd,
+                "optimizer": optim_sd,
                 "scheduler": sched.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "python": _to_lists(random.getstate())},
                 "slot_state": None if slot is None else {k: v.cpu() for k, v in slot.items()},

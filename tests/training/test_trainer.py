@@ -149,3 +149,30 @@ def test_torchrun_ddp_matches_single_process_and_resumes_single(
     b = losses_of(tmp_path / "run")
     for s in range(5, 9):
         assert abs(a[s] - b[s]) <= 1e-4 * abs(a[s]), (s, a[s], b[s])
+
+
+def test_torchrun_fsdp_matches_single_process_and_resumes_single(
+    tmp_path, tiny_world, uninterrupted, run, tiny_overrides
+):
+    full_tmp, _ = uninterrupted
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    extra = ("train.parallel=fsdp", "train.debug_signal_at_step=4")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29519",
+        "train.py",
+        *tiny_overrides(tmp_path, *tiny_world, *extra),
+    ]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "SIGTERM: saved step 4" in p.stdout
+    a, b = losses_of(full_tmp / "run"), losses_of(tmp_path / "run")
+    for s in range(1, 5):
+        assert abs(a[s] - b[s]) <= 1e-4 * abs(a[s]), (s, a[s], b[s])
+    run(tmp_path, tiny_world, "train.resume=true")  # the sharded run's checkpoint, in one process
+    b = losses_of(tmp_path / "run")
+    for s in range(5, 9):
+        assert abs(a[s] - b[s]) <= 1e-4 * abs(a[s]), (s, a[s], b[s])
