@@ -132,6 +132,10 @@ def _new_cache(k_all: Tensor, v_all: Tensor, valid_all: Tensor, window: int | No
     if S == 0:  # nothing seen yet: an all-invalid cache of the right size
         empty = k_all.new_zeros(b, keep, hkv, d)
         return empty, empty.clone(), torch.zeros(b, keep, dtype=torch.bool, device=k_all.device)
+    if S >= keep and bool(valid_all[:, S - keep :].all()):
+        # The newest `keep` slots hold real tokens in every row (every session once its window has
+        # filled): they are the last `keep` valid keys. Copy them (a view would keep all of k_all alive).
+        return k_all[:, S - keep :].clone(), v_all[:, S - keep :].clone(), valid_all[:, S - keep :].clone()
     pos = torch.arange(S, device=k_all.device)
     # Largest valid positions, in increasing order; invalid ones score -1 and so sort to the left.
     score = torch.where(valid_all, pos, -1)  # (b, S)
