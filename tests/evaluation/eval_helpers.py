@@ -1,6 +1,7 @@
 """Helpers shared by the evaluation tests: the tiny model settings and a tiny untrained model."""
 
 import torch
+from support import TINY_MODEL
 
 from ssm_mm.config import ModelConfig
 from ssm_mm.data.avworld import CLASSES
@@ -8,17 +9,7 @@ from ssm_mm.models.multimodal import MultimodalSSM
 
 LABELS = ["background"] + [c.name for c in CLASSES[:4]]  # AVWorld's default 4 classes
 
-TINY = dict(
-    d_model=32,
-    pattern="MMA",
-    d_state=8,
-    headdim=8,
-    attn_heads=2,
-    attn_kv_heads=2,
-    attn_window=16,
-    chunk_size=16,
-    kernels="torch",
-)
+TINY = {**TINY_MODEL, "pattern": "MMA", "attn_window": 16}  # also passed to train.py as model.* overrides
 
 
 def tiny_model(seed: int = 0) -> MultimodalSSM:

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from support import tiny_model_config
 
 from ssm_mm.config import ModelConfig, TemporalConfig
 from ssm_mm.models.backbone import HybridBackbone
@@ -9,20 +10,9 @@ from ssm_mm.streaming.state import BackboneState
 
 
 def small_cfg(**kw) -> ModelConfig:
-    base = dict(
-        d_model=32,
-        pattern="MAMA",
-        d_state=8,
-        headdim=8,
-        expand=2,
-        chunk_size=8,
-        attn_heads=2,
-        attn_kv_heads=1,
-        attn_window=6,
-        kernels="torch",
-    )
-    base.update(kw)
-    return ModelConfig(**base)
+    """The suite's tiny config with attention in two places, GQA and a 6-token window."""
+    base = dict(pattern="MAMA", expand=2, chunk_size=8, attn_kv_heads=1, attn_window=6)
+    return tiny_model_config(**{**base, **kw})
 
 
 def jittered_dt(b, l, seed=0):

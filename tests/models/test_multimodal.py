@@ -4,9 +4,11 @@ import copy
 import math
 
 import pytest
+import support
 import torch
+from support import tiny_model_config
 
-from ssm_mm.config import ModelConfig, TemporalConfig, load_config
+from ssm_mm.config import TemporalConfig, load_config
 from ssm_mm.data.avworld import CLASSES
 from ssm_mm.data.interleave import TEXT
 from ssm_mm.models.multimodal import MultimodalSSM
@@ -14,25 +16,11 @@ from ssm_mm.models.multimodal import MultimodalSSM
 LABELS = ["background"] + [c.name for c in CLASSES]
 
 
-def tiny_cfg(**kw) -> ModelConfig:
-    base = dict(
-        d_model=32,
-        pattern="MMAM",
-        d_state=8,
-        headdim=8,
-        chunk_size=16,
-        attn_heads=2,
-        attn_kv_heads=2,
-        attn_window=24,
-        kernels="torch",
-    )
-    base.update(kw)
-    return ModelConfig(**base)
+tiny_cfg = tiny_model_config
 
 
 def tiny_model(seed=0, **kw) -> MultimodalSSM:
-    torch.manual_seed(seed)
-    return MultimodalSSM(tiny_cfg(**kw), labels=LABELS).eval()
+    return support.tiny_model(seed, LABELS, **kw)
 
 
 def rel(a, b):

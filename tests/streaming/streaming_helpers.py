@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import support
 import torch
 
-from ssm_mm.config import ModelConfig
 from ssm_mm.data.avworld import CLASSES
 from ssm_mm.data.featurize import AudioFeaturizer, VideoFeaturizer, audio_token_times
 from ssm_mm.data.interleave import TextTurn, interleave
@@ -24,38 +24,13 @@ QUESTIONS = [
 
 
 def tiny_model(seed: int = 0) -> MultimodalSSM:
-    """d_model 32, an attention layer with a 24-token window (the cache wraps within a few ticks)."""
-    torch.manual_seed(seed)
-    cfg = ModelConfig(
-        d_model=32,
-        pattern="MMAM",
-        d_state=8,
-        headdim=8,
-        chunk_size=16,
-        attn_heads=2,
-        attn_kv_heads=2,
-        attn_window=24,
-        kernels="torch",
-    )
-    return MultimodalSSM(cfg, labels=LABELS).eval()
+    """The suite's tiny model (tests/support.py): d_model 32, a 24-token window that wraps in a few ticks."""
+    return support.tiny_model(seed, LABELS)
 
 
 def micro_model(seed: int = 0) -> MultimodalSSM:
     """The smallest hybrid (d_model 16, one SSM and one attention layer, window 8): for long streams."""
-    torch.manual_seed(seed)
-    cfg = ModelConfig(
-        d_model=16,
-        pattern="MA",
-        d_state=8,
-        headdim=8,
-        chunk_size=16,
-        attn_heads=2,
-        attn_kv_heads=2,
-        attn_window=8,
-        kernels="torch",
-        mlp_ratio=1.0,
-    )
-    return MultimodalSSM(cfg, labels=LABELS).eval()
+    return support.tiny_model(seed, LABELS, d_model=16, pattern="MA", attn_window=8, mlp_ratio=1.0)
 
 
 @dataclass

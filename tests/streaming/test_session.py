@@ -6,6 +6,7 @@ import math
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,10 +143,12 @@ def test_snapshot_resumes_exactly_in_another_process(tmp_path, media):
     want = _outputs(a)
     assert want[1], "no proactive event after the snapshot: raise the coverage of this test"
 
+    here = Path(__file__).resolve()
+    paths = [str(here.parent), str(here.parents[1])]  # tests/streaming (test_session) and tests/ (support)
     script = textwrap.dedent(
         f"""
         import sys, torch
-        sys.path.insert(0, {str(__import__("pathlib").Path(__file__).parent)!r})
+        sys.path[:0] = {paths!r}
         torch.set_num_threads({torch.get_num_threads()})
         import ssm_mm
         from test_session import _feed, _outputs
