@@ -684,7 +684,12 @@ def generate(out_dir: str | Path, config: AVWorldConfig | None = None, *, worker
 
 def cache_key(cfg: AVWorldConfig) -> str:
     """Folder name of a config in the cache: changes with any knob and with :data:`GENERATOR_VERSION`."""
-    blob = json.dumps({"v": GENERATOR_VERSION, **dataclasses.asdict(cfg)}, sort_keys=True)
+    # canonical values: a float knob given as an int (seconds=30) names the same data as 30.0
+    knobs = {
+        f.name: float(v) if f.type == "float" and isinstance(v, int) else v
+        for f, v in ((f, getattr(cfg, f.name)) for f in dataclasses.fields(cfg))
+    }
+    blob = json.dumps({"v": GENERATOR_VERSION, **knobs}, sort_keys=True)
     return "avworld-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

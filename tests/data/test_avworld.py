@@ -293,6 +293,15 @@ def test_ensure_avworld_generates_once_atomically(tmp_path):
         ensure_avworld(cache, stream=3)
 
 
+def test_cache_key_is_canonical_and_sensitive():
+    # a float knob spelled as an int names the same data (config files and code differ in spelling)
+    assert cache_key(AVWorldConfig(seconds=30, question_every=2)) == cache_key(
+        AVWorldConfig(seconds=30.0, question_every=2.0)
+    )
+    assert cache_key(AVWorldConfig(seconds=30.0)) != cache_key(AVWorldConfig(seconds=30.5))
+    assert cache_key(AVWorldConfig(question_every=2.0)) != cache_key(AVWorldConfig(question_every=4.0))
+
+
 def test_cli_writes_playable_files(tmp_path):
     out = tmp_path / "w"
     cmd = [
