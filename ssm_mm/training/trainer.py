@@ -24,6 +24,7 @@ import math
 import os
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +105,12 @@ class DataSetup:
     val_manifest: Path | None
 
 
+def _data_workers() -> int:
+    """Processes / threads for generating and decoding data before training (the output does not
+    depend on it)."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
 def prepare_data(cfg: Config, log=print) -> DataSetup:
     """Manifests (AVWorld on first use), validation with skip/raise, feature cache warm-up."""
     from ssm_mm.data.avworld import ensure_avworld
@@ -113,9 +120,9 @@ def prepare_data(cfg: Config, log=print) -> DataSetup:
     if d.manifest is None:
         knobs = to_dict(d.avworld)
         val_streams, val_seed = knobs.pop("val_streams"), knobs.pop("val_seed")
-        train_m = ensure_avworld(cache / "avworld", **knobs)
+        train_m = ensure_avworld(cache / "avworld", workers=_data_workers(), **knobs)
         knobs.update(streams=val_streams, seed=val_seed)
-        val_m = d.val_manifest or ensure_avworld(cache / "avworld", **knobs)
+        val_m = d.val_manifest or ensure_avworld(cache / "avworld", workers=_data_workers(), **knobs)
     else:
         train_m, val_m = d.manifest, d.val_manifest
     skipped: list[tuple] = []
@@ -123,15 +130,26 @@ def prepare_data(cfg: Config, log=print) -> DataSetup:
     def load(path) -> list:
         m = read_manifest(path, on_error=d.on_error)
         skipped.extend(m.skipped)
-        good = []
-        for spec in m.streams:  # decode once (fills the feature cache); bad media -> skip or raise
+        fcache = cache / "features" if d.feature_cache else None
+
+        def decode(spec) -> ValueError | None:
             try:
-                load_features(spec, cfg.features, cache / "features" if d.feature_cache else None)
-                good.append(spec)
+                load_features(spec, cfg.features, fcache)
             except ValueError as e:
-                if d.on_error == "raise":
-                    raise
-                skipped.append((spec.line, spec.id, str(e)))
+                return e
+            return None
+
+        good = []
+        # decode once (fills the feature cache; decoders and torch release the GIL, so threads
+        # overlap); bad media -> skip or raise, in manifest order either way
+        with ThreadPoolExecutor(max_workers=_data_workers()) as pool:
+            for spec, err in zip(m.streams, pool.map(decode, m.streams)):
+                if err is None:
+                    good.append(spec)
+                elif d.on_error == "raise":
+                    raise err
+                else:
+                    skipped.append((spec.line, spec.id, str(err)))
         if not good:
             raise ValueError(f"{path}: no usable stream ({len(skipped)} skipped)")
         return good
