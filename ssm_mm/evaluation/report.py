@@ -338,6 +338,37 @@ def plot_compare(path: str | Path, dataset: str, per_model: dict[str, dict[str, 
     return path
 
 
+def plot_qa_types(path: str | Path, dataset: str, per_model: dict[str, dict[str, dict]]) -> Path:
+    """Grouped bars of QA exact match per question type (``per_model[name]``: the metrics'
+    ``qa.per_type``), with each type's item count under its name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(per_model)
+    types = sorted({t for pt in per_model.values() for t in pt})
+    width = 0.8 / max(1, len(names))
+    fig, ax = plt.subplots(figsize=(2 + 1.3 * max(1, len(types)), 3.2))
+    for i, name in enumerate(names):
+        ys = [per_model[name].get(t, {}).get("accuracy") for t in types]
+        ys = [0.0 if y is None or math.isnan(y) else y for y in ys]
+        ax.bar([j + i * width for j in range(len(types))], ys, width, label=name)
+    counts = [max((per_model[m].get(t, {}).get("n", 0) for m in names), default=0) for t in types]
+    ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(types))])
+    ax.set_xticklabels([f"{t}\n(n={n})" for t, n in zip(types, counts)], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("exact match")
+    ax.set_title(f"QA per question type on {dataset}", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def safe_name(name: str) -> str:
     """A file-name-safe version of a dataset / stream name."""
     return _safe(name)

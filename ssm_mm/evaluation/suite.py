@@ -276,8 +276,8 @@ def run_suite(
 
 
 def _dataset_plots(out: Path, ds: Dataset, per_model: dict[str, dict], plot_streams: int) -> list[str]:
-    """Timelines of the first ``plot_streams`` streams (every model in one figure) and, with several
-    models, a bar chart comparing them."""
+    """Timelines of the first ``plot_streams`` streams (every model in one figure), QA accuracy per
+    question type and, with several models, a bar chart comparing them."""
     files = []
     first = next(iter(per_model.values()))
     for s_i, stream in enumerate(first["rec"]["streams"][: max(0, plot_streams)]):
@@ -300,6 +300,12 @@ def _dataset_plots(out: Path, ds: Dataset, per_model: dict[str, dict], plot_stre
             stream["references"],
         )
         files.append(f.name)
+    f = report.plot_qa_types(
+        out / f"qa_types_{report.safe_name(ds.name)}.png",
+        ds.name,
+        {name: pm["rec"]["metrics"]["qa"]["per_type"] for name, pm in per_model.items()},
+    )
+    files.append(f.name)
     if len(per_model) > 1:
         f = report.plot_compare(
             out / f"compare_{report.safe_name(ds.name)}.png",

@@ -13,7 +13,7 @@ def test_training_run_ends_with_the_streaming_harness(trained_run):
     out = run_dir / "eval"
     res = check_results(out / "results.json", n_models=1, datasets=["val"])
     assert (out / "offline.json").is_file()  # the offline validation is kept beside it
-    assert sorted(res["plots"]) == ["timeline_val_avw22-00000.png"]  # eval.plot_streams=1
+    assert sorted(res["plots"]) == ["qa_types_val.png", "timeline_val_avw22-00000.png"]  # plot_streams=1
     r = res["results"][0]
     assert r["metrics"]["n_streams"] == 2 and r["model"] == "run"
     assert r["metrics"]["events"]["n_ticks"] == 2 * 12  # 2 streams x 6 s / 0.5 s ticks
