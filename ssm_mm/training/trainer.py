@@ -108,7 +108,8 @@ class DataSetup:
 def _data_workers() -> int:
     """Processes / threads for generating and decoding data before training (the output does not
     depend on it)."""
-    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(4, cores))
 
 
 def prepare_data(cfg: Config, log=print) -> DataSetup:

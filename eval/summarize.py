@@ -1,0 +1,147 @@
+"""Markdown tables from evaluation result files (``results.json`` written by ``eval/run.py`` or by
+train.py's final evaluation): the tables in README.md are printed by this script.
+
+    python eval/summarize.py results/avworld/*/results.json
+    python eval/summarize.py results/avworld/1h/results.json --dataset val --types
+
+One row per (result file, model, dataset): tick accuracy with the majority-class rate beside it,
+event macro-F1, QA exact match (and, with ``--types``, one column per question type), proactive
+precision / recall / F1. A row is named by the result file's folder (and the model and dataset when
+a file holds several). ``--sweep KNOB`` prints instead one row per model and sweep point with each
+score as a share of the model's score at the in-distribution point (``--base VALUE``).
+
+Exit status 2 with a message naming the file on a missing or malformed result file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+HEADLINE = (
+    ("tick acc.", ("events", "tick_accuracy")),
+    ("majority rate", ("events", "majority_rate")),
+    ("event macro-F1", ("events", "macro_f1")),
+    ("QA", ("qa", "accuracy")),
+    ("proactive P", ("proactive", "precision")),
+    ("proactive R", ("proactive", "recall")),
+    ("proactive F1", ("proactive", "f1")),
+)
+# the scores a sweep compares with the in-distribution point
+SWEPT = (("tick acc.", 0), ("event macro-F1", 2), ("QA", 3), ("proactive F1", 6))
+
+
+class SummaryError(ValueError):
+    pass
+
+
+def _get(m: dict, path: tuple[str, ...]) -> float:
+    for k in path:
+        m = m.get(k) if isinstance(m, dict) else None
+    return float("nan") if m is None else float(m)
+
+
+def _pct(x: float) -> str:
+    return "–" if math.isnan(x) else f"{100 * x:.1f}%"
+
+
+def _fmt(name: str, x: float) -> str:
+    """F1 scores as decimals (as SPEC §9 states them), accuracies and rates as percentages."""
+    if "F1" in name:
+        return "–" if math.isnan(x) else f"{x:.3f}"
+    return _pct(x)
+
+
+def load(path: str | Path) -> dict:
+    p = Path(path)
+    try:
+        res = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SummaryError(f"{p}: cannot read a results file ({e})") from None
+    if not isinstance(res, dict) or not isinstance(res.get("results"), list):
+        raise SummaryError(f"{p}: not an evaluation results file (no 'results' list)")
+    return res
+
+
+def rows(paths: list[str], dataset: str | None = None) -> list[tuple[str, dict]]:
+    """(row name, metrics) for every result of every file (``dataset``: keep only that one)."""
+    out = []
+    for path in paths:
+        res = load(path)
+        entries = [r for r in res["results"] if dataset is None or r["dataset"] == dataset]
+        several = len({(r["model"], r["dataset"]) for r in entries}) > 1
+        for r in entries:
+            name = Path(path).parent.name
+            if several:
+                name += f" · {r['model']} · {r['dataset']}"
+            out.append((name, r["metrics"]))
+    if not out:
+        raise SummaryError(f"no results{f' for dataset {dataset!r}' if dataset else ''} in {paths}")
+    return out
+
+
+def table(paths: list[str], dataset: str | None = None, types: bool = False) -> str:
+    data = rows(paths, dataset)
+    qtypes = sorted({t for _, m in data for t in m["qa"]["per_type"]}) if types else []
+    head = ["run", "streams", *(h for h, _ in HEADLINE), *(f"QA {t}" for t in qtypes)]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for name, m in data:
+        cells = [name, str(m["n_streams"])]
+        cells += [_fmt(h, _get(m, p)) for h, p in HEADLINE]
+        for t in qtypes:
+            pt = m["qa"]["per_type"].get(t)
+            cells.append("–" if pt is None else f"{_pct(pt['accuracy'])} ({pt['n']})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sweep_table(paths: list[str], knob: str, base: float) -> str:
+    """Per model and sweep point: each score as a share of the model's score at ``knob = base``."""
+    lines = []
+    for path in paths:
+        res = load(path)
+        pts = [r for r in res["results"] if r.get("knob") == knob]
+        if not pts:
+            raise SummaryError(f"{path}: no sweep over {knob!r}")
+        for model in dict.fromkeys(r["model"] for r in pts):
+            mine = sorted((r for r in pts if r["model"] == model), key=lambda r: r["value"])
+            ref = next((r for r in mine if math.isclose(r["value"], base)), None)
+            if ref is None:
+                raise SummaryError(f"{path}: model {model!r} has no {knob}={base:g} point to compare with")
+            refv = [_get(ref["metrics"], HEADLINE[i][1]) for _, i in SWEPT]
+            for r in mine:
+                v = [_get(r["metrics"], HEADLINE[i][1]) for _, i in SWEPT]
+                rel = [x / y if y > 0 else float("nan") for x, y in zip(v, refv)]
+                cells = [model, f"{r['value']:g}"]
+                cells += [f"{_fmt(h, x)} ({_pct(q)})" for (h, _), x, q in zip(SWEPT, v, rel)]
+                lines.append("| " + " | ".join(cells) + " |")
+    head = ["model", knob, *(f"{h} (share of {knob}={base:g})" for h, _ in SWEPT)]
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + " --- |" * len(head), *lines])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("results", nargs="+", help="results.json files")
+    ap.add_argument("--dataset", help="keep only this dataset (e.g. val)")
+    ap.add_argument("--types", action="store_true", help="one column per question type")
+    ap.add_argument("--sweep", help="knob: print the sweep table instead")
+    ap.add_argument("--base", type=float, help="the knob's in-distribution value (with --sweep)")
+    a = ap.parse_args(argv)
+    try:
+        if a.sweep:
+            if a.base is None:
+                raise SummaryError("--sweep needs --base (the in-distribution value of the knob)")
+            print(sweep_table(a.results, a.sweep, a.base))
+        else:
+            print(table(a.results, a.dataset, a.types))
+    except (SummaryError, KeyError, TypeError) as e:
+        print(f"summarize: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
