@@ -1,0 +1,168 @@
+"""Linear probes on video patch tokens of AVWorld streams: how decodable is the colour and the kind
+of the shape in a patch, from the video frontend's output and after every backbone block?
+
+    python eval/probe_patches.py results/avworld/1h/model --manifest DIR/manifest.jsonl --streams 24
+
+The manifest must be an AVWorld one (``scenes.jsonl`` beside it says which shape sits in which
+quadrant when). Each stream runs through the model offline from a fresh state; at every video patch
+token whose quadrant holds a shape (away from its appearance / disappearance by ``margin``), the
+residual stream is read at each depth. A softmax-regression probe per depth and target is trained on
+the first ``train_share`` of the streams and scored on the rest (standardised features, Adam, a fixed
+number of full-batch steps; seeded). Chance is 1/6 for both targets. Writes JSON with ``--out``.
+
+Exit status 2 with a message on bad input (missing model or manifest, no scenes file, too few streams).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+
+class ProbeError(ValueError):
+    pass
+
+
+def collect(model, manifest: Path, n_streams: int, margin: float = 0.05):
+    """Features per depth (name -> (N, d)), colour / kind labels (N,), stream index (N,)."""
+    from ssm_mm.data.avworld import CLASSES, COLORS
+    from ssm_mm.data.dataset import StreamDataset
+    from ssm_mm.data.interleave import VIDEO
+    from ssm_mm.data.manifest import read_manifest
+
+    scenes_path = manifest.parent / "scenes.jsonl"
+    if not scenes_path.is_file():
+        raise ProbeError(f"{manifest}: no scenes.jsonl beside it (probes need an AVWorld dataset)")
+    specs = read_manifest(manifest).streams[:n_streams]
+    scenes = {}
+    for line in scenes_path.read_text().splitlines():
+        sc = json.loads(line)
+        scenes[sc["id"]] = sc
+    colors, kinds = list(COLORS), [c.shape for c in CLASSES]
+    ppf = model.features.patches_per_frame
+    if ppf != 4:
+        raise ProbeError(f"the probe maps patches to AVWorld quadrants: needs patches_per_frame 4, got {ppf}")
+    ds = StreamDataset(specs, model.features, model.tokenizer, model.labels, window_seconds=None)
+    depth: dict = {}  # depth name -> output of the latest forward (filled by the hooks)
+    hooks = [model.video_in.register_forward_hook(lambda m, i, o: depth.__setitem__("frontend", o))]
+    for j, blk in enumerate(model.backbone.blocks):
+        name = f"block{j + 1}:{model.cfg.pattern[j]}"
+        hooks.append(blk.register_forward_hook(lambda m, i, o, name=name: depth.__setitem__(name, o[0])))
+    feats: dict[str, list] = {}
+    ycol, ykind, sid = [], [], []
+    try:
+        for i in range(len(ds)):
+            b = ds.collate([ds[i]])
+            with torch.no_grad():
+                model.forward_batch(b)
+            shapes = scenes.get(specs[i].id)
+            if shapes is None:
+                raise ProbeError(f"stream {specs[i].id!r} is not in {scenes_path}")
+            pos = (b.kind[0] == VIDEO).nonzero().flatten()
+            for p in pos.tolist():
+                src, t = int(b.src[0, p]), float(b.t[0, p]) - float(specs[i].t0)
+                frame, quadrant = divmod(src, ppf)
+                hit = [
+                    s
+                    for s in shapes["shapes"]
+                    if s["quadrant"] == quadrant and s["start"] + margin < t < s["end"] - margin
+                ]
+                if not hit:
+                    continue
+                for name, h in depth.items():
+                    row = h[frame, quadrant] if name == "frontend" else h[0, p]
+                    feats.setdefault(name, []).append(row)
+                ycol.append(colors.index(hit[0]["color"]))
+                ykind.append(kinds.index(hit[0]["kind"]))
+                sid.append(i)
+    finally:
+        for h in hooks:
+            h.remove()
+    if not ycol:
+        raise ProbeError(f"{manifest}: no patch token holds a shape in the first {n_streams} streams")
+    order = ["frontend"] + [k for k in feats if k != "frontend"]
+    return (
+        {k: torch.stack(feats[k]) for k in order},
+        torch.tensor(ycol),
+        torch.tensor(ykind),
+        torch.tensor(sid),
+    )
+
+
+def probe(x, y, train, n_classes: int, steps: int = 400, seed: int = 0) -> float:
+    """Held-out accuracy of a softmax-regression probe trained on the rows ``train`` (bool mask)."""
+    g = torch.Generator().manual_seed(seed)
+    mu, sd = x[train].mean(0), x[train].std(0) + 1e-6
+    x = (x - mu) / sd
+    w = (torch.randn(x.shape[1], n_classes, generator=g) * 0.01).requires_grad_()
+    bias = torch.zeros(n_classes, requires_grad=True)
+    opt = torch.optim.Adam([w, bias], lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(x[train] @ w + bias, y[train]).backward()
+        opt.step()
+    with torch.no_grad():
+        return float(((x[~train] @ w + bias).argmax(-1) == y[~train]).float().mean())
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", help="a save_pretrained folder, checkpoint or run folder")
+    ap.add_argument("--manifest", required=True, help="an AVWorld manifest (scenes.jsonl beside it)")
+    ap.add_argument("--streams", type=int, default=24)
+    ap.add_argument("--train-share", type=float, default=0.75)
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--out", help="write the results here (JSON)")
+    a = ap.parse_args(argv)
+    from ssm_mm.models.multimodal import MultimodalSSM
+
+    if not 0.0 < a.train_share < 1.0:
+        raise ProbeError(f"--train-share must be in (0, 1), got {a.train_share}")
+    manifest = Path(a.manifest)
+    if not manifest.is_file():
+        raise ProbeError(f"--manifest {manifest}: no such file")
+    model = MultimodalSSM.from_pretrained(a.model).eval()
+    feats, ycol, ykind, sid = collect(model, manifest, a.streams)
+    n = int(sid.max()) + 1
+    cut = int(round(a.train_share * n))
+    if cut < 1 or cut >= n:
+        raise ProbeError(
+            f"need streams on both sides of the train/test split: {n} streams, share {a.train_share}"
+        )
+    train = sid < cut
+    rows = {
+        name: {
+            "colour": probe(x, ycol, train, 6, a.steps),
+            "kind": probe(x, ykind, train, 6, a.steps),
+        }
+        for name, x in feats.items()
+    }
+    res = {
+        "model": a.model,
+        "manifest": str(manifest),
+        "streams": n,
+        "train_streams": cut,
+        "tokens": int(len(sid)),
+        "test_tokens": int((~train).sum()),
+        "chance": 1 / 6,
+        "accuracy": rows,
+    }
+    for name, r in rows.items():
+        print(f"{name:12s} colour {r['colour']:.3f}  kind {r['kind']:.3f}")
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+    return res
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)  # tiny per-stream forwards: one thread is fastest
+    try:
+        main()
+    except (ProbeError, FileNotFoundError, ValueError) as e:
+        print(f"probe_patches: {e}", file=sys.stderr)
+        sys.exit(2)
