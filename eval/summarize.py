@@ -3,6 +3,7 @@ train.py's final evaluation): the tables in README.md are printed by this script
 
     python eval/summarize.py results/avworld/*/results.json
     python eval/summarize.py results/avworld/1h/results.json --dataset val --types
+    python eval/summarize.py results/avworld/1h_sweeps/results.json.gz --sweep fps --base 4
 
 One row per (result file, model, dataset): tick accuracy with the majority-class rate beside it,
 event macro-F1, QA exact match (and, with ``--types``, one column per question type), proactive
@@ -16,6 +17,7 @@ Exit status 2 with a message naming the file on a missing or malformed result fi
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import sys
@@ -58,8 +60,12 @@ def _fmt(name: str, x: float) -> str:
 def load(path: str | Path) -> dict:
     p = Path(path)
     try:
-        res = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        if p.suffix == ".gz":  # large result files (long sweeps) are committed compressed
+            with gzip.open(p, "rt") as f:
+                res = json.load(f)
+        else:
+            res = json.loads(p.read_text())
+    except (OSError, EOFError, json.JSONDecodeError) as e:
         raise SummaryError(f"{p}: cannot read a results file ({e})") from None
     if not isinstance(res, dict) or not isinstance(res.get("results"), list):
         raise SummaryError(f"{p}: not an evaluation results file (no 'results' list)")
@@ -124,7 +130,7 @@ def sweep_table(paths: list[str], knob: str, base: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("results", nargs="+", help="results.json files")
+    ap.add_argument("results", nargs="+", help="results.json files (or .json.gz)")
     ap.add_argument("--dataset", help="keep only this dataset (e.g. val)")
     ap.add_argument("--types", action="store_true", help="one column per question type")
     ap.add_argument("--sweep", help="knob: print the sweep table instead")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
@@ -50,7 +51,9 @@ def test_sweep_table_is_relative_to_the_base_point(tmp_path, capsys):
         {"model": "m", "dataset": f"fps={v:g}", "knob": "fps", "value": v, "metrics": _metrics(acc, {})}
         for v, acc in ((2.0, 0.45), (4.0, 0.9))
     ]
-    p = _write(tmp_path / "s" / "results.json", res)
+    p = str(tmp_path / "results.json.gz")  # compressed result files read the same
+    with gzip.open(p, "wt") as f:
+        json.dump({"schema": 1, "results": res}, f)
     summ = load_script("summarize")
     assert summ.main([p, "--sweep", "fps", "--base", "4"]) == 0
     out = capsys.readouterr().out
