@@ -310,25 +310,28 @@ def plot_sweep(path: str | Path, knob: str, values: list[float], per_model: dict
     return path
 
 
-def plot_compare(path: str | Path, dataset: str, per_model: dict[str, dict[str, float]]) -> Path:
-    """Grouped bars of the headline scores of several models on one dataset."""
+def _grouped_bars(
+    path: str | Path, groups: list[str], per_model: dict[str, list], title: str, ylabel: str | None = None
+) -> Path:
+    """Bars of ``per_model[name][j]`` (None / NaN drawn as 0) grouped by ``groups[j]``, one colour
+    per model."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = ["tick_accuracy", "span_accuracy", "macro_f1", "qa_accuracy", "proactive_f1"]
     names = list(per_model)
     width = 0.8 / max(1, len(names))
-    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(metrics), 3.2))
+    fig, ax = plt.subplots(figsize=(2 + 1.5 * max(1, len(groups)), 3.2))
     for i, name in enumerate(names):
-        ys = [per_model[name].get(m, float("nan")) for m in metrics]
-        ys = [0.0 if y is None or math.isnan(y) else y for y in ys]
-        ax.bar([j + i * width for j in range(len(metrics))], ys, width, label=name)
-    ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(metrics))])
-    ax.set_xticklabels(metrics, fontsize=8)
+        ys = [0.0 if y is None or math.isnan(y) else y for y in per_model[name]]
+        ax.bar([j + i * width for j in range(len(groups))], ys, width, label=name)
+    ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(groups))])
+    ax.set_xticklabels(groups, fontsize=8)
     ax.set_ylim(0, 1)
-    ax.set_title(f"models on {dataset}", fontsize=10)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -336,37 +339,23 @@ def plot_compare(path: str | Path, dataset: str, per_model: dict[str, dict[str, 
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def plot_compare(path: str | Path, dataset: str, per_model: dict[str, dict[str, float]]) -> Path:
+    """Grouped bars of the headline scores of several models on one dataset."""
+    metrics = ["tick_accuracy", "span_accuracy", "macro_f1", "qa_accuracy", "proactive_f1"]
+    values = {name: [h.get(m, float("nan")) for m in metrics] for name, h in per_model.items()}
+    return _grouped_bars(path, metrics, values, f"models on {dataset}")
 
 
 def plot_qa_types(path: str | Path, dataset: str, per_model: dict[str, dict[str, dict]]) -> Path:
     """Grouped bars of QA exact match per question type (``per_model[name]``: the metrics'
     ``qa.per_type``), with each type's item count under its name."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(per_model)
     types = sorted({t for pt in per_model.values() for t in pt})
-    width = 0.8 / max(1, len(names))
-    fig, ax = plt.subplots(figsize=(2 + 1.3 * max(1, len(types)), 3.2))
-    for i, name in enumerate(names):
-        ys = [per_model[name].get(t, {}).get("accuracy") for t in types]
-        ys = [0.0 if y is None or math.isnan(y) else y for y in ys]
-        ax.bar([j + i * width for j in range(len(types))], ys, width, label=name)
-    counts = [max((per_model[m].get(t, {}).get("n", 0) for m in names), default=0) for t in types]
-    ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(types))])
-    ax.set_xticklabels([f"{t}\n(n={n})" for t, n in zip(types, counts)], fontsize=8)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("exact match")
-    ax.set_title(f"QA per question type on {dataset}", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    values = {name: [pt.get(t, {}).get("accuracy") for t in types] for name, pt in per_model.items()}
+    counts = [max((pt.get(t, {}).get("n", 0) for pt in per_model.values()), default=0) for t in types]
+    groups = [f"{t}\n(n={n})" for t, n in zip(types, counts)]
+    return _grouped_bars(path, groups, values, f"QA per question type on {dataset}", "exact match")
 
 
 def safe_name(name: str) -> str:
