@@ -143,7 +143,8 @@ def prepare_data(cfg: Config, log=print) -> DataSetup:
         good = []
         # decode once (fills the feature cache; decoders and torch release the GIL, so threads
         # overlap); bad media -> skip or raise, in manifest order either way
-        with ThreadPoolExecutor(max_workers=_data_workers()) as pool:
+        pool = ThreadPoolExecutor(max_workers=_data_workers())
+        try:
             for spec, err in zip(m.streams, pool.map(decode, m.streams)):
                 if err is None:
                     good.append(spec)
@@ -151,6 +152,8 @@ def prepare_data(cfg: Config, log=print) -> DataSetup:
                     raise err
                 else:
                     skipped.append((spec.line, spec.id, str(err)))
+        finally:  # on the first bad stream (or Ctrl-C) do not decode the rest of the manifest
+            pool.shutdown(wait=True, cancel_futures=True)
         if not good:
             raise ValueError(f"{path}: no usable stream ({len(skipped)} skipped)")
         return good
