@@ -122,6 +122,13 @@ class AVWorldConfig:
         def bad(name, why):
             raise ValueError(f"AVWorldConfig.{name}: {why} (got {getattr(self, name)!r})")
 
+        # canonical values: a float knob given as an int (seconds=30) is the same world as 30.0, so
+        # equal configs compare, print and hash (cache_key) alike
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.type == "float" and isinstance(v, int) and not isinstance(v, bool):
+                object.__setattr__(self, f.name, float(v))
+
         if not isinstance(self.streams, int) or self.streams < 1:
             bad("streams", "must be an integer >= 1")
         if not self.seconds >= 4.0 or not math.isfinite(self.seconds):
@@ -684,12 +691,7 @@ def generate(out_dir: str | Path, config: AVWorldConfig | None = None, *, worker
 
 def cache_key(cfg: AVWorldConfig) -> str:
     """Folder name of a config in the cache: changes with any knob and with :data:`GENERATOR_VERSION`."""
-    # canonical values: a float knob given as an int (seconds=30) names the same data as 30.0
-    knobs = {
-        f.name: float(v) if f.type == "float" and isinstance(v, int) else v
-        for f, v in ((f, getattr(cfg, f.name)) for f in dataclasses.fields(cfg))
-    }
-    blob = json.dumps({"v": GENERATOR_VERSION, **knobs}, sort_keys=True)
+    blob = json.dumps({"v": GENERATOR_VERSION, **dataclasses.asdict(cfg)}, sort_keys=True)
     return "avworld-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

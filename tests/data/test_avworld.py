@@ -298,6 +298,7 @@ def test_cache_key_is_canonical_and_sensitive():
     assert cache_key(AVWorldConfig(seconds=30, question_every=2)) == cache_key(
         AVWorldConfig(seconds=30.0, question_every=2.0)
     )
+    assert isinstance(AVWorldConfig.from_knobs(seconds=30).seconds, float)
     assert cache_key(AVWorldConfig(seconds=30.0)) != cache_key(AVWorldConfig(seconds=30.5))
     assert cache_key(AVWorldConfig(question_every=2.0)) != cache_key(AVWorldConfig(question_every=4.0))
 
