@@ -56,12 +56,12 @@ def collect(model, manifest: Path, n_streams: int, margin: float = 0.05):
     ycol, ykind, sid = [], [], []
     try:
         for i in range(len(ds)):
-            b = ds.collate([ds[i]])
-            with torch.no_grad():
-                model.forward_batch(b)
             shapes = scenes.get(specs[i].id)
             if shapes is None:
                 raise ProbeError(f"stream {specs[i].id!r} is not in {scenes_path}")
+            b = ds.collate([ds[i]])
+            with torch.no_grad():
+                model.forward_batch(b)
             pos = (b.kind[0] == VIDEO).nonzero().flatten()
             for p in pos.tolist():
                 src, t = int(b.src[0, p]), float(b.t[0, p]) - float(specs[i].t0)
