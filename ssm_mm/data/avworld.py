@@ -50,6 +50,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -373,6 +374,34 @@ def _stable_visible(scene: Scene, t: float, window: float = 0.75) -> list[Shape]
 
 
 ACK = "ok"  # the immediate reply to a proactive request
+# Every user turn is one of these templates (fields from CLASSES and COLORS): vocabulary() reads them.
+Q_COUNT = "how many times did the {cls} {verb}?"
+Q_COLOR = "what color was the {kind} when the {cls} last {verb_past}?"
+Q_KIND = "which shape was {color} when the {cls} last {verb_past}?"
+Q_ORDER = "which came first, the {a} or the {b}?"
+Q_NOW_COUNT = "how many shapes are on screen now?"
+Q_NOW_SHAPE = "what shape is on screen now?"
+Q_NOW_COLOR = "what color is the {kind} now?"
+Q_PROACTIVE = "tell me when the {cls} {verb_s}"
+_TEMPLATES = (Q_COUNT, Q_COLOR, Q_KIND, Q_ORDER, Q_NOW_COUNT, Q_NOW_SHAPE, Q_NOW_COLOR, Q_PROACTIVE)
+MAX_COUNT_WORD = 999  # numbers 0..999 are words of the vocabulary (counts, "how many")
+_WORD_RE = re.compile(r"\w+|[^\w\s]+")
+
+
+def vocabulary() -> list[str]:
+    """Every word AVWorld dialogue can contain, in a fixed order: template words, names, numbers.
+
+    Words split like a whitespace/punctuation pre-tokenizer (``\\w+`` runs and punctuation runs), so a
+    word-level tokenizer over this list (:func:`ssm_mm.data.tokenizer.word_tokenizer_json`) encodes any
+    AVWorld turn without an unknown token.
+    """
+    words: list[str] = []
+    for tpl in _TEMPLATES:
+        words += _WORD_RE.findall(re.sub(r"\{\w+\}", " ", tpl))
+    for c in CLASSES:
+        words += [c.name, c.shape, c.verb, c.verb_s, c.verb_past]
+    words += list(COLORS) + [ACK] + [str(n) for n in range(MAX_COUNT_WORD + 1)]
+    return list(dict.fromkeys(words))  # first occurrence order, no duplicates
 
 
 def make_dialogue(cfg: AVWorldConfig, stream: int, scene: Scene, first: float) -> list[Turn]:
@@ -406,7 +435,7 @@ def make_dialogue(cfg: AVWorldConfig, stream: int, scene: Scene, first: float) -
         if open_classes and (qi == forced or rng.random() < 0.15):
             c = open_classes[int(rng.integers(len(open_classes)))]
             requested.add(c)
-            turns.append(Turn(t, "user", f"tell me when the {c} {_cls(c).verb_s}", "proactive"))
+            turns.append(Turn(t, "user", Q_PROACTIVE.format(cls=c, verb_s=_cls(c).verb_s), "proactive"))
             # acknowledged at once (so ask() has a trained reply), then answered at each later AV event
             turns.append(Turn(t, "assistant", ACK))
             turns += [Turn(e.start, "assistant", c) for e in events if e.cls == c and e.start > t]
@@ -430,7 +459,7 @@ def _question(rng, scene: Scene, events: list[AVEvent], classes, t: float) -> tu
 
     c = classes[int(rng.integers(len(classes)))]
     n = sum(1 for e in started if e.cls == c.name)
-    options["count"] = (f"how many times did the {c.name} {c.verb}?", str(n))
+    options["count"] = (Q_COUNT.format(cls=c.name, verb=c.verb), str(n))
 
     # The last AV event of each class, if it is over (by 0.25 s) before t.
     done = {}
@@ -444,9 +473,9 @@ def _question(rng, scene: Scene, events: list[AVEvent], classes, t: float) -> tu
         if during:
             s = during[int(rng.integers(len(during)))]
             cl = _cls(cname)
-            options["color"] = (f"what color was the {s.kind} when the {cname} last {cl.verb_past}?", s.color)
+            options["color"] = (Q_COLOR.format(kind=s.kind, cls=cname, verb_past=cl.verb_past), s.color)
             s = during[int(rng.integers(len(during)))]
-            options["kind"] = (f"which shape was {s.color} when the {cname} last {cl.verb_past}?", s.kind)
+            options["kind"] = (Q_KIND.format(color=s.color, cls=cname, verb_past=cl.verb_past), s.kind)
 
     firsts = {}
     for e in started:
@@ -454,16 +483,16 @@ def _question(rng, scene: Scene, events: list[AVEvent], classes, t: float) -> tu
     if len(firsts) >= 2:
         a, b = rng.choice(sorted(firsts), size=2, replace=False)
         first = a if firsts[a] < firsts[b] else b
-        options["order"] = (f"which came first, the {a} or the {b}?", str(first))
+        options["order"] = (Q_ORDER.format(a=a, b=b), str(first))
 
     vis = _stable_visible(scene, t)
     if vis is not None:
-        nows = [("how many shapes are on screen now?", str(len(vis)))]
+        nows = [(Q_NOW_COUNT, str(len(vis)))]
         if len(vis) == 1:
-            nows.append(("what shape is on screen now?", vis[0].kind))
+            nows.append((Q_NOW_SHAPE, vis[0].kind))
         if vis:
             s = vis[int(rng.integers(len(vis)))]
-            nows.append((f"what color is the {s.kind} now?", s.color))
+            nows.append((Q_NOW_COLOR.format(kind=s.kind), s.color))
         options["now"] = nows[int(rng.integers(len(nows)))]
 
     kinds = [k for k in ("count", "color", "kind", "order", "now") if k in options]
@@ -735,7 +764,14 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m ssm_mm.data.avworld",
         description="Generate AVWorld streams (mp4 with audio) and their manifest.",
     )
-    p.add_argument("--out", required=True, type=Path, help="output folder (manifest.jsonl, media/)")
+    p.add_argument("--out", type=Path, help="output folder (manifest.jsonl, media/)")
+    p.add_argument(
+        "--write-tokenizer",
+        type=Path,
+        metavar="JSON",
+        help="instead of generating streams, write the word-level tokenizer of AVWorld's vocabulary "
+        "(configs/tokenizers/avworld_words.json is this file)",
+    )
     p.add_argument("--streams", type=int, default=defaults.streams)
     p.add_argument("--seconds", type=float, default=defaults.seconds, help="stream duration")
     p.add_argument("--fps", type=float, default=defaults.fps)
@@ -756,6 +792,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--workers", type=int, default=1, help="parallel processes")
     a = p.parse_args(argv)
+    if a.write_tokenizer is not None:
+        from ssm_mm.data.tokenizer import word_tokenizer_json
+
+        a.write_tokenizer.parent.mkdir(parents=True, exist_ok=True)
+        a.write_tokenizer.write_text(word_tokenizer_json(vocabulary()) + "\n", encoding="utf-8")
+        print(
+            f"wrote the AVWorld word tokenizer ({len(vocabulary())} words) to {a.write_tokenizer}",
+            file=sys.stderr,
+        )
+        return 0
+    if a.out is None:
+        p.error("--out is required (or --write-tokenizer JSON)")
     knobs = {f.name: getattr(a, f.name) for f in dataclasses.fields(AVWorldConfig)}
     try:
         cfg = AVWorldConfig(**knobs)

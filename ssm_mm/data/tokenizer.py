@@ -26,6 +26,7 @@ __all__ = [
     "JsonTokenizer",
     "load_tokenizer",
     "tokenizer_from_dict",
+    "word_tokenizer_json",
 ]
 
 # Dialogue roles; a role's index here is the ``role`` column of the timed tokens.
@@ -202,6 +203,26 @@ class JsonTokenizer(TurnTokenizer):
 
     def __repr__(self) -> str:
         return f"JsonTokenizer(vocab_size={self.vocab_size})"
+
+
+def word_tokenizer_json(words: Iterable[str], unk: str = "[UNK]") -> str:
+    """A word-level HF ``tokenizers`` JSON over ``words`` (ids in the given order, ``unk`` first).
+
+    Text is lower-cased and split into ``\\w+`` runs and punctuation runs; a word not in the list
+    encodes as ``unk``. Decoding joins words with single spaces. For a closed-vocabulary corpus (the
+    AVWorld dialogue: :func:`ssm_mm.data.avworld.vocabulary`) this makes every word, and so every
+    one-word answer, a single token.
+    """
+    tk = _import_tokenizers()
+    vocab: dict[str, int] = {unk: 0}
+    for w in words:
+        if not isinstance(w, str) or not w or w != w.strip() or w != w.lower():
+            raise ValueError(f"word_tokenizer_json: {w!r} is not a lower-case word without spaces")
+        vocab.setdefault(w, len(vocab))
+    t = tk.Tokenizer(tk.models.WordLevel(vocab, unk_token=unk))
+    t.normalizer = tk.normalizers.Lowercase()
+    t.pre_tokenizer = tk.pre_tokenizers.Whitespace()
+    return t.to_str()
 
 
 def load_tokenizer(cfg: TokenizerConfig | None = None) -> TurnTokenizer:

@@ -19,10 +19,14 @@ from ssm_mm.data.avworld import (
     ensure_avworld,
     frame_times,
     generate,
+    make_dialogue,
     make_scene,
     shape_mask,
+    vocabulary,
 )
+from ssm_mm.data.avworld import main as avworld_main
 from ssm_mm.data.manifest import read_manifest
+from ssm_mm.data.tokenizer import JsonTokenizer, word_tokenizer_json
 from ssm_mm.media import decode_audio, decode_video
 
 FFPROBE = shutil.which("ffprobe")
@@ -341,3 +345,33 @@ def test_cli_writes_playable_files(tmp_path):
         streams = {s["codec_type"]: s for s in json.loads(r.stdout)["streams"]}
         assert streams["video"]["codec_name"] == "h264" and streams["audio"]["codec_name"] == "aac"
         assert abs(float(streams["video"]["duration"]) - 20.0) < 0.5
+
+
+def test_word_tokenizer_covers_every_dialogue_turn():
+    """Every turn of many worlds (all classes, long streams, dense questions) encodes without [UNK],
+    one token per word, and every answer decodes back exactly (exact-match scoring relies on it)."""
+    tok = JsonTokenizer(word_tokenizer_json(vocabulary()))
+    cfg = AVWorldConfig(seconds=120.0, classes=len(CLASSES), question_every=1.0, density=4.0)
+    types = set()
+    for stream in range(40):
+        for turn in make_dialogue(cfg, stream, make_scene(cfg, stream), 0.0):
+            ids = tok.encode(turn.text)
+            assert 0 not in ids, f"unknown word in {turn.text!r}"
+            assert len(ids) == len(turn.text.replace("?", " ?").replace(",", " ,").split())
+            if turn.role == "assistant":
+                assert tok.decode(tok.encode_turn("assistant", turn.text)) == turn.text
+            types.add(turn.type)
+    assert types >= set(QUESTION_TYPES)
+    assert tok.encode("What COLOR is the Cross now?") == tok.encode("what color is the cross now?")
+    assert tok.encode("hello bell") == [0, tok.encode("bell")[0]]  # out of vocabulary -> [UNK]
+
+
+def test_shipped_word_tokenizer_is_the_generated_one(tmp_path):
+    shipped = Path(__file__).resolve().parents[2] / "configs" / "tokenizers" / "avworld_words.json"
+    assert avworld_main(["--write-tokenizer", str(tmp_path / "t.json")]) == 0
+    assert (tmp_path / "t.json").read_text() == shipped.read_text(), (
+        "configs/tokenizers/avworld_words.json is stale: regenerate it with "
+        "python -m ssm_mm.data.avworld --write-tokenizer configs/tokenizers/avworld_words.json"
+    )
+    with pytest.raises(ValueError, match="lower-case word"):
+        word_tokenizer_json(["Bell"])
