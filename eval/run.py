@@ -44,12 +44,16 @@ def model_names(paths: list[str]) -> list[str]:
     return [f"{n}#{i}" for i, n in enumerate(names)]
 
 
-def parse(argv: list[str] | None) -> tuple[str | None, list[str], list[str]]:
-    """(config file, model paths, overrides) from the command line."""
+def parse(argv: list[str] | None) -> tuple[list[str] | None, list[str], list[str]]:
+    """(config files, model paths, overrides) from the command line."""
     ap = argparse.ArgumentParser(
         prog="eval/run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--config", default=None, help="YAML config (default: the dataclass defaults)")
+    ap.add_argument(
+        "--config",
+        action="append",
+        help="YAML config (default: the dataclass defaults); repeat to merge several in order",
+    )
     ap.add_argument("args", nargs="*", help="model=DIR (repeatable, or a comma list) and key=value overrides")
     a = ap.parse_args(argv)
     models, overrides = [], []

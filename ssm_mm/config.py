@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,15 +242,19 @@ def _merge(base: DictConfig, other: Any, source: str) -> DictConfig:
         raise _explain(e, base, source) from None
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
-    """Build a run's config: dataclass defaults -> YAML file ``path`` -> ``key=value`` overrides.
+def load_config(
+    path: str | os.PathLike | Sequence[str | os.PathLike] | None = None, overrides: list[str] | None = None
+) -> Config:
+    """Build a run's config: dataclass defaults -> YAML file(s) ``path`` -> ``key=value`` overrides.
 
-    Returns a typed :class:`Config` object (plain dataclasses). Raises :class:`ConfigError` naming
-    the bad key and the valid ones.
+    Several files merge in order, later keys winning (e.g. a recipe, then a model variant:
+    ``[configs/avworld_1h.yaml, configs/baseline_ssm.yaml]``). Returns a typed :class:`Config`
+    object (plain dataclasses). Raises :class:`ConfigError` naming the bad key and the valid ones.
     """
     schema = OmegaConf.structured(Config)
     cfg = schema
-    if path is not None:
+    paths = [] if path is None else [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    for path in paths:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")

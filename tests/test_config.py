@@ -23,6 +23,17 @@ def test_yaml_then_dotlist_merge(tmp_path):
     assert cfg.model.d_state == 32  # default kept
 
 
+def test_several_files_merge_in_order(tmp_path):
+    recipe, variant = tmp_path / "recipe.yaml", tmp_path / "variant.yaml"
+    recipe.write_text("model:\n  d_model: 64\n  pattern: MMA\ntrain:\n  max_steps: 7\n")
+    variant.write_text("model:\n  pattern: AAA\n")
+    cfg = load_config([recipe, str(variant)], ["train.max_steps=9"])
+    assert (cfg.model.d_model, cfg.model.pattern, cfg.train.max_steps) == (64, "AAA", 9)
+    assert load_config([variant, recipe]).model.pattern == "MMA"  # the later file wins
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        load_config([recipe, tmp_path / "missing.yaml"])
+
+
 def test_typo_names_valid_keys():
     with pytest.raises(ConfigError) as e:
         load_config(None, ["model.d_modle=3"])
