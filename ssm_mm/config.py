@@ -101,6 +101,11 @@ class AVWorldConfig:
     classes: int = 4
     question_every: float = 4.0
     seed: int = 0
+    # Timing augmentation of the *training* streams: each draws its own jitter / drop / offset within
+    # these spreads around the values above. Validation and sweep streams use the values above as is.
+    jitter_spread: float = 0.0
+    drop_spread: float = 0.0
+    offset_spread: float = 0.0
     val_streams: int = 8
     val_seed: int = 1000
 

@@ -94,6 +94,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "cyan": (40, 220, 230),
 }
 BACKGROUND = (30, 30, 30)
+SPREAD_KNOBS = ("jitter_spread", "drop_spread", "offset_spread")  # per-stream timing variation
 QUESTION_TYPES = ("count", "color", "kind", "order", "now", "proactive")
 SOUND_AMPLITUDE = 0.25
 _FADE = 0.01  # s: raised-cosine fade of every sound (no clicks, no broadband energy at its edges)
@@ -118,6 +119,12 @@ class AVWorldConfig:
     classes: int = 4  # how many of CLASSES are used
     question_every: float = 4.0  # mean seconds between dialogue questions
     seed: int = 0
+    # Per-stream timing variation (training augmentation): stream i draws its own jitter in
+    # [jitter, jitter + jitter_spread], drop in [drop, drop + drop_spread] and offset in
+    # [offset - offset_spread, offset + offset_spread] (see stream_config()); 0 = every stream alike.
+    jitter_spread: float = 0.0
+    drop_spread: float = 0.0
+    offset_spread: float = 0.0
 
     def __post_init__(self):
         def bad(name, why):
@@ -143,12 +150,21 @@ class AVWorldConfig:
                 "sample_rate",
                 "must be one of 16000, 22050, 24000, 32000, 44100, 48000 (>= 16 kHz for the drum band)",
             )
+        for name in SPREAD_KNOBS:
+            if not getattr(self, name) >= 0:
+                bad(name, "must be >= 0")
         if not 0 <= self.jitter < 0.45 / self.fps:
             bad("jitter", f"must be in [0, 0.45/fps = {0.45 / self.fps:.4f}) so frames stay in order")
+        if not self.jitter + self.jitter_spread < 0.45 / self.fps:
+            bad("jitter_spread", f"jitter + jitter_spread must stay below 0.45/fps = {0.45 / self.fps:.4f}")
         if not 0 <= self.drop < 1:
             bad("drop", "must be in [0, 1)")
+        if not self.drop + self.drop_spread < 1:
+            bad("drop_spread", "drop + drop_spread must stay below 1")
         if not abs(self.offset) <= min(5.0, self.seconds / 4):
             bad("offset", "must satisfy |offset| <= min(5, seconds / 4)")
+        if not abs(self.offset) + self.offset_spread <= min(5.0, self.seconds / 4):
+            bad("offset_spread", "|offset| + offset_spread must stay <= min(5, seconds / 4)")
         if not 0 <= self.noise <= 0.5:
             bad("noise", "must be in [0, 0.5]")
         if not math.isfinite(self.clock):
@@ -602,6 +618,30 @@ def frame_times(cfg: AVWorldConfig, stream: int, video_start: float) -> np.ndarr
 # ----------------------------------------------------------------------------------------------
 
 
+def stream_config(cfg: AVWorldConfig, i: int) -> AVWorldConfig:
+    """The config stream ``i`` is rendered with: its own jitter / drop / offset drawn within the
+    spreads (seeded by ``(seed, stream)``), spreads zeroed; ``cfg`` itself when there are none."""
+    if not (cfg.jitter_spread or cfg.drop_spread or cfg.offset_spread):
+        return cfg
+    u = np.random.default_rng([cfg.seed, i, 5]).random(3)
+    return dataclasses.replace(
+        cfg,
+        # whole milliseconds, rounded towards the nominal value (so each stays within its bound)
+        jitter=math.floor((cfg.jitter + u[0] * cfg.jitter_spread) * 1000) / 1000,
+        drop=math.floor((cfg.drop + u[1] * cfg.drop_spread) * 1000) / 1000,
+        offset=math.trunc((cfg.offset + (2 * u[2] - 1) * cfg.offset_spread) * 1000) / 1000,
+        jitter_spread=0.0,
+        drop_spread=0.0,
+        offset_spread=0.0,
+    )
+
+
+def no_spread(knobs: dict) -> dict:
+    """The timing-spread knobs of ``knobs`` set to 0: held-out streams (validation, sweep points)
+    are rendered at the nominal jitter / drop / offset even when training streams vary."""
+    return {k: 0.0 for k in SPREAD_KNOBS if k in knobs}
+
+
 def _stream_id(cfg: AVWorldConfig, i: int) -> str:
     return f"avw{cfg.seed}-{i:05d}"
 
@@ -611,6 +651,7 @@ def generate_stream(cfg: AVWorldConfig, i: int, out_dir: Path) -> tuple[StreamSp
     from ssm_mm.media.write import MediaWriter
 
     sid = _stream_id(cfg, i)
+    cfg = stream_config(cfg, i)
     video_start = -cfg.offset if cfg.offset < 0 else 0.0  # (not max(): that can return -0.0)
     audio_start = cfg.offset if cfg.offset > 0 else 0.0
     first = abs(cfg.offset) + 0.5  # objects start once both tracks run
@@ -673,6 +714,7 @@ def generate_stream(cfg: AVWorldConfig, i: int, out_dir: Path) -> tuple[StreamSp
         "video_start": _ms(video_start),
         "audio_start": _ms(audio_start),
         "frames": len(times),
+        "timing": {"jitter": cfg.jitter, "drop": cfg.drop, "offset": cfg.offset},
         "shapes": [dataclasses.asdict(s) for s in scene.shapes],
         "sounds": [dataclasses.asdict(s) for s in scene.sounds],
         "events": [dataclasses.asdict(e) for e in scene.events],
@@ -719,8 +761,15 @@ def generate(out_dir: str | Path, config: AVWorldConfig | None = None, *, worker
 
 
 def cache_key(cfg: AVWorldConfig) -> str:
-    """Folder name of a config in the cache: changes with any knob and with :data:`GENERATOR_VERSION`."""
-    blob = json.dumps({"v": GENERATOR_VERSION, **dataclasses.asdict(cfg)}, sort_keys=True)
+    """Folder name of a config in the cache: changes with any knob and with :data:`GENERATOR_VERSION`.
+
+    The timing spreads enter the key only when non-zero, so caches made before they existed stay valid.
+    """
+    knobs = dataclasses.asdict(cfg)
+    for name in SPREAD_KNOBS:
+        if knobs[name] == 0:
+            del knobs[name]
+    blob = json.dumps({"v": GENERATOR_VERSION, **knobs}, sort_keys=True)
     return "avworld-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -790,6 +839,13 @@ def main(argv: list[str] | None = None) -> int:
         "--question-every", type=float, default=defaults.question_every, help="mean s between questions"
     )
     p.add_argument("--seed", type=int, default=defaults.seed)
+    for name, what in (("jitter", "jitter"), ("drop", "drop rate"), ("offset", "offset")):
+        p.add_argument(
+            f"--{name}-spread",
+            type=float,
+            default=0.0,
+            help=f"per-stream {what} varies by up to this much (training augmentation)",
+        )
     p.add_argument("--workers", type=int, default=1, help="parallel processes")
     a = p.parse_args(argv)
     if a.write_tokenizer is not None:

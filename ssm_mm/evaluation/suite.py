@@ -79,11 +79,15 @@ def model_classes(models: dict[str, MultimodalSSM]) -> int | None:
 
 
 def _base_world(cfg, classes: int | None) -> tuple[dict, int, int]:
-    """AVWorld knobs of ``data.avworld`` (the model's class count), and its val_streams / val_seed."""
+    """AVWorld knobs of ``data.avworld`` (the model's class count, no timing spreads), and its
+    val_streams / val_seed."""
     from dataclasses import asdict
+
+    from ssm_mm.data.avworld import no_spread
 
     world = asdict(cfg.data.avworld)
     val_streams, val_seed = world.pop("val_streams"), world.pop("val_seed")
+    world.update(no_spread(world))  # timing spreads augment training streams only
     if classes is not None:
         world["classes"] = classes
     return world, val_streams, val_seed

@@ -21,7 +21,9 @@ from ssm_mm.data.avworld import (
     generate,
     make_dialogue,
     make_scene,
+    no_spread,
     shape_mask,
+    stream_config,
     vocabulary,
 )
 from ssm_mm.data.avworld import main as avworld_main
@@ -277,7 +279,17 @@ def test_frame_times_knobs():
 
 @pytest.mark.parametrize(
     "knob,value",
-    [("jitter", 0.2), ("drop", 1.0), ("seconds", 2.0), ("classes", 9), ("offset", 9.0), ("fps", 0.0)],
+    [
+        ("jitter", 0.2),
+        ("drop", 1.0),
+        ("seconds", 2.0),
+        ("classes", 9),
+        ("offset", 9.0),
+        ("fps", 0.0),
+        ("jitter_spread", 0.2),
+        ("drop_spread", -0.1),
+        ("offset_spread", 8.0),
+    ],
 )
 def test_bad_knobs_name_the_knob(knob, value):
     with pytest.raises(ValueError, match=knob):
@@ -375,3 +387,32 @@ def test_shipped_word_tokenizer_is_the_generated_one(tmp_path):
     )
     with pytest.raises(ValueError, match="lower-case word"):
         word_tokenizer_json(["Bell"])
+
+
+def test_timing_spreads_vary_streams_within_bounds_and_keep_the_world(tmp_path):
+    base = AVWorldConfig(seconds=20.0, jitter=0.01, drop=0.05, offset=0.1, seed=2)
+    assert stream_config(base, 0) is base  # no spreads: every stream alike
+    cfg = dataclasses.replace(base, jitter_spread=0.05, drop_spread=0.2, offset_spread=0.4)
+    drawn = [stream_config(cfg, i) for i in range(40)]
+    assert drawn == [stream_config(cfg, i) for i in range(40)]  # seeded
+    for d in drawn:
+        assert (d.jitter_spread, d.drop_spread, d.offset_spread) == (0.0, 0.0, 0.0)
+        assert 0.01 <= d.jitter < 0.06 and 0.05 <= d.drop < 0.25 and -0.3 <= d.offset <= 0.5
+        assert make_scene(d, 0) == make_scene(base, 0)  # the same world, rendered with other timing
+    assert len({(d.jitter, d.drop, d.offset) for d in drawn}) == 40
+    # caches made before the spreads existed keep their key; a spread is a different dataset
+    assert cache_key(AVWorldConfig()) == "avworld-7116ab4e38666613"
+    assert cache_key(cfg) != cache_key(base)
+    assert no_spread(dataclasses.asdict(cfg)) == {
+        "jitter_spread": 0.0,
+        "drop_spread": 0.0,
+        "offset_spread": 0.0,
+    }
+
+    out = tmp_path / "w"
+    generate(out, dataclasses.replace(cfg, streams=3, seconds=8.0))
+    records = [json.loads(line) for line in (out / "scenes.jsonl").read_text().splitlines()]
+    for i, r in enumerate(records):
+        d = stream_config(dataclasses.replace(cfg, streams=3, seconds=8.0), i)
+        assert r["timing"] == {"jitter": d.jitter, "drop": d.drop, "offset": d.offset}
+        assert r["audio_start"] == max(0.0, d.offset) and r["video_start"] == max(0.0, -d.offset)

@@ -82,3 +82,16 @@ def test_the_script_itself_reports_errors(tmp_path):
         timeout=120,
     )
     assert p.returncode == 2 and "missing" in p.stderr and "not found" in p.stderr
+
+
+def test_timing_spreads_augment_training_streams_only():
+    """Validation and sweep streams are rendered at the nominal timing even when training varies."""
+    from ssm_mm.config import load_config
+    from ssm_mm.evaluation.suite import _base_world
+
+    cfg = load_config(
+        None,
+        ["data.avworld.jitter=0.01", "data.avworld.jitter_spread=0.03", "data.avworld.offset_spread=0.5"],
+    )
+    world, _, _ = _base_world(cfg, classes=4)
+    assert world["jitter"] == 0.01 and world["jitter_spread"] == 0.0 and world["offset_spread"] == 0.0
