@@ -101,11 +101,14 @@ class AVWorldConfig:
     classes: int = 4
     question_every: float = 4.0
     seed: int = 0
-    # Timing augmentation of the *training* streams: each draws its own jitter / drop / offset within
-    # these spreads around the values above. Validation and sweep streams use the values above as is.
+    # Training streams only (validation and sweep streams use the nominal values above and the uniform
+    # question mix): timing augmentation, each stream drawing its own jitter / drop / offset within
+    # these spreads around the values above ...
     jitter_spread: float = 0.0
     drop_spread: float = 0.0
     offset_spread: float = 0.0
+    # ... and the relative frequency of question types (count, color, kind, order, now; missing: 1)
+    question_mix: dict[str, float] = field(default_factory=dict)
     val_streams: int = 8
     val_seed: int = 1000
 

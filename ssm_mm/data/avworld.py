@@ -95,6 +95,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 BACKGROUND = (30, 30, 30)
 SPREAD_KNOBS = ("jitter_spread", "drop_spread", "offset_spread")  # per-stream timing variation
+ASKED_TYPES = ("count", "color", "kind", "order", "now")  # question types with an immediate answer
 QUESTION_TYPES = ("count", "color", "kind", "order", "now", "proactive")
 SOUND_AMPLITUDE = 0.25
 _FADE = 0.01  # s: raised-cosine fade of every sound (no clicks, no broadband energy at its edges)
@@ -125,6 +126,10 @@ class AVWorldConfig:
     jitter_spread: float = 0.0
     drop_spread: float = 0.0
     offset_spread: float = 0.0
+    # Relative frequency of the question types (ASKED_TYPES order) when several are answerable: a
+    # {type: weight} mapping (missing types weigh 1) or 5 weights; canonical form a tuple, () = uniform.
+    # Within "now", the count / shape / colour question is picked by the count / kind / color weight.
+    question_mix: tuple = ()
 
     def __post_init__(self):
         def bad(name, why):
@@ -136,6 +141,8 @@ class AVWorldConfig:
             v = getattr(self, f.name)
             if f.type == "float" and isinstance(v, int) and not isinstance(v, bool):
                 object.__setattr__(self, f.name, float(v))
+
+        object.__setattr__(self, "question_mix", _canonical_mix(self.question_mix))
 
         if not isinstance(self.streams, int) or self.streams < 1:
             bad("streams", "must be an integer >= 1")
@@ -191,6 +198,27 @@ class AVWorldConfig:
 # ----------------------------------------------------------------------------------------------
 # The scene: what happens when (continuous media time)
 # ----------------------------------------------------------------------------------------------
+
+
+def _canonical_mix(mix) -> tuple:
+    """``question_mix`` as a tuple of len(ASKED_TYPES) weights, or () for the uniform mix."""
+    if isinstance(mix, dict) or hasattr(mix, "items"):
+        unknown = sorted(set(mix) - set(ASKED_TYPES))
+        if unknown:
+            raise ValueError(
+                f"AVWorldConfig.question_mix: unknown type(s) {unknown}; valid: {list(ASKED_TYPES)}"
+            )
+        mix = [mix.get(t, 1.0) for t in ASKED_TYPES]
+    try:
+        w = tuple(float(x) for x in mix)
+    except (TypeError, ValueError):
+        raise ValueError(f"AVWorldConfig.question_mix: expected {{type: weight}} (got {mix!r})") from None
+    if w and (len(w) != len(ASKED_TYPES) or not all(math.isfinite(x) and x >= 0 for x in w) or not any(w)):
+        raise ValueError(
+            f"AVWorldConfig.question_mix: need {len(ASKED_TYPES)} finite weights >= 0, not all 0, for "
+            f"{list(ASKED_TYPES)} (got {mix!r})"
+        )
+    return () if all(x == 1.0 for x in w) else w
 
 
 @dataclass
@@ -456,7 +484,7 @@ def make_dialogue(cfg: AVWorldConfig, stream: int, scene: Scene, first: float) -
             turns.append(Turn(t, "assistant", ACK))
             turns += [Turn(e.start, "assistant", c) for e in events if e.cls == c and e.start > t]
             continue
-        qa = _question(rng, scene, events, classes, t)
+        qa = _question(rng, scene, events, classes, t, cfg.question_mix)
         if qa is not None:
             q, a, qtype = qa
             turns += [Turn(t, "user", q, qtype), Turn(t, "assistant", a)]
@@ -468,7 +496,9 @@ def _cls(name: str) -> EventClass:
     return next(c for c in CLASSES if c.name == name)
 
 
-def _question(rng, scene: Scene, events: list[AVEvent], classes, t: float) -> tuple[str, str, str] | None:
+def _question(
+    rng, scene: Scene, events: list[AVEvent], classes, t: float, mix: tuple = ()
+) -> tuple[str, str, str] | None:
     """One question answerable at ``t`` (a random type among those that are), or None."""
     started = [e for e in events if e.start < t]
     options = {}
@@ -503,16 +533,29 @@ def _question(rng, scene: Scene, events: list[AVEvent], classes, t: float) -> tu
 
     vis = _stable_visible(scene, t)
     if vis is not None:
-        nows = [(Q_NOW_COUNT, str(len(vis)))]
+        # a now question's answer is a count, a kind or a colour (its tag, for the mix)
+        nows = [("count", Q_NOW_COUNT, str(len(vis)))]
         if len(vis) == 1:
-            nows.append((Q_NOW_SHAPE, vis[0].kind))
+            nows.append(("kind", Q_NOW_SHAPE, vis[0].kind))
         if vis:
             s = vis[int(rng.integers(len(vis)))]
-            nows.append((Q_NOW_COLOR.format(kind=s.kind), s.color))
-        options["now"] = nows[int(rng.integers(len(nows)))]
+            nows.append(("color", Q_NOW_COLOR.format(kind=s.kind), s.color))
+        if mix:  # which now question: weighted like the type of its answer
+            p = np.array([mix[ASKED_TYPES.index(tag)] for tag, _, _ in nows])
+            pick = int(rng.choice(len(nows), p=p / p.sum())) if p.any() else None
+        else:
+            pick = int(rng.integers(len(nows)))
+        if pick is not None:
+            options["now"] = nows[pick][1:]
 
-    kinds = [k for k in ("count", "color", "kind", "order", "now") if k in options]
-    k = kinds[int(rng.integers(len(kinds)))]
+    kinds = [k for k in ASKED_TYPES if k in options]
+    if mix:  # weighted; the uniform mix keeps the original draw (datasets made before the knob)
+        p = np.array([mix[ASKED_TYPES.index(k)] for k in kinds])
+        if not p.any():
+            return None
+        k = kinds[int(rng.choice(len(kinds), p=p / p.sum()))]
+    else:
+        k = kinds[int(rng.integers(len(kinds)))]
     q, a = options[k]
     return q, a, k
 
@@ -636,10 +679,16 @@ def stream_config(cfg: AVWorldConfig, i: int) -> AVWorldConfig:
     )
 
 
-def no_spread(knobs: dict) -> dict:
-    """The timing-spread knobs of ``knobs`` set to 0: held-out streams (validation, sweep points)
-    are rendered at the nominal jitter / drop / offset even when training streams vary."""
-    return {k: 0.0 for k in SPREAD_KNOBS if k in knobs}
+def nominal_knobs(knobs: dict) -> dict:
+    """The training-only knobs of ``knobs`` reset: timing spreads 0, the uniform question mix.
+
+    Held-out streams (validation, sweep points) are rendered at the nominal jitter / drop / offset
+    and ask every question type alike, whatever the training streams do.
+    """
+    out = {k: 0.0 for k in SPREAD_KNOBS if k in knobs}
+    if "question_mix" in knobs:
+        out["question_mix"] = type(knobs["question_mix"])()
+    return out
 
 
 def _stream_id(cfg: AVWorldConfig, i: int) -> str:
@@ -763,12 +812,15 @@ def generate(out_dir: str | Path, config: AVWorldConfig | None = None, *, worker
 def cache_key(cfg: AVWorldConfig) -> str:
     """Folder name of a config in the cache: changes with any knob and with :data:`GENERATOR_VERSION`.
 
-    The timing spreads enter the key only when non-zero, so caches made before they existed stay valid.
+    The timing spreads and question mix enter the key only when not at their defaults, so caches made
+    before they existed stay valid.
     """
     knobs = dataclasses.asdict(cfg)
     for name in SPREAD_KNOBS:
         if knobs[name] == 0:
             del knobs[name]
+    if not knobs["question_mix"]:
+        del knobs["question_mix"]
     blob = json.dumps({"v": GENERATOR_VERSION, **knobs}, sort_keys=True)
     return "avworld-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -839,6 +891,12 @@ def main(argv: list[str] | None = None) -> int:
         "--question-every", type=float, default=defaults.question_every, help="mean s between questions"
     )
     p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument(
+        "--question-mix",
+        default="",
+        metavar="TYPE=W,...",
+        help=f"relative frequency of question types {list(ASKED_TYPES)} (missing: 1), e.g. color=3,now=3",
+    )
     for name, what in (("jitter", "jitter"), ("drop", "drop rate"), ("offset", "offset")):
         p.add_argument(
             f"--{name}-spread",
@@ -861,6 +919,13 @@ def main(argv: list[str] | None = None) -> int:
     if a.out is None:
         p.error("--out is required (or --write-tokenizer JSON)")
     knobs = {f.name: getattr(a, f.name) for f in dataclasses.fields(AVWorldConfig)}
+    try:
+        knobs["question_mix"] = {
+            k.strip(): float(v)
+            for k, v in (item.split("=", 1) for item in a.question_mix.split(",") if item.strip())
+        }
+    except ValueError:
+        p.error(f"--question-mix: expected TYPE=WEIGHT,... (got {a.question_mix!r})")
     try:
         cfg = AVWorldConfig(**knobs)
     except ValueError as e:

@@ -83,11 +83,11 @@ def _base_world(cfg, classes: int | None) -> tuple[dict, int, int]:
     val_streams / val_seed."""
     from dataclasses import asdict
 
-    from ssm_mm.data.avworld import no_spread
+    from ssm_mm.data.avworld import nominal_knobs
 
     world = asdict(cfg.data.avworld)
     val_streams, val_seed = world.pop("val_streams"), world.pop("val_seed")
-    world.update(no_spread(world))  # timing spreads augment training streams only
+    world.update(nominal_knobs(world))  # spreads and question mix shape training streams only
     if classes is not None:
         world["classes"] = classes
     return world, val_streams, val_seed

@@ -114,7 +114,7 @@ def _data_workers() -> int:
 
 def prepare_data(cfg: Config, log=print) -> DataSetup:
     """Manifests (AVWorld on first use), validation with skip/raise, feature cache warm-up."""
-    from ssm_mm.data.avworld import ensure_avworld, no_spread
+    from ssm_mm.data.avworld import ensure_avworld, nominal_knobs
 
     d = cfg.data
     cache = Path(d.cache_dir)
@@ -122,7 +122,7 @@ def prepare_data(cfg: Config, log=print) -> DataSetup:
         knobs = to_dict(d.avworld)
         val_streams, val_seed = knobs.pop("val_streams"), knobs.pop("val_seed")
         train_m = ensure_avworld(cache / "avworld", workers=_data_workers(), **knobs)
-        knobs.update(streams=val_streams, seed=val_seed, **no_spread(knobs))
+        knobs.update(streams=val_streams, seed=val_seed, **nominal_knobs(knobs))
         val_m = d.val_manifest or ensure_avworld(cache / "avworld", workers=_data_workers(), **knobs)
     else:
         train_m, val_m = d.manifest, d.val_manifest

@@ -21,7 +21,7 @@ from ssm_mm.data.avworld import (
     generate,
     make_dialogue,
     make_scene,
-    no_spread,
+    nominal_knobs,
     shape_mask,
     stream_config,
     vocabulary,
@@ -403,10 +403,11 @@ def test_timing_spreads_vary_streams_within_bounds_and_keep_the_world(tmp_path):
     # caches made before the spreads existed keep their key; a spread is a different dataset
     assert cache_key(AVWorldConfig()) == "avworld-7116ab4e38666613"
     assert cache_key(cfg) != cache_key(base)
-    assert no_spread(dataclasses.asdict(cfg)) == {
+    assert nominal_knobs(dataclasses.asdict(cfg)) == {
         "jitter_spread": 0.0,
         "drop_spread": 0.0,
         "offset_spread": 0.0,
+        "question_mix": (),
     }
 
     out = tmp_path / "w"
@@ -416,3 +417,27 @@ def test_timing_spreads_vary_streams_within_bounds_and_keep_the_world(tmp_path):
         d = stream_config(dataclasses.replace(cfg, streams=3, seconds=8.0), i)
         assert r["timing"] == {"jitter": d.jitter, "drop": d.drop, "offset": d.offset}
         assert r["audio_start"] == max(0.0, d.offset) and r["video_start"] == max(0.0, -d.offset)
+
+
+def test_question_mix_weights_the_types_and_validates():
+    def counts(cfg):
+        c = {}
+        for stream in range(30):
+            for turn in make_dialogue(cfg, stream, make_scene(cfg, stream), 0.5):
+                if turn.role == "user":
+                    c[turn.type] = c.get(turn.type, 0) + 1
+        return c
+
+    base = AVWorldConfig(seconds=60.0, question_every=2.0)
+    assert AVWorldConfig(question_mix={"count": 1.0}).question_mix == ()  # all 1: the uniform mix
+    assert counts(dataclasses.replace(base, question_mix={})) == counts(base)
+    uni = counts(base)
+    mixed = counts(dataclasses.replace(base, question_mix={"color": 4.0, "now": 4.0, "count": 0.25}))
+    assert mixed["color"] > 1.5 * uni["color"] and mixed["now"] > 1.5 * uni["now"]
+    assert mixed["count"] < uni["count"] / 2
+    assert "count" not in counts(dataclasses.replace(base, question_mix={"count": 0.0}))
+    assert cache_key(dataclasses.replace(base, question_mix={"color": 2.0})) != cache_key(base)
+    with pytest.raises(ValueError, match="question_mix: unknown type.*colour"):
+        AVWorldConfig(question_mix={"colour": 2.0})
+    with pytest.raises(ValueError, match="question_mix: need 5"):
+        AVWorldConfig(question_mix={"color": -1.0})

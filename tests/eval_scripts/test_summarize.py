@@ -28,13 +28,17 @@ def _write(path, results: list[dict]):
 
 
 def test_table_rows_and_question_types(tmp_path, capsys):
-    a = _write(tmp_path / "runA" / "results.json", [
-        {"model": "m", "dataset": "val", "metrics": _metrics(0.9, {"count": (0.5, 4)})}
-    ])
-    b = _write(tmp_path / "runB" / "results.json", [
-        {"model": "m", "dataset": "val", "metrics": _metrics(0.95, {"color": (1.0, 2)})},
-        {"model": "m", "dataset": "drop=0.2", "knob": "drop", "value": 0.2, "metrics": _metrics(0.8, {})},
-    ])
+    a = _write(
+        tmp_path / "runA" / "results.json",
+        [{"model": "m", "dataset": "val", "metrics": _metrics(0.9, {"count": (0.5, 4)})}],
+    )
+    b = _write(
+        tmp_path / "runB" / "results.json",
+        [
+            {"model": "m", "dataset": "val", "metrics": _metrics(0.95, {"color": (1.0, 2)})},
+            {"model": "m", "dataset": "drop=0.2", "knob": "drop", "value": 0.2, "metrics": _metrics(0.8, {})},
+        ],
+    )
     summ = load_script("summarize")
     assert summ.main([a, b, "--dataset", "val", "--types"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -81,8 +85,9 @@ def test_bad_result_files_exit_2_naming_the_problem(tmp_path, capsys, content, a
 
 
 def test_sweep_without_the_base_point_names_it(tmp_path, capsys):
-    p = _write(tmp_path / "s" / "results.json", [
-        {"model": "m", "dataset": "fps=2", "knob": "fps", "value": 2.0, "metrics": _metrics(0.5, {})}
-    ])
+    p = _write(
+        tmp_path / "s" / "results.json",
+        [{"model": "m", "dataset": "fps=2", "knob": "fps", "value": 2.0, "metrics": _metrics(0.5, {})}],
+    )
     assert load_script("summarize").main([p, "--sweep", "fps", "--base", "4"]) == 2
     assert "no fps=4 point" in capsys.readouterr().err
