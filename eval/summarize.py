@@ -6,8 +6,9 @@ train.py's final evaluation): the tables in README.md are printed by this script
     python eval/summarize.py results/avworld/1h_sweeps/results.json.gz --sweep fps --base 4
 
 One row per (result file, model, dataset): tick accuracy with the majority-class rate beside it,
-event macro-F1, QA exact match (and, with ``--types``, one column per question type), proactive
-precision / recall / F1. A row is named by the result file's folder (and the model and dataset when
+event macro-F1, QA exact match (with ``--types`` one column per question type; with ``--now`` the
+"now" questions split by what they ask for: a colour, a count or a shape), proactive precision /
+recall / F1. A row is named by the result file's folder (and the model and dataset when
 a file holds several). ``--sweep KNOB`` prints instead one row per model and sweep point with each
 score as a share of the model's score at the in-distribution point (``--base VALUE``).
 
@@ -22,6 +23,8 @@ import json
 import math
 import sys
 from pathlib import Path
+
+from ssm_mm.data.avworld import COLORS
 
 HEADLINE = (
     ("tick acc.", ("events", "tick_accuracy")),
@@ -83,22 +86,37 @@ def rows(paths: list[str], dataset: str | None = None) -> list[tuple[str, dict]]
             name = Path(path).parent.name
             if several:
                 name += f" · {r['model']} · {r['dataset']}"
-            out.append((name, r["metrics"]))
+            out.append((name, {**r["metrics"], "now_split": _now_split(r)}))
     if not out:
         raise SummaryError(f"no results{f' for dataset {dataset!r}' if dataset else ''} in {paths}")
     return out
 
 
-def table(paths: list[str], dataset: str | None = None, types: bool = False) -> str:
+def _now_split(result: dict) -> dict[str, dict]:
+    """QA of the "now" questions by what they ask for — a colour, a count or a shape (told apart by the
+    reference answer) — from the per-question records of a result: {kind: {"accuracy", "n"}}."""
+    hits: dict[str, list[bool]] = {}
+    for s in result.get("streams", []):
+        for q in s.get("qa", []):
+            if q.get("type") != "now":
+                continue
+            ref = str(q.get("reference", ""))
+            kind = "count" if ref.isdigit() else "color" if ref in COLORS else "shape"
+            hits.setdefault(kind, []).append(bool(q.get("correct")))
+    return {k: {"accuracy": sum(v) / len(v), "n": len(v)} for k, v in sorted(hits.items())}
+
+
+def table(paths: list[str], dataset: str | None = None, types: bool = False, now: bool = False) -> str:
     data = rows(paths, dataset)
     qtypes = sorted({t for _, m in data for t in m["qa"]["per_type"]}) if types else []
+    nows = sorted({k for _, m in data for k in m["now_split"]}) if now else []
     head = ["run", "streams", *(h for h, _ in HEADLINE), *(f"QA {t}" for t in qtypes)]
+    head += [f"QA now {k}" for k in nows]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for name, m in data:
         cells = [name, str(m["n_streams"])]
         cells += [_fmt(h, _get(m, p)) for h, p in HEADLINE]
-        for t in qtypes:
-            pt = m["qa"]["per_type"].get(t)
+        for pt in [m["qa"]["per_type"].get(t) for t in qtypes] + [m["now_split"].get(k) for k in nows]:
             cells.append("–" if pt is None else f"{_pct(pt['accuracy'])} ({pt['n']})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -133,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("results", nargs="+", help="results.json files (or .json.gz)")
     ap.add_argument("--dataset", help="keep only this dataset (e.g. val)")
     ap.add_argument("--types", action="store_true", help="one column per question type")
+    ap.add_argument(
+        "--now",
+        action="store_true",
+        help='"now" questions split by what they ask: a colour, a count, a shape',
+    )
     ap.add_argument("--sweep", help="knob: print the sweep table instead")
     ap.add_argument("--base", type=float, help="the knob's in-distribution value (with --sweep)")
     a = ap.parse_args(argv)
@@ -142,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SummaryError("--sweep needs --base (the in-distribution value of the knob)")
             print(sweep_table(a.results, a.sweep, a.base))
         else:
-            print(table(a.results, a.dataset, a.types))
+            print(table(a.results, a.dataset, a.types, a.now))
     except (SummaryError, KeyError, TypeError) as e:
         print(f"summarize: {e}", file=sys.stderr)
         return 2

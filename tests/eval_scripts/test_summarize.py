@@ -50,6 +50,27 @@ def test_table_rows_and_question_types(tmp_path, capsys):
     assert "0.800" in lines[2] and "0.500" in lines[2]  # F1 scores as decimals
 
 
+def test_now_questions_split_by_what_they_ask(tmp_path, capsys):
+    qa = [
+        {"type": "now", "reference": "red", "correct": True},
+        {"type": "now", "reference": "blue", "correct": False},
+        {"type": "now", "reference": "2", "correct": True},
+        {"type": "now", "reference": "cross", "correct": True},
+        {"type": "count", "reference": "3", "correct": False},  # not a now question
+    ]
+    r = {
+        "model": "m",
+        "dataset": "val",
+        "metrics": _metrics(0.9, {"now": (0.75, 4)}),
+        "streams": [{"qa": qa}],
+    }
+    summ = load_script("summarize")
+    assert summ.main([_write(tmp_path / "run" / "results.json", [r]), "--now"]) == 0
+    head, _, row = capsys.readouterr().out.strip().splitlines()
+    assert head.endswith("| QA now color | QA now count | QA now shape |")
+    assert row.endswith("| 50.0% (2) | 100.0% (1) | 100.0% (1) |")
+
+
 def test_sweep_table_is_relative_to_the_base_point(tmp_path, capsys):
     res = [
         {"model": "m", "dataset": f"fps={v:g}", "knob": "fps", "value": v, "metrics": _metrics(acc, {})}
