@@ -122,6 +122,22 @@ def test_train_py_rejects_typos_before_any_work(tmp_path):
     assert p.returncode == 2
     assert "d_modle" in p.stderr and "d_model" in p.stderr
     assert not (tmp_path / "r").exists()
+    # several --config files merge in order; a missing one is named
+    p = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "--config",
+            "configs/default.yaml",
+            "--config",
+            str(tmp_path / "no.yaml"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 2 and "no.yaml" in p.stderr and not (tmp_path / "r").exists()
 
 
 def test_torchrun_ddp_matches_single_process_and_resumes_single(
