@@ -202,7 +202,7 @@ class AVWorldConfig:
 
 def _canonical_mix(mix) -> tuple:
     """``question_mix`` as a tuple of len(ASKED_TYPES) weights, or () for the uniform mix."""
-    if isinstance(mix, dict) or hasattr(mix, "items"):
+    if hasattr(mix, "items"):  # a mapping (dict, OmegaConf DictConfig)
         unknown = sorted(set(mix) - set(ASKED_TYPES))
         if unknown:
             raise ValueError(
@@ -496,6 +496,15 @@ def _cls(name: str) -> EventClass:
     return next(c for c in CLASSES if c.name == name)
 
 
+def _pick(rng, weights: list[float] | int) -> int | None:
+    """An index drawn with probability proportional to ``weights`` (None if all are 0), or uniformly
+    from ``range(weights)`` given a count — the draw datasets made before ``question_mix`` used."""
+    if isinstance(weights, int):
+        return int(rng.integers(weights))
+    p = np.asarray(weights, dtype=np.float64)
+    return int(rng.choice(len(p), p=p / p.sum())) if p.any() else None
+
+
 def _question(
     rng, scene: Scene, events: list[AVEvent], classes, t: float, mix: tuple = ()
 ) -> tuple[str, str, str] | None:
@@ -540,22 +549,16 @@ def _question(
         if vis:
             s = vis[int(rng.integers(len(vis)))]
             nows.append(("color", Q_NOW_COLOR.format(kind=s.kind), s.color))
-        if mix:  # which now question: weighted like the type of its answer
-            p = np.array([mix[ASKED_TYPES.index(tag)] for tag, _, _ in nows])
-            pick = int(rng.choice(len(nows), p=p / p.sum())) if p.any() else None
-        else:
-            pick = int(rng.integers(len(nows)))
+        # which now question: weighted like the type of its answer
+        pick = _pick(rng, [mix[ASKED_TYPES.index(tag)] for tag, _, _ in nows] if mix else len(nows))
         if pick is not None:
             options["now"] = nows[pick][1:]
 
     kinds = [k for k in ASKED_TYPES if k in options]
-    if mix:  # weighted; the uniform mix keeps the original draw (datasets made before the knob)
-        p = np.array([mix[ASKED_TYPES.index(k)] for k in kinds])
-        if not p.any():
-            return None
-        k = kinds[int(rng.choice(len(kinds), p=p / p.sum()))]
-    else:
-        k = kinds[int(rng.integers(len(kinds)))]
+    pick = _pick(rng, [mix[ASKED_TYPES.index(k)] for k in kinds] if mix else len(kinds))
+    if pick is None:
+        return None
+    k = kinds[pick]
     q, a = options[k]
     return q, a, k
 
@@ -664,7 +667,7 @@ def frame_times(cfg: AVWorldConfig, stream: int, video_start: float) -> np.ndarr
 def stream_config(cfg: AVWorldConfig, i: int) -> AVWorldConfig:
     """The config stream ``i`` is rendered with: its own jitter / drop / offset drawn within the
     spreads (seeded by ``(seed, stream)``), spreads zeroed; ``cfg`` itself when there are none."""
-    if not (cfg.jitter_spread or cfg.drop_spread or cfg.offset_spread):
+    if not any(getattr(cfg, k) for k in SPREAD_KNOBS):
         return cfg
     u = np.random.default_rng([cfg.seed, i, 5]).random(3)
     return dataclasses.replace(
@@ -673,9 +676,7 @@ def stream_config(cfg: AVWorldConfig, i: int) -> AVWorldConfig:
         jitter=math.floor((cfg.jitter + u[0] * cfg.jitter_spread) * 1000) / 1000,
         drop=math.floor((cfg.drop + u[1] * cfg.drop_spread) * 1000) / 1000,
         offset=math.trunc((cfg.offset + (2 * u[2] - 1) * cfg.offset_spread) * 1000) / 1000,
-        jitter_spread=0.0,
-        drop_spread=0.0,
-        offset_spread=0.0,
+        **{k: 0.0 for k in SPREAD_KNOBS},
     )
 
 

@@ -79,8 +79,8 @@ def model_classes(models: dict[str, MultimodalSSM]) -> int | None:
 
 
 def _base_world(cfg, classes: int | None) -> tuple[dict, int, int]:
-    """AVWorld knobs of ``data.avworld`` (the model's class count, no timing spreads), and its
-    val_streams / val_seed."""
+    """AVWorld knobs of ``data.avworld`` (the model's class count; the training-only knobs reset by
+    ``nominal_knobs``), and its val_streams / val_seed."""
     from dataclasses import asdict
 
     from ssm_mm.data.avworld import nominal_knobs
