@@ -18,13 +18,12 @@ Exit status 2 with a message naming the file on a missing or malformed result fi
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import math
 import sys
 from pathlib import Path
 
 from ssm_mm.data.avworld import COLORS
+from ssm_mm.evaluation.report import read_json
 
 HEADLINE = (
     ("tick acc.", ("events", "tick_accuracy")),
@@ -61,18 +60,10 @@ def _fmt(name: str, x: float) -> str:
 
 
 def load(path: str | Path) -> dict:
-    p = Path(path)
     try:
-        if p.suffix == ".gz":  # large result files (long sweeps) are committed compressed
-            with gzip.open(p, "rt") as f:
-                res = json.load(f)
-        else:
-            res = json.loads(p.read_text())
-    except (OSError, EOFError, json.JSONDecodeError) as e:
-        raise SummaryError(f"{p}: cannot read a results file ({e})") from None
-    if not isinstance(res, dict) or not isinstance(res.get("results"), list):
-        raise SummaryError(f"{p}: not an evaluation results file (no 'results' list)")
-    return res
+        return read_json(path)
+    except ValueError as e:
+        raise SummaryError(str(e)) from None
 
 
 def rows(paths: list[str], dataset: str | None = None) -> list[tuple[str, dict]]:

@@ -42,6 +42,7 @@ model's ``labels`` (``labels[0]`` = background), followed by any ``unknown_label
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import re
@@ -103,6 +104,23 @@ def _clean(x: Any) -> Any:
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
+
+
+def read_json(path: str | Path) -> dict:
+    """A results file written by :func:`write_json` (also gzip-compressed, ``.json.gz``, as large sweep
+    results are committed). ValueError naming the file when it cannot be read or is not one."""
+    p = Path(path)
+    try:
+        if p.suffix == ".gz":
+            with gzip.open(p, "rt") as f:
+                res = json.load(f)
+        else:
+            res = json.loads(p.read_text())
+    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{p}: cannot read a results file ({e})") from None
+    if not isinstance(res, dict) or not isinstance(res.get("results"), list):
+        raise ValueError(f"{p}: not an evaluation results file (no 'results' list)")
+    return res
 
 
 def write_json(results: dict, path: str | Path) -> Path:
@@ -283,19 +301,35 @@ def plot_timeline(
     return path
 
 
-def plot_sweep(path: str | Path, knob: str, values: list[float], per_model: dict[str, dict]) -> Path:
-    """Metric vs. sweep value, one line per model (``per_model[name][metric]``: one value per point)."""
+def plot_sweep(
+    path: str | Path,
+    knob: str,
+    values: list[float],
+    per_model: dict[str, dict],
+    bands: dict[str, dict] | None = None,
+    metrics: tuple[str, ...] = _PLOTTED,
+) -> Path:
+    """Metric vs. sweep value, one line per model (``per_model[name][metric]``: one value per point);
+    ``bands[name][metric]``: optional (low, high) per point, drawn as a shaded band (e.g. the range
+    over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(_PLOTTED), figsize=(3.2 * len(_PLOTTED), 3.0))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.0), squeeze=False)
+    axes = axes[0]
     x = list(range(len(values)))  # evenly spaced: knobs span very different scales (clock: 0 .. 1e6)
-    for ax, metric in zip(axes, _PLOTTED):
+    nan = float("nan")
+    for ax, metric in zip(axes, metrics):
         for name, series in per_model.items():
-            y = [float("nan") if v is None else v for v in series[metric]]
-            ax.plot(x, y, marker="o", label=name)
+            y = [nan if v is None else v for v in series[metric]]
+            line = ax.plot(x, y, marker="o", label=name)[0]
+            band = (bands or {}).get(name, {}).get(metric)
+            if band is not None:
+                lo = [nan if b is None else b[0] for b in band]
+                hi = [nan if b is None else b[1] for b in band]
+                ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
         ax.set_xticks(x)
         ax.set_xticklabels([f"{v:g}" for v in values], fontsize=8)
         ax.set_xlabel(knob)
