@@ -50,7 +50,8 @@ from ssm_mm.config import TrainConfig  # noqa: E402
 from ssm_mm.data.dataset import Batch, StreamFeatures, build_example, collate, cut_window  # noqa: E402
 from ssm_mm.data.featurize import AudioFeaturizer, VideoFeaturizer  # noqa: E402
 from ssm_mm.data.manifest import Segment, StreamSpec  # noqa: E402
-from ssm_mm.training.trainer import HEADS, TrainStep, build_optimizer  # noqa: E402
+from ssm_mm.models.multimodal import HEADS  # noqa: E402
+from ssm_mm.training.trainer import TrainStep, build_optimizer  # noqa: E402
 
 MODELS = {"hybrid": DEFAULT_CONFIG, "transformer": BASELINE_CONFIG}
 
@@ -103,11 +104,7 @@ class Stepper:
 
     def step(self, batch: Batch) -> float:
         state = self.model.init_state(batch.batch_size)
-        norm = {
-            "lm": max(1.0, float((batch.lm_target != -100).sum())),
-            "event": max(1.0, float(batch.tick_valid.sum())),
-            "speak": max(1.0, float(batch.tick_valid.sum())),
-        }
+        norm = {k: max(1.0, float(c)) for k, c in self.model.supervised_counts(batch).items()}
         loss, _, _, _ = self.step_module(batch, state, norm)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)

@@ -76,6 +76,10 @@ class ModelConfig:
     # multimodal frontends and heads (SPEC §6)
     patch_size: int = 32  # 64x64 frames -> 2x2 = 4 patch tokens
     tie_embeddings: bool = True
+    # > 0: a self-supervised head predicts each video patch token's own patch, average-pooled to
+    # N x N x 3, from the final hidden state (train.loss_video weighs it): keeps what the frames show
+    # (colour as well as shape) in the residual stream, where later layers and the state can use it
+    video_target: int = 0
 
 
 # ---------------------------------------------------------------------------------- data / train
@@ -143,6 +147,7 @@ class TrainConfig:
     loss_lm: float = 1.0
     loss_event: float = 1.0
     loss_speak: float = 1.0
+    loss_video: float = 1.0  # only with model.video_target > 0
     ckpt_every: int = 100
     keep_last: int = 2
     eval_every: int = 0  # 0 = only at the end

@@ -36,6 +36,7 @@ from ssm_mm.streaming.state import BackboneState
 
 FORMAT_VERSION = 1
 N_KINDS = 3
+HEADS = ("lm", "event", "speak", "video")  # the training losses (video: only with model.video_target)
 
 
 @dataclass
@@ -142,6 +143,12 @@ class MultimodalSSM(nn.Module):
             self.lm_head.weight = self.text_in.embed.weight
         self.event_head = nn.Linear(d, len(self.labels))
         self.speak_head = nn.Linear(d, 1)
+        if cfg.video_target < 0 or cfg.video_target > cfg.patch_size:
+            raise ValueError(
+                f"model.video_target={cfg.video_target} must be in [0, patch_size={cfg.patch_size}]"
+            )
+        n = cfg.video_target
+        self.video_head = nn.Linear(d, 3 * n * n) if n else None
 
     # ------------------------------------------------------------------------------- state
 
@@ -236,14 +243,35 @@ class MultimodalSSM(nn.Module):
         idx = summary_pos.clamp_min(0).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         return hidden.gather(1, idx)
 
+    def video_targets(self, video: Tensor) -> Tensor:
+        """Targets of the video head: every patch of ``video`` (F, 3, S, S) average-pooled to
+        N x N x 3 (N = ``model.video_target``), as (F * P, 3 N^2) rows in the frontend's patch order
+        (row-major), so that patch token ``src`` has target row ``src``."""
+        n, g = self.cfg.video_target, self.video_in.grid
+        pooled = F.adaptive_avg_pool2d(video, g * n)  # (F, 3, g*n, g*n)
+        f = pooled.shape[0]
+        return pooled.reshape(f, 3, g, n, g, n).permute(0, 2, 4, 1, 3, 5).reshape(f * g * g, 3 * n * n)
+
+    def supervised_counts(self, batch) -> dict[str, int]:
+        """The number of supervised items of each loss in :data:`HEADS` for a Batch."""
+        ticks = int(batch.tick_valid.sum())
+        video = int(((batch.kind == VIDEO) & batch.valid).sum()) if self.video_head is not None else 0
+        return {
+            "lm": int((batch.lm_target != IGNORE_INDEX).sum()),
+            "event": ticks,
+            "speak": ticks,
+            "video": video,
+        }
+
     def loss_sums(self, out: ModelOutput, batch) -> tuple[dict[str, Tensor], dict[str, int]]:
         """Per-head loss *sums* and the number of supervised items, for a Batch.
 
         lm: cross-entropy over supervised text positions; event: cross-entropy over ticks with a
-        media token; speak: binary cross-entropy of the speak-now logit over the same ticks. Sums
-        (not means) so that data-parallel ranks can normalise by the global count. A head with
-        nothing to supervise contributes an exact zero that still depends on its weights (so every
-        parameter takes part in every step, as DDP requires).
+        media token; speak: binary cross-entropy of the speak-now logit over the same ticks; video
+        (with ``model.video_target``): squared error of the pooled patch predicted at each video token,
+        averaged over its values. Sums (not means) so that data-parallel ranks can normalise by the
+        global count. A head with nothing to supervise contributes an exact zero that still depends on
+        its weights (so every parameter takes part in every step, as DDP requires).
         """
         h = out.hidden
         sup = batch.lm_target != IGNORE_INDEX
@@ -251,6 +279,7 @@ class MultimodalSSM(nn.Module):
             "lm": self.lm_head.weight.sum() * 0.0,
             "event": self.event_head.weight.sum() * 0.0,
             "speak": self.speak_head.weight.sum() * 0.0,
+            "video": h.new_zeros(()) if self.video_head is None else self.video_head.weight.sum() * 0.0,
         }
         sums = dict(zero)
         if sup.any():
@@ -266,7 +295,12 @@ class MultimodalSSM(nn.Module):
             sums["speak"] = F.binary_cross_entropy_with_logits(
                 speak_logit, batch.speak[tv].float(), reduction="sum"
             )
-        counts = {"lm": int(sup.sum()), "event": int(tv.sum()), "speak": int(tv.sum())}
+        counts = self.supervised_counts(batch)
+        if counts["video"] and batch.video is not None:
+            is_v = (batch.kind == VIDEO) & batch.valid
+            target = self.video_targets(batch.video)[batch.src[is_v]].float()
+            err = (self.video_head(h[is_v]).float() - target).pow(2).mean(-1)
+            sums["video"] = err.sum() + zero["video"]
         return sums, counts
 
     def losses(self, out: ModelOutput, batch) -> dict[str, Tensor]:
@@ -426,7 +460,9 @@ class MultimodalSSM(nn.Module):
         parts = {
             "frontends": [self.video_in, self.audio_in, self.text_in, self.kind_emb, self.time_emb],
             "backbone": [self.backbone],
-            "heads": [self.event_head, self.speak_head] + ([] if self.cfg.tie_embeddings else [self.lm_head]),
+            "heads": [self.event_head, self.speak_head]
+            + ([] if self.cfg.tie_embeddings else [self.lm_head])
+            + ([] if self.video_head is None else [self.video_head]),
         }
         out = {k: sum(p.numel() for m in ms for p in m.parameters()) for k, ms in parts.items()}
         out["total"] = sum(p.numel() for p in self.parameters())

@@ -76,7 +76,9 @@ class RunLogger:
                     f"step {step}/{total} loss {metrics.get('loss', float('nan')):.4f} "
                     f"lm {metrics.get('loss_lm', float('nan')):.3f} "
                     f"event {metrics.get('loss_event', float('nan')):.3f} "
-                    f"speak {metrics.get('loss_speak', float('nan')):.3f} lr {metrics.get('lr', 0):.2e} "
+                    f"speak {metrics.get('loss_speak', float('nan')):.3f} "
+                    + (f"video {metrics['loss_video']:.3f} " if metrics.get("loss_video") else "")
+                    + f"lr {metrics.get('lr', 0):.2e} "
                     f"tok/s {metrics.get('tokens_per_s', 0):.0f} eta {eta:.0f}s",
                     flush=True,
                 )

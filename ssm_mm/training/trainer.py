@@ -40,17 +40,15 @@ from torch.distributed.checkpoint.state_dict import (
 
 from ssm_mm.config import Config, save_config, to_dict
 from ssm_mm.data.dataset import StreamDataset, load_features
-from ssm_mm.data.interleave import IGNORE_INDEX
 from ssm_mm.data.manifest import read_manifest
 from ssm_mm.data.tokenizer import load_tokenizer
-from ssm_mm.models.multimodal import ModelState, MultimodalSSM
+from ssm_mm.models.multimodal import HEADS, ModelState, MultimodalSSM
 from ssm_mm.training import distributed as D
 from ssm_mm.training.checkpoint import load_latest, save_checkpoint
 from ssm_mm.training.logger import RunLogger, Throughput
 from ssm_mm.training.schedule import ScheduledWindows, ScheduleSampler, SlotSchedule
 from ssm_mm.training.validate import validate
 
-HEADS = ("lm", "event", "speak")
 # Checkpoints hold full state dicts; on load every rank reads the file and keeps its own shard.
 _FULL = StateDictOptions(full_state_dict=True)
 
@@ -236,7 +234,7 @@ class Trainer:
         torch.manual_seed(tc.seed)
         random.seed(tc.seed)
         model = MultimodalSSM(cfg.model, cfg.features, data.labels, data.train.tokenizer).to(info.device)
-        weights = {"lm": tc.loss_lm, "event": tc.loss_event, "speak": tc.loss_speak}
+        weights = {"lm": tc.loss_lm, "event": tc.loss_event, "speak": tc.loss_speak, "video": tc.loss_video}
         step_module: nn.Module = TrainStep(model, weights)
         if info.enabled and tc.parallel == "fsdp":
             # FSDP2: shard each backbone block, then the rest (frontends, heads) at the root, which is
@@ -316,18 +314,11 @@ class Trainer:
                     t_c = time.perf_counter()
                     wait_s += t_c - t_w
                     state = self._slot_state(model, carried, batch.is_first, info.device)
-                    counts = torch.tensor(
-                        [float((batch.lm_target != IGNORE_INDEX).sum()), float(batch.tick_valid.sum())],
-                        dtype=torch.float64,
-                    )
-                    counts = D.all_reduce_sum(counts, info)
+                    counts = model.supervised_counts(batch)
+                    counts = D.all_reduce_sum(torch.tensor([float(counts[k]) for k in HEADS]), info)
                     # normalise by the global count of supervised items of the whole optimizer step
                     # (x accum micro-steps, x world since DDP averages gradients over ranks)
-                    norm = {
-                        "lm": max(1.0, counts[0].item()) * accum / info.world,
-                        "event": max(1.0, counts[1].item()) * accum / info.world,
-                        "speak": max(1.0, counts[1].item()) * accum / info.world,
-                    }
+                    norm = {k: max(1.0, c) * accum / info.world for k, c in zip(HEADS, counts.tolist())}
                     with autocast:
                         loss, sums, _, new_state = step_module(batch, state, norm)
                     if D.any_rank(not bool(torch.isfinite(loss)), info):
@@ -480,6 +471,7 @@ class Trainer:
             f"eval @ step {step}: tick accuracy {res['tick_accuracy']:.3f} (majority-class rate "
             f"{res['majority_rate']:.3f}) | event macro-F1 {res['macro_f1']:.3f} | val loss lm "
             f"{res['loss']['lm']:.3f} event {res['loss']['event']:.3f} speak {res['loss']['speak']:.3f}"
+            + (f" video {res['loss']['video']:.3f}" if "video" in res["loss"] else "")
         )
         logger.log(
             {

@@ -10,7 +10,7 @@ import torch
 
 from ssm_mm.data.dataset import StreamDataset
 from ssm_mm.metrics import event_metrics
-from ssm_mm.models.multimodal import MultimodalSSM
+from ssm_mm.models.multimodal import HEADS, MultimodalSSM
 
 
 @torch.no_grad()
@@ -19,8 +19,9 @@ def validate(model: MultimodalSSM, dataset: StreamDataset, batch_size: int = 8, 
     was_training = model.training
     model.eval()
     preds, trues = [], []
-    sums = {"lm": 0.0, "event": 0.0, "speak": 0.0}
-    counts = {"lm": 0, "event": 0, "speak": 0}
+    heads = [k for k in HEADS if k != "video" or model.video_head is not None]
+    sums = {k: 0.0 for k in heads}
+    counts = {k: 0 for k in heads}
     speak_hits = speak_pos = 0
     items = list(range(len(dataset)))
     for i in range(0, len(items), batch_size):

@@ -10,7 +10,7 @@ from support import tiny_model_config
 
 from ssm_mm.config import TemporalConfig, load_config
 from ssm_mm.data.avworld import CLASSES
-from ssm_mm.data.interleave import TEXT
+from ssm_mm.data.interleave import TEXT, VIDEO
 from ssm_mm.models.multimodal import MultimodalSSM
 
 LABELS = ["background"] + [c.name for c in CLASSES]
@@ -196,3 +196,49 @@ def test_tiny_model_overfits_a_few_streams(make_dataset):
         opt.step()
     last = {k: v.item() for k, v in losses.items()}
     assert last["lm"] < 0.3 * first["lm"] and last["event"] < 0.5 * first["event"], (first, last)
+
+
+def test_video_targets_follow_the_frontend_patch_order():
+    model = tiny_model(video_target=2)
+    s = model.features.frame_size
+    h = s // 2  # 2x2 patches
+    video = torch.zeros(2, 3, s, s)
+    video[1, 0, :h, h:] = 1.0  # frame 1: the top-right patch red, ...
+    video[1, 2, h + h // 2 :, : h // 2] = 4.0  # ... the bottom-left patch blue in its lower-left quarter
+    tgt = model.video_targets(video)
+    assert tgt.shape == (2 * 4, 3 * 2 * 2)
+    assert tgt[:4].abs().sum() == 0  # frame 0 is empty
+    # frame 1: patch 1 (row 0, col 1) = all red; patch 2 (row 1, col 0) = blue in its (1, 0) cell
+    assert torch.equal(tgt[5], torch.tensor([1.0] * 4 + [0.0] * 8))
+    assert torch.equal(tgt[6], torch.tensor([0.0] * 8 + [0.0, 0.0, 4.0, 0.0]))
+    assert tgt[4].abs().sum() == 0 and tgt[7].abs().sum() == 0
+    # the token whose embedding a change of one region moves is the token whose target row it moves
+    with torch.no_grad():
+        for p, (r, c) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+            moved = video.clone()
+            moved[0, 1, r * h : (r + 1) * h, c * h : (c + 1) * h] += 0.5
+            d_emb = (model.video_in(moved) - model.video_in(video)).flatten(0, 1).abs().sum(-1)
+            d_tgt = (model.video_targets(moved) - tgt).abs().sum(-1)
+            assert d_emb.nonzero().flatten().tolist() == d_tgt.nonzero().flatten().tolist() == [p]
+
+
+def test_video_head_trains_and_round_trips(tmp_path, make_dataset):
+    ds = make_dataset(None)
+    batch = ds.collate([ds[0], ds[1]])
+    model = tiny_model(video_target=2).train()
+    out = model.forward_batch(batch)
+    sums, counts = model.loss_sums(out, batch)
+    n_video = int(((batch.kind == VIDEO) & batch.valid).sum())
+    assert counts["video"] == n_video > 0 and sums["video"] > 0
+    sums["video"].backward()
+    assert model.video_head.weight.grad.abs().sum() > 0
+    assert model.video_in.stem[0].weight.grad.abs().sum() > 0  # through the backbone to the frontend
+    # saved and loaded with its head; a model without one has no video loss (an exact zero)
+    model.save_pretrained(tmp_path / "m")
+    again = MultimodalSSM.from_pretrained(tmp_path / "m")
+    assert again.cfg.video_target == 2 and torch.equal(again.video_head.weight, model.video_head.weight)
+    plain = tiny_model()
+    s2, c2 = plain.loss_sums(plain.forward_batch(batch), batch)
+    assert plain.video_head is None and c2["video"] == 0 and float(s2["video"]) == 0.0
+    with pytest.raises(ValueError, match="video_target"):
+        tiny_model(video_target=-1)
