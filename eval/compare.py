@@ -33,7 +33,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from ssm_mm.data.avworld import AVWorldConfig
+from ssm_mm.config import AVWorldConfig
 from ssm_mm.evaluation.report import SWEEP_METRICS, get, plot_sweep, read_json
 from ssm_mm.evaluation.sweeps import KNOBS
 
@@ -53,7 +53,7 @@ class CompareError(ValueError):
 
 
 def nominal() -> dict[str, float]:
-    """The in-distribution value of each sweep knob: AVWorld's defaults, length x1."""
+    """The in-distribution value of each sweep knob: the defaults of `data.avworld`, length x1."""
     defaults = {f.name: f.default for f in fields(AVWorldConfig)}
     out = {k: float(defaults[field]) for k, field in KNOBS.items() if k not in ("length", "seconds")}
     out["length"] = 1.0
@@ -148,7 +148,8 @@ def _point(runs: dict, key: tuple[str, str], knob: str, value: float) -> dict | 
 
 
 def compare(runs: dict, groups: dict, metrics: list[str], base: dict[str, float]) -> dict:
-    """{knob: {"values": [...], metric: {group: {"score": [stats per value], "share": [...]}}}}"""
+    """{knob: {"values": [...], metric: {group: {"score": [stats per value], "share": [...]}}}}; a group
+    with no run swept over a knob gets NaN there (a run swept over it must have all its points)."""
     members = [k for g in groups.values() for k in g]
     knobs = sorted({kn for k in members for kn, _ in runs[k]}, key=list(KNOBS).index)
     out = {}
@@ -158,6 +159,8 @@ def compare(runs: dict, groups: dict, metrics: list[str], base: dict[str, float]
         values = sorted({v for k in members for kn, v in runs[k] if kn == knob})
         points = {}  # (run, value) -> metrics, the in-distribution point at value None
         for key in members:
+            if not any(kn == knob for kn, _ in runs[key]):
+                continue  # a run not swept over this knob: "–" in its column
             for v in (None, *values):
                 m = _point(runs, key, knob, base[knob] if v is None else v)
                 if m is None:
@@ -172,9 +175,10 @@ def compare(runs: dict, groups: dict, metrics: list[str], base: dict[str, float]
             table[metric] = {}
             for name, keys in groups.items():
                 score, share = [], []
+                swept = [k for k in keys if (k, None) in points]
                 for v in values:
-                    xs = [get(points[k, v], path) for k in keys]
-                    refs = [get(points[k, None], path) for k in keys]
+                    xs = [get(points[k, v], path) for k in swept]
+                    refs = [get(points[k, None], path) for k in swept]
                     score.append(_stats(xs))
                     share.append(_stats([x / r if r and r > 0 else math.nan for x, r in zip(xs, refs)]))
                 table[metric][name] = {"score": score, "share": share}
@@ -204,9 +208,25 @@ def _row(label: str, table: dict, i: int, metric: str, groups: dict) -> tuple[li
     return cells + [" = ".join(best) or "–"], best
 
 
+def _in_distribution(result: dict, metric: str, groups: dict, base: dict[str, float]) -> list[str]:
+    """The in-distribution row: every knob's nominal point is the same world, so each group's comes
+    from the first knob it was swept over."""
+    cells, means = ["in-distribution"], {}
+    for n, keys in groups.items():
+        cell = "–"
+        for knob, table in result.items():
+            i = next(i for i, v in enumerate(table["values"]) if math.isclose(v, base[knob]))
+            score, share = table[metric][n]["score"][i], table[metric][n]["share"][i]
+            if not math.isnan(score[0]):
+                cell, means[n] = _cell(score, share, len(keys)), score[0]
+                break
+        cells.append(cell)
+    top = max(means.values(), default=math.nan)
+    return cells + [" = ".join(n for n, m in means.items() if math.isclose(m, top, abs_tol=1e-9)) or "–"]
+
+
 def markdown(result: dict, groups: dict, metrics: list[str], base: dict[str, float]) -> str:
-    """One table per metric: the in-distribution row (every knob's nominal point is the same world;
-    the first knob's is shown), then every changed point."""
+    """One table per metric: the in-distribution row, then every changed point."""
     names = list(groups)
     seeds = any(len(g) > 1 for g in groups.values())
     lines = []
@@ -215,9 +235,7 @@ def markdown(result: dict, groups: dict, metrics: list[str], base: dict[str, flo
         lines += [title + ("; mean ± half range over seeds" if seeds else ""), ""]
         head = ["point", *(f"{n} (×{len(groups[n])})" if len(groups[n]) > 1 else n for n in names), "best"]
         lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-        knob, table = next(iter(result.items()))
-        i = next(i for i, v in enumerate(table["values"]) if math.isclose(v, base[knob]))
-        lines.append("| " + " | ".join(_row("in-distribution", table, i, metric, groups)[0]) + " |")
+        lines.append("| " + " | ".join(_in_distribution(result, metric, groups, base)) + " |")
         wins = changed = 0
         for knob, table in result.items():
             for i, v in enumerate(table["values"]):

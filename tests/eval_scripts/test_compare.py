@@ -122,3 +122,21 @@ def test_bad_files_and_missing_points(tmp_path, capsys):
     assert "ambiguous" in capsys.readouterr().err
     assert cmp.main([a, b, "--group", "x=a:m", "--group", "y=b:m"]) == 2
     assert "run b:m has no point fps=2" in capsys.readouterr().err
+
+
+def test_a_group_not_swept_over_a_knob_shows_a_dash(tmp_path, capsys):
+    a = _results(
+        tmp_path / "a" / "results.json",
+        {"old": {("length", 1.0): 0.9, ("length", 10.0): 0.8, ("fps", 4.0): 0.9, ("fps", 2.0): 0.7}},
+    )
+    b = _results(tmp_path / "b" / "results.json", {"new": {("fps", 4.0): 1.0, ("fps", 2.0): 0.95}})
+    assert (
+        load_script("compare").main(
+            [a, b, "--group", "new=new", "--group", "old=old", "--metric", "macro_f1"]
+        )
+        == 0
+    )
+    rows = _rows(capsys.readouterr().out)
+    assert rows["in-distribution"] == ["1.000 (100%)", "0.900 (100%)", "new"]  # each from a knob it has
+    assert rows["length=10"] == ["–", "0.800 (89%)", "old"]
+    assert rows["fps=2"] == ["0.950 (95%)", "0.700 (78%)", "new"]
