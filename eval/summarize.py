@@ -3,7 +3,7 @@ train.py's final evaluation): the tables in README.md are printed by this script
 
     python eval/summarize.py results/avworld/*/results.json
     python eval/summarize.py results/avworld/1h/results.json --dataset val --types
-    python eval/summarize.py results/avworld/1h_sweeps/results.json.gz --sweep fps --base 4
+    python eval/summarize.py results/avworld/1h_session3_sweeps/results.json.gz --sweep fps --base 4
 
 One row per (result file, model, dataset): tick accuracy with the majority-class rate beside it,
 event macro-F1, QA exact match (with ``--types`` one column per question type; with ``--now`` the
