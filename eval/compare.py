@@ -195,6 +195,12 @@ def _cell(score, share, n: int) -> str:
     return f"{score[0]:.3f} ± {score[1]:.3f}{sh}"
 
 
+def _best(means: dict[str, float]) -> list[str]:
+    """The groups with the highest mean score (ties kept)."""
+    top = max(means.values(), default=math.nan)
+    return [n for n, m in means.items() if math.isclose(m, top, abs_tol=1e-9)]
+
+
 def _row(label: str, table: dict, i: int, metric: str, groups: dict) -> tuple[list[str], list[str]]:
     """Cells of one table row and the groups with the highest mean score there."""
     cells, means = [label], {}
@@ -203,8 +209,7 @@ def _row(label: str, table: dict, i: int, metric: str, groups: dict) -> tuple[li
         cells.append(_cell(g["score"][i], g["share"][i], len(keys)))
         if not math.isnan(g["score"][i][0]):
             means[n] = g["score"][i][0]
-    top = max(means.values(), default=math.nan)
-    best = [n for n, m in means.items() if math.isclose(m, top, abs_tol=1e-9)]
+    best = _best(means)
     return cells + [" = ".join(best) or "–"], best
 
 
@@ -221,8 +226,7 @@ def _in_distribution(result: dict, metric: str, groups: dict, base: dict[str, fl
                 cell, means[n] = _cell(score, share, len(keys)), score[0]
                 break
         cells.append(cell)
-    top = max(means.values(), default=math.nan)
-    return cells + [" = ".join(n for n, m in means.items() if math.isclose(m, top, abs_tol=1e-9)) or "–"]
+    return cells + [" = ".join(_best(means)) or "–"]
 
 
 def markdown(result: dict, groups: dict, metrics: list[str], base: dict[str, float]) -> str:

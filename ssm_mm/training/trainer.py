@@ -234,7 +234,7 @@ class Trainer:
         torch.manual_seed(tc.seed)
         random.seed(tc.seed)
         model = MultimodalSSM(cfg.model, cfg.features, data.labels, data.train.tokenizer).to(info.device)
-        weights = {"lm": tc.loss_lm, "event": tc.loss_event, "speak": tc.loss_speak, "video": tc.loss_video}
+        weights = {k: getattr(tc, f"loss_{k}") for k in HEADS}  # train.loss_<head>
         step_module: nn.Module = TrainStep(model, weights)
         if info.enabled and tc.parallel == "fsdp":
             # FSDP2: shard each backbone block, then the rest (frontends, heads) at the root, which is
@@ -315,7 +315,9 @@ class Trainer:
                     wait_s += t_c - t_w
                     state = self._slot_state(model, carried, batch.is_first, info.device)
                     counts = model.supervised_counts(batch)
-                    counts = D.all_reduce_sum(torch.tensor([float(counts[k]) for k in HEADS]), info)
+                    counts = D.all_reduce_sum(
+                        torch.tensor([counts[k] for k in HEADS], dtype=torch.float64), info
+                    )
                     # normalise by the global count of supervised items of the whole optimizer step
                     # (x accum micro-steps, x world since DDP averages gradients over ranks)
                     norm = {k: max(1.0, c) * accum / info.world for k, c in zip(HEADS, counts.tolist())}
