@@ -1,0 +1,176 @@
+"""Where AVWorld colour answers go wrong: the per-question records of a result file read against the
+generator's ground truth (``scenes.jsonl`` next to the evaluated manifest).
+
+    python eval/qa_errors.py results/avworld/colour_set/results.json.gz
+    python eval/qa_errors.py runs/eval/X/results.json --scenes DIR/scenes.jsonl --confusion
+
+One row per (model, dataset):
+
+* "what color is the X now?" split by how many shapes were on screen when it was asked (1, 2, 3+),
+  and how many wrong answers name a colour that no visible shape has (a perception error) rather
+  than the colour of another visible shape (a binding error);
+* "what color was the X when the C last V?" split by whether X is the shape of the event itself
+  (class C's own shape) or another shape visible throughout it; and how many of these a memory of
+  "the last colour each shape kind showed before the question" would answer (a simple oracle: what a
+  model that keeps one colour per kind, and no event binding, could reach).
+
+``--confusion`` adds, per row, reference x answer counts over the six colours. Exit status 2 with a
+message naming the file on a missing or malformed result or scenes file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+from ssm_mm.data.avworld import CLASSES, COLORS
+from ssm_mm.evaluation.report import read_json
+
+OWN_SHAPE = {c.name: c.shape for c in CLASSES}
+
+
+class ErrorsError(ValueError):
+    pass
+
+
+def load_scenes(path: Path) -> dict[str, dict]:
+    """``scenes.jsonl`` as {stream id: scene}."""
+    if not path.is_file():
+        raise ErrorsError(f"{path}: no such scenes file (AVWorld writes scenes.jsonl beside manifest.jsonl)")
+    out = {}
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+                out[d["id"]] = d
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ErrorsError(f"{path}:{i}: not a scene line ({e})") from None
+    return out
+
+
+def _visible(shapes: list[dict], t: float) -> list[dict]:
+    return [s for s in shapes if s["start"] <= t < s["end"]]
+
+
+def _last_colour_of_kind(shapes: list[dict], kind: str, t: float) -> str | None:
+    seen = [s for s in shapes if s["kind"] == kind and s["start"] < t]
+    return max(seen, key=lambda s: s["start"])["color"] if seen else None
+
+
+def analyse(result: dict, scenes: dict[str, dict]) -> dict:
+    """Counts for one result entry (its ``streams`` with per-question records)."""
+    c: Counter = Counter()
+    conf = {"now": Counter(), "past": Counter()}
+    for s in result.get("streams", []):
+        sid = s.get("id")
+        if sid not in scenes:
+            model = result.get("model")
+            raise ErrorsError(f"stream {sid!r} of model {model!r} has no scene in the scenes file")
+        shapes = scenes[sid]["shapes"]
+        for q in s.get("qa", []):
+            text, ref, ans, ok = q["question"], q["reference"], q.get("answer"), bool(q.get("correct"))
+            words = text.rstrip("?").split()
+            if text.startswith("what color is the"):
+                vis = _visible(shapes, float(q["t"]))
+                n = min(len(vis), 3)
+                c[f"now{n}"] += 1
+                c[f"now{n}_ok"] += ok
+                if not ok:
+                    c["now_wrong"] += 1
+                    c["now_offscreen"] += ans not in {v["color"] for v in vis}
+                conf["now"][(ref, ans)] += 1
+            elif text.startswith("what color was the"):
+                kind, cls = words[4], words[7]
+                which = "own" if OWN_SHAPE.get(cls) == kind else "other"
+                c[which] += 1
+                c[f"{which}_ok"] += ok
+                c["oracle"] += _last_colour_of_kind(shapes, kind, float(q["t"])) == ref
+                conf["past"][(ref, ans)] += 1
+    return {"counts": c, "confusion": conf}
+
+
+def _frac(k: int, n: int) -> str:
+    return "–" if n == 0 else f"{100 * k / n:.1f}% ({k}/{n})"
+
+
+HEAD = (
+    "run",
+    "now, 1 on screen",
+    "now, 2",
+    "now, 3+",
+    "now wrong: colour not on screen",
+    "past, the event's own shape",
+    "past, another shape",
+    "past: last colour of the kind would answer",
+)
+
+
+def row(name: str, c: Counter) -> list[str]:
+    return [
+        name,
+        *(_frac(c[f"now{n}_ok"], c[f"now{n}"]) for n in (1, 2, 3)),
+        _frac(c["now_offscreen"], c["now_wrong"]),
+        _frac(c["own_ok"], c["own"]),
+        _frac(c["other_ok"], c["other"]),
+        _frac(c["oracle"], c["own"] + c["other"]),
+    ]
+
+
+def confusion_table(conf: Counter) -> str:
+    cols = list(COLORS)
+    lines = ["| reference \\ answer | " + " | ".join(cols) + " | other |", "|" + " --- |" * (len(cols) + 2)]
+    for r in cols:
+        other = sum(v for (a, b), v in conf.items() if a == r and b not in COLORS)
+        lines.append(f"| {r} | " + " | ".join(str(conf[(r, b)]) for b in cols) + f" | {other} |")
+    return "\n".join(lines)
+
+
+def report(path: str, scenes_path: str | None = None, confusion: bool = False) -> str:
+    try:
+        res = read_json(path)
+    except ValueError as e:
+        raise ErrorsError(str(e)) from None
+    entries, datasets = res["results"], res.get("datasets") or {}
+    cache: dict[Path, dict] = {}
+    lines = ["| " + " | ".join(HEAD) + " |", "|" + " --- |" * len(HEAD)]
+    extra = []
+    for r in entries:
+        if scenes_path:
+            sp = Path(scenes_path)
+        else:
+            manifest = (datasets.get(r.get("dataset")) or {}).get("manifest")
+            if not manifest:
+                raise ErrorsError(f"{path}: dataset {r.get('dataset')!r} names no manifest; pass --scenes")
+            sp = Path(manifest).parent / "scenes.jsonl"
+        if sp not in cache:
+            cache[sp] = load_scenes(sp)
+        a = analyse(r, cache[sp])
+        name = f"{r['model']} · {r['dataset']}" + (f" ({r['knob']}={r['value']:g})" if r.get("knob") else "")
+        lines.append("| " + " | ".join(row(name, a["counts"])) + " |")
+        if confusion:
+            for kind in ("now", "past"):
+                extra += ["", f"{name}, {kind} colour:", "", confusion_table(a["confusion"][kind])]
+    return "\n".join(lines + extra)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("results", help="a results.json (or .json.gz) of eval/run.py with per-question records")
+    ap.add_argument("--scenes", help="scenes.jsonl (default: beside each dataset's manifest)")
+    ap.add_argument("--confusion", action="store_true", help="reference x answer counts per row")
+    a = ap.parse_args(argv)
+    try:
+        print(report(a.results, a.scenes, a.confusion))
+    except ErrorsError as e:
+        print(f"qa_errors: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
