@@ -7,8 +7,8 @@ generator's ground truth (``scenes.jsonl`` next to the evaluated manifest).
 One row per (model, dataset):
 
 * "what color is the X now?" split by how many shapes were on screen when it was asked (1, 2, 3+),
-  and how many wrong answers name a colour that no visible shape has (a perception error) rather
-  than the colour of another visible shape (a binding error);
+  and how many wrong answers are not the colour of any visible shape (a perception error, or no
+  colour at all) rather than the colour of another visible shape (a binding error);
 * "what color was the X when the C last V?" split by whether X is the shape of the event itself
   (class C's own shape) or another shape visible throughout it; and how many of these a memory of
   "the last colour each shape kind showed before the question" would answer (a simple oracle: what a
@@ -103,7 +103,7 @@ HEAD = (
     "now, 1 on screen",
     "now, 2",
     "now, 3+",
-    "now wrong: colour not on screen",
+    "now wrong: not a visible shape's colour",
     "past, the event's own shape",
     "past, another shape",
     "past: last colour of the kind would answer",
