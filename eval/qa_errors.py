@@ -22,14 +22,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections import Counter
 from pathlib import Path
 
-from ssm_mm.data.avworld import CLASSES, COLORS
+from ssm_mm.data.avworld import CLASSES, COLORS, Q_COLOR, Q_NOW_COLOR
 from ssm_mm.evaluation.report import read_json
 
 OWN_SHAPE = {c.name: c.shape for c in CLASSES}
+
+
+def _template_regex(template: str) -> re.Pattern:
+    """A question template of the generator (``{field}`` placeholders) as a regex with named groups."""
+    parts = re.split(r"\{(\w+)\}", template)  # literal, field, literal, field, ..., literal
+    return re.compile(
+        "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>\\w+)" for i, p in enumerate(parts)) + "$"
+    )
+
+
+NOW_COLOUR = _template_regex(Q_NOW_COLOR)  # "what color is the {kind} now?"
+PAST_COLOUR = _template_regex(Q_COLOR)  # "what color was the {kind} when the {cls} last {verb_past}?"
 
 
 class ErrorsError(ValueError):
@@ -74,8 +87,8 @@ def analyse(result: dict, scenes: dict[str, dict]) -> dict:
         shapes = scenes[sid]["shapes"]
         for q in s.get("qa", []):
             text, ref, ans, ok = q["question"], q["reference"], q.get("answer"), bool(q.get("correct"))
-            words = text.rstrip("?").split()
-            if text.startswith("what color is the"):
+            past = PAST_COLOUR.match(text)
+            if NOW_COLOUR.match(text):
                 vis = _visible(shapes, float(q["t"]))
                 n = min(len(vis), 3)
                 c[f"now{n}"] += 1
@@ -84,8 +97,8 @@ def analyse(result: dict, scenes: dict[str, dict]) -> dict:
                     c["now_wrong"] += 1
                     c["now_offscreen"] += ans not in {v["color"] for v in vis}
                 conf["now"][(ref, ans)] += 1
-            elif text.startswith("what color was the"):
-                kind, cls = words[4], words[7]
+            elif past:
+                kind, cls = past["kind"], past["cls"]
                 which = "own" if OWN_SHAPE.get(cls) == kind else "other"
                 c[which] += 1
                 c[f"{which}_ok"] += ok
