@@ -61,9 +61,7 @@ def analyse(result: dict, max_count: int, horizon: float) -> dict[str, tuple[int
     cols = {k: [0, 0] for k in ("count_in", "count_out", "other", "recall_before", "recall_after")}
     streams = result.get("streams") or []
     if not streams or all("qa" not in s for s in streams):
-        raise LongStreamsError(
-            f"{result.get('model')} on {result.get('dataset')}: no per-question records"
-        )
+        raise LongStreamsError(f"{result.get('model')} on {result.get('dataset')}: no per-question records")
     for s in streams:
         for q in s.get("qa", []):
             if q["type"] == "count":
@@ -105,7 +103,10 @@ def report(path: str, max_count: int, horizon: float = 30.0) -> str:
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
-        c = analyse(r, max_count, horizon)
+        try:
+            c = analyse(r, max_count, horizon)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise LongStreamsError(f"{path}: a malformed record ({type(e).__name__}: {e})") from None
         cells = [_frac(*c[k]) for k in ("count_in", "count_out", "other", "recall_before", "recall_after")]
         lines.append(f"| {r['model']} · {r['dataset']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

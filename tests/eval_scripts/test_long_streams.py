@@ -86,6 +86,7 @@ def test_splits_by_training_range_and_horizon(tmp_path, capsys, source):
         ("no_manifest", "no such training manifest"),
         ("manifest_without_counts", "no count questions"),
         ("horizon", "--horizon must be positive"),
+        ("malformed", "a malformed record (KeyError: 'matched')"),
     ],
 )
 def test_bad_input_is_named(tmp_path, capsys, breakage, message):
@@ -103,6 +104,8 @@ def test_bad_input_is_named(tmp_path, capsys, breakage, message):
         args = ["--train-manifest", str(tmp_path / "nope.jsonl")]
     elif breakage == "manifest_without_counts":
         args = ["--train-manifest", _manifest(tmp_path, answers=())]
+    elif breakage == "malformed":
+        path = _results(tmp_path, streams=[{"id": "s0", "qa": [], "references": [{"t": 1.0}]}])
     elif breakage == "horizon":
         args += ["--horizon", "0"]
     assert load_script("long_streams").main([path, *args]) == 2
