@@ -26,7 +26,9 @@ import json
 import sys
 from pathlib import Path
 
-from ssm_mm.evaluation.report import read_json
+from ssm_mm.evaluation.report import fraction_cell, read_json
+
+COLUMNS = ("count_in", "count_out", "other", "recall_before", "recall_after")  # the table's, in order
 
 
 class LongStreamsError(ValueError):
@@ -58,7 +60,7 @@ def max_count_of(manifest: str | Path) -> int:
 
 def analyse(result: dict, max_count: int, horizon: float) -> dict[str, tuple[int, int]]:
     """{column: (right, total)} for one (model, dataset) result."""
-    cols = {k: [0, 0] for k in ("count_in", "count_out", "other", "recall_before", "recall_after")}
+    cols = {k: [0, 0] for k in COLUMNS}
     streams = result.get("streams") or []
     if not streams or all("qa" not in s for s in streams):
         raise LongStreamsError(f"{result.get('model')} on {result.get('dataset')}: no per-question records")
@@ -85,10 +87,6 @@ def analyse(result: dict, max_count: int, horizon: float) -> dict[str, tuple[int
     return {k: (v[0], v[1]) for k, v in cols.items()}
 
 
-def _frac(right: int, total: int) -> str:
-    return f"{100 * right / total:.1f}% ({right}/{total})" if total else "–"
-
-
 def report(path: str, max_count: int, horizon: float = 30.0) -> str:
     try:
         res = read_json(path)
@@ -107,7 +105,7 @@ def report(path: str, max_count: int, horizon: float = 30.0) -> str:
             c = analyse(r, max_count, horizon)
         except (KeyError, TypeError, AttributeError) as e:
             raise LongStreamsError(f"{path}: a malformed record ({type(e).__name__}: {e})") from None
-        cells = [_frac(*c[k]) for k in ("count_in", "count_out", "other", "recall_before", "recall_after")]
+        cells = [fraction_cell(*c[k]) for k in COLUMNS]
         lines.append(f"| {r['model']} · {r['dataset']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

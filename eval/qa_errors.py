@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 
 from ssm_mm.data.avworld import CLASSES, COLORS, Q_COLOR, Q_NOW_COLOR
-from ssm_mm.evaluation.report import read_json
+from ssm_mm.evaluation.report import fraction_cell, read_json
 
 OWN_SHAPE = {c.name: c.shape for c in CLASSES}
 
@@ -107,10 +107,6 @@ def analyse(result: dict, scenes: dict[str, dict]) -> dict:
     return {"counts": c, "confusion": conf}
 
 
-def _frac(k: int, n: int) -> str:
-    return "–" if n == 0 else f"{100 * k / n:.1f}% ({k}/{n})"
-
-
 HEAD = (
     "run",
     "now, 1 on screen",
@@ -126,11 +122,11 @@ HEAD = (
 def row(name: str, c: Counter) -> list[str]:
     return [
         name,
-        *(_frac(c[f"now{n}_ok"], c[f"now{n}"]) for n in (1, 2, 3)),
-        _frac(c["now_offscreen"], c["now_wrong"]),
-        _frac(c["own_ok"], c["own"]),
-        _frac(c["other_ok"], c["other"]),
-        _frac(c["oracle"], c["own"] + c["other"]),
+        *(fraction_cell(c[f"now{n}_ok"], c[f"now{n}"]) for n in (1, 2, 3)),
+        fraction_cell(c["now_offscreen"], c["now_wrong"]),
+        fraction_cell(c["own_ok"], c["own"]),
+        fraction_cell(c["other_ok"], c["other"]),
+        fraction_cell(c["oracle"], c["own"] + c["other"]),
     ]
 
 

@@ -142,6 +142,11 @@ def _fmt(x: float | None, pct: bool = True, digits: int = 1) -> str:
     return f"{100 * x:.{digits}f}" if pct else f"{x:.{digits}f}"
 
 
+def fraction_cell(right: int, total: int) -> str:
+    """A table cell "p% (right/total)", or "–" when there is nothing to count."""
+    return "–" if total == 0 else f"{100 * right / total:.1f}% ({right}/{total})"
+
+
 def format_table(results: list[dict]) -> str:
     """One row per (model, dataset): events, QA, proactive and speed headline numbers (percentages
     for scores, seconds for the delay, ms for latencies)."""
