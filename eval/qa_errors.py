@@ -14,13 +14,17 @@ One row per (model, dataset):
   "the last colour each shape kind showed before the question" would answer (a simple oracle: what a
   model that keeps one colour per kind, and no event binding, could reach).
 
-``--confusion`` adds, per row, reference x answer counts over the six colours. Exit status 2 with a
-message naming the file on a missing or malformed result or scenes file.
+``--confusion`` adds, per row, reference x answer counts over the six colours. ``--ages 3,6,9,13``
+adds a table of the past-colour questions by the seconds between the end of the asked event and the
+question (bins at those edges): how far back the model still binds a colour to an event, e.g. against
+the span of its attention window. Exit status 2 with a message naming the file on a missing or
+malformed result or scenes file.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import re
 import sys
@@ -75,8 +79,21 @@ def _last_colour_of_kind(shapes: list[dict], kind: str, t: float) -> str | None:
     return max(seen, key=lambda s: s["start"])["color"] if seen else None
 
 
-def analyse(result: dict, scenes: dict[str, dict]) -> dict:
-    """Counts for one result entry (its ``streams`` with per-question records)."""
+def _event_age(scene: dict, cls: str, t: float) -> float:
+    """Seconds from the end of the last event of class ``cls`` that started before ``t``, to ``t``."""
+    try:
+        ends = [(float(e["start"]), float(e["end"])) for e in scene["events"] if e["cls"] == cls]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ErrorsError(f"stream {scene.get('id')!r}: scene has no readable events ({e!r})") from None
+    before = [se for se in ends if se[0] < t]
+    if not before:
+        raise ErrorsError(f"stream {scene.get('id')!r}: no {cls} event before a question about it at t={t:g}")
+    return t - max(before)[1]
+
+
+def analyse(result: dict, scenes: dict[str, dict], ages: tuple[float, ...] = ()) -> dict:
+    """Counts for one result entry (its ``streams`` with per-question records); ``ages``: bin edges
+    (seconds, increasing) for the past-colour questions by the age of the asked event."""
     c: Counter = Counter()
     conf = {"now": Counter(), "past": Counter()}
     for s in result.get("streams", []):
@@ -103,6 +120,10 @@ def analyse(result: dict, scenes: dict[str, dict]) -> dict:
                 c[which] += 1
                 c[f"{which}_ok"] += ok
                 c["oracle"] += _last_colour_of_kind(shapes, kind, float(q["t"])) == ref
+                if ages:
+                    b = bisect.bisect_right(ages, _event_age(scenes[sid], cls, float(q["t"])))
+                    c[f"age{b}"] += 1
+                    c[f"age{b}_ok"] += ok
                 conf["past"][(ref, ans)] += 1
     return {"counts": c, "confusion": conf}
 
@@ -130,6 +151,23 @@ def row(name: str, c: Counter) -> list[str]:
     ]
 
 
+def age_head(ages: tuple[float, ...]) -> list[str]:
+    edges = [0.0, *ages]
+    return ["run", *(f"{a:g}–{b:g} s" for a, b in zip(edges, ages, strict=False)), f"≥ {ages[-1]:g} s"]
+
+
+def age_row(name: str, c: Counter, ages: tuple[float, ...]) -> list[str]:
+    return [name, *(fraction_cell(c[f"age{b}_ok"], c[f"age{b}"]) for b in range(len(ages) + 1))]
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(head) + " |",
+        "|" + " --- |" * len(head),
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
+
+
 def confusion_table(conf: Counter) -> str:
     cols = list(COLORS)
     lines = ["| reference \\ answer | " + " | ".join(cols) + " | other |", "|" + " --- |" * (len(cols) + 2)]
@@ -139,15 +177,27 @@ def confusion_table(conf: Counter) -> str:
     return "\n".join(lines)
 
 
-def report(path: str, scenes_path: str | None = None, confusion: bool = False) -> str:
+def parse_ages(text: str) -> tuple[float, ...]:
+    """``"3,6,9"`` -> (3.0, 6.0, 9.0); positive and increasing, else ErrorsError."""
+    try:
+        ages = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise ErrorsError(f"--ages {text!r}: not a comma-separated list of seconds") from None
+    if not ages or ages[0] <= 0 or any(b <= a for a, b in zip(ages, ages[1:], strict=False)):
+        raise ErrorsError(f"--ages {text!r}: bin edges must be positive and increasing")
+    return ages
+
+
+def report(
+    path: str, scenes_path: str | None = None, confusion: bool = False, ages: tuple[float, ...] = ()
+) -> str:
     try:
         res = read_json(path)
     except ValueError as e:
         raise ErrorsError(str(e)) from None
     entries, datasets = res["results"], res.get("datasets") or {}
     cache: dict[Path, dict] = {}
-    lines = ["| " + " | ".join(HEAD) + " |", "|" + " --- |" * len(HEAD)]
-    extra = []
+    rows, age_rows, extra = [], [], []
     for r in entries:
         if scenes_path:
             sp = Path(scenes_path)
@@ -158,12 +208,18 @@ def report(path: str, scenes_path: str | None = None, confusion: bool = False) -
             sp = Path(manifest).parent / "scenes.jsonl"
         if sp not in cache:
             cache[sp] = load_scenes(sp)
-        a = analyse(r, cache[sp])
+        a = analyse(r, cache[sp], ages)
         name = f"{r['model']} · {r['dataset']}" + (f" ({r['knob']}={r['value']:g})" if r.get("knob") else "")
-        lines.append("| " + " | ".join(row(name, a["counts"])) + " |")
+        rows.append(row(name, a["counts"]))
+        if ages:
+            age_rows.append(age_row(name, a["counts"], ages))
         if confusion:
             for kind in ("now", "past"):
                 extra += ["", f"{name}, {kind} colour:", "", confusion_table(a["confusion"][kind])]
+    lines = _table(list(HEAD), rows)
+    if ages:
+        lines += ["", "past colour by seconds from the end of the asked event to the question:", ""]
+        lines += _table(age_head(ages), age_rows)
     return "\n".join(lines + extra)
 
 
@@ -172,9 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("results", help="a results.json (or .json.gz) of eval/run.py with per-question records")
     ap.add_argument("--scenes", help="scenes.jsonl (default: beside each dataset's manifest)")
     ap.add_argument("--confusion", action="store_true", help="reference x answer counts per row")
+    ap.add_argument(
+        "--ages", help="bin edges in seconds, e.g. 3,6,9,13: past colour by the asked event's age"
+    )
     a = ap.parse_args(argv)
     try:
-        print(report(a.results, a.scenes, a.confusion))
+        print(report(a.results, a.scenes, a.confusion, parse_ages(a.ages) if a.ages else ()))
     except ErrorsError as e:
         print(f"qa_errors: {e}", file=sys.stderr)
         return 2

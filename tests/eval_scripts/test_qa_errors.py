@@ -14,6 +14,11 @@ SCENE = {
         {"kind": "cross", "color": "blue", "start": 2.0, "end": 4.0},
         {"kind": "cross", "color": "green", "start": 5.0, "end": 20.0},
     ],
+    "events": [  # only used with --ages: how long before each past question its event ended
+        {"cls": "bell", "start": 0.5, "end": 3.0},
+        {"cls": "drum", "start": 2.0, "end": 4.0},
+        {"cls": "bell", "start": 12.5, "end": 14.0},  # after the question at t=12: not the asked one
+    ],
 }
 
 
@@ -73,6 +78,14 @@ def test_counts_by_screen_and_by_shape(tmp_path, capsys):
     assert "m · val, past colour:" in out and "| blue | 0 | 1 | 1 |" in out  # blue asked twice: blue, green
 
 
+def test_past_colour_by_event_age(tmp_path, capsys):
+    assert load_script("qa_errors").main([_files(tmp_path), "--ages", "3,6"]) == 0
+    out = capsys.readouterr().out
+    assert "| run | 0–3 s | 3–6 s | ≥ 6 s |" in out
+    # drum ended 0.5 s before t=4.5 (right); the bell asked at t=12 ended at 3.0, 9 s before (wrong)
+    assert "| m · val | 100.0% (1/1) | – | 0.0% (0/1) |" in out
+
+
 def test_explicit_scenes_path(tmp_path, capsys):
     path = _files(tmp_path)
     other = tmp_path / "elsewhere.jsonl"
@@ -90,10 +103,16 @@ def test_explicit_scenes_path(tmp_path, capsys):
         ("not_results", "not an evaluation results file"),
         ("missing", "results.json: cannot read"),
         ("no_manifest", "dataset 'val' names no manifest; pass --scenes"),
+        ("ages_not_numbers", "--ages '3,x': not a comma-separated list of seconds"),
+        ("ages_not_increasing", "--ages '6,3': bin edges must be positive and increasing"),
+        ("no_events", "stream 's0': scene has no readable events"),
     ],
 )
 def test_bad_input_is_named(tmp_path, capsys, breakage, message):
-    path = _files(tmp_path, stream_id="zz" if breakage == "unknown_stream" else "s0")
+    scene = {k: v for k, v in SCENE.items() if k != "events"} if breakage == "no_events" else SCENE
+    path = _files(tmp_path, scenes=(scene,), stream_id="zz" if breakage == "unknown_stream" else "s0")
+    args = {"ages_not_numbers": ["--ages", "3,x"], "ages_not_increasing": ["--ages", "6,3"]}
+    args = args.get(breakage, ["--ages", "3"] if breakage == "no_events" else [])
     if breakage == "no_scenes":
         (tmp_path / "data" / "scenes.jsonl").unlink()
     elif breakage == "bad_line":
@@ -106,6 +125,6 @@ def test_bad_input_is_named(tmp_path, capsys, breakage, message):
         (tmp_path / "results.json").write_text(json.dumps(res))
     elif breakage == "missing":
         (tmp_path / "results.json").unlink()
-    assert load_script("qa_errors").main([path]) == 2
+    assert load_script("qa_errors").main([path, *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("qa_errors: ") and message in err
