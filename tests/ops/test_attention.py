@@ -110,6 +110,32 @@ def test_rows_with_different_padding(window):
         assert torch.equal(nk[row, kept], k_row[0, valid_row[0]]), "cache = last valid keys of the row"
 
 
+@pytest.mark.parametrize("window", [11, 16, None])
+@pytest.mark.parametrize("holes", [False, True])
+def test_right_padded_batch_without_cache(window, holes):
+    """A training batch (no cache, rows of different lengths, window covering the call) takes the fused
+    causal kernel when the padding is on the right, the masked path otherwise: both equal the naive
+    twin, in values and in gradients."""
+    q, k, v = _qkv(b=3, L=11, seed=11)
+    valid = torch.arange(11)[None, :] < torch.tensor([11, 7, 0])[:, None]
+    if holes:
+        valid[0, 4] = False  # not right padding
+    assert attention._right_padded(valid) is not holes
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    twins = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    out, nk, nv, nvalid = window_attention(*leaves, window, valid=valid)
+    ref = window_attention_ref(*twins, window, valid=valid)
+    assert torch.isfinite(out).all() and (out[~valid] == 0).all()
+    assert rel_err(out, ref[0]) <= TOL32
+    for got, want in zip((nk, nv, nvalid), ref[1:]):
+        assert torch.equal(got, want)
+    w = torch.randn_like(out)
+    (out * w).sum().backward()
+    (ref[0] * w).sum().backward()
+    for a, b in zip(leaves, twins):
+        assert torch.isfinite(a.grad).all() and rel_err(a.grad, b.grad) <= 1e-4
+
+
 def test_padding_never_attended_or_cached():
     q, k, v = _qkv(b=1, L=8, seed=7)
     valid = torch.tensor([[True] * 5 + [False] * 3])
