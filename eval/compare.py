@@ -34,7 +34,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from ssm_mm.config import AVWorldConfig
-from ssm_mm.evaluation.report import SWEEP_METRICS, get, plot_sweep, read_json
+from ssm_mm.evaluation.report import SWEEP_METRICS, get, markdown_table, plot_sweep, read_json
 from ssm_mm.evaluation.sweeps import KNOBS
 
 DEFAULT_METRICS = ("macro_f1", "qa_accuracy", "proactive_f1")
@@ -238,17 +238,17 @@ def markdown(result: dict, groups: dict, metrics: list[str], base: dict[str, flo
         title = f"**{LABELS.get(metric, metric)}**: score (share of in-distribution)"
         lines += [title + ("; mean ± half range over seeds" if seeds else ""), ""]
         head = ["point", *(f"{n} (×{len(groups[n])})" if len(groups[n]) > 1 else n for n in names), "best"]
-        lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-        lines.append("| " + " | ".join(_in_distribution(result, metric, groups, base)) + " |")
+        rows = [_in_distribution(result, metric, groups, base)]
         wins = changed = 0
         for knob, table in result.items():
             for i, v in enumerate(table["values"]):
                 if math.isclose(v, base[knob]):
                     continue
                 cells, best = _row(f"{knob}={v:g}", table, i, metric, groups)
-                lines.append("| " + " | ".join(cells) + " |")
+                rows.append(cells)
                 changed += 1
                 wins += best == names[:1]
+        lines += markdown_table(head, rows)
         if len(names) > 1:
             lines += ["", f"{names[0]} alone best at {wins} of {changed} changed points."]
         lines.append("")

@@ -32,7 +32,7 @@ from collections import Counter
 from pathlib import Path
 
 from ssm_mm.data.avworld import CLASSES, COLORS, Q_COLOR, Q_NOW_COLOR
-from ssm_mm.evaluation.report import fraction_cell, read_json
+from ssm_mm.evaluation.report import fraction_cell, markdown_table, read_json
 
 OWN_SHAPE = {c.name: c.shape for c in CLASSES}
 
@@ -160,21 +160,17 @@ def age_row(name: str, c: Counter, ages: tuple[float, ...]) -> list[str]:
     return [name, *(fraction_cell(c[f"age{b}_ok"], c[f"age{b}"]) for b in range(len(ages) + 1))]
 
 
-def _table(head: list[str], rows: list[list[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(head) + " |",
-        "|" + " --- |" * len(head),
-        *("| " + " | ".join(r) + " |" for r in rows),
-    ]
-
-
 def confusion_table(conf: Counter) -> str:
     cols = list(COLORS)
-    lines = ["| reference \\ answer | " + " | ".join(cols) + " | other |", "|" + " --- |" * (len(cols) + 2)]
-    for r in cols:
-        other = sum(v for (a, b), v in conf.items() if a == r and b not in COLORS)
-        lines.append(f"| {r} | " + " | ".join(str(conf[(r, b)]) for b in cols) + f" | {other} |")
-    return "\n".join(lines)
+    rows = [
+        [
+            r,
+            *(str(conf[(r, b)]) for b in cols),
+            str(sum(v for (a, b), v in conf.items() if a == r and b not in COLORS)),
+        ]
+        for r in cols
+    ]
+    return "\n".join(markdown_table(["reference \\ answer", *cols, "other"], rows))
 
 
 def parse_ages(text: str) -> tuple[float, ...]:
@@ -216,10 +212,10 @@ def report(
         if confusion:
             for kind in ("now", "past"):
                 extra += ["", f"{name}, {kind} colour:", "", confusion_table(a["confusion"][kind])]
-    lines = _table(list(HEAD), rows)
+    lines = markdown_table(list(HEAD), rows)
     if ages:
         lines += ["", "past colour by seconds from the end of the asked event to the question:", ""]
-        lines += _table(age_head(ages), age_rows)
+        lines += markdown_table(age_head(ages), age_rows)
     return "\n".join(lines + extra)
 
 

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from ssm_mm.data.avworld import COLORS
-from ssm_mm.evaluation.report import read_json
+from ssm_mm.evaluation.report import markdown_table, read_json
 
 HEADLINE = (
     ("tick acc.", ("events", "tick_accuracy")),
@@ -103,19 +103,19 @@ def table(paths: list[str], dataset: str | None = None, types: bool = False, now
     nows = sorted({k for _, m in data for k in m["now_split"]}) if now else []
     head = ["run", "streams", *(h for h, _ in HEADLINE), *(f"QA {t}" for t in qtypes)]
     head += [f"QA now {k}" for k in nows]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    body = []
     for name, m in data:
         cells = [name, str(m["n_streams"])]
         cells += [_fmt(h, _get(m, p)) for h, p in HEADLINE]
         for pt in [m["qa"]["per_type"].get(t) for t in qtypes] + [m["now_split"].get(k) for k in nows]:
             cells.append("–" if pt is None else f"{_pct(pt['accuracy'])} ({pt['n']})")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append(cells)
+    return "\n".join(markdown_table(head, body))
 
 
 def sweep_table(paths: list[str], knob: str, base: float) -> str:
     """Per model and sweep point: each score as a share of the model's score at ``knob = base``."""
-    lines = []
+    body = []
     for path in paths:
         res = load(path)
         pts = [r for r in res["results"] if r.get("knob") == knob]
@@ -132,9 +132,9 @@ def sweep_table(paths: list[str], knob: str, base: float) -> str:
                 rel = [x / y if y > 0 else float("nan") for x, y in zip(v, refv)]
                 cells = [model, f"{r['value']:g}"]
                 cells += [f"{_fmt(h, x)} ({_pct(q)})" for (h, _), x, q in zip(SWEPT, v, rel)]
-                lines.append("| " + " | ".join(cells) + " |")
+                body.append(cells)
     head = ["model", knob, *(f"{h} (share of {knob}={base:g})" for h, _ in SWEPT)]
-    return "\n".join(["| " + " | ".join(head) + " |", "|" + " --- |" * len(head), *lines])
+    return "\n".join(markdown_table(head, body))
 
 
 def main(argv: list[str] | None = None) -> int:

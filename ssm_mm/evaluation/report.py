@@ -147,6 +147,15 @@ def fraction_cell(right: int, total: int) -> str:
     return "–" if total == 0 else f"{100 * right / total:.1f}% ({right}/{total})"
 
 
+def markdown_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table as lines: header, separator, one line per row of cells."""
+    return [
+        "| " + " | ".join(head) + " |",
+        "|" + " --- |" * len(head),
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
+
+
 def format_table(results: list[dict]) -> str:
     """One row per (model, dataset): events, QA, proactive and speed headline numbers (percentages
     for scores, seconds for the delay, ms for latencies)."""
