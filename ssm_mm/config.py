@@ -65,6 +65,9 @@ class ModelConfig:
     attn_heads: int = 4
     attn_kv_heads: int = 4
     attn_window: int | None = 256  # tokens; None = full causal attention (unbounded cache)
+    # one window per "A" of the pattern, in order, overriding attn_window: e.g. pattern "MMAMMA" with
+    # [256, 1024] mixes a local layer and a long one (null = full attention for that layer)
+    attn_windows: list[int | None] | None = None
     rope_base: float = 10000.0
     rope_positions: str = "index"  # "index" (running token index) | "time" (seconds, ablation)
     rope_time_scale: float = 10.0  # rotary position = t * scale when rope_positions == "time"
@@ -80,6 +83,22 @@ class ModelConfig:
     # N x N x 3, from the final hidden state (train.loss_video weighs it): keeps what the frames show
     # (colour as well as shape) in the residual stream, where later layers and the state can use it
     video_target: int = 0
+
+    def layer_windows(self) -> list[int | None]:
+        """The attention window of each "A" in ``pattern``, in order (ValueError if ``attn_windows`` does
+        not give one per "A", or gives one below 1)."""
+        n_attn = self.pattern.count("A")
+        if self.attn_windows is None:
+            return [self.attn_window] * n_attn
+        windows = list(self.attn_windows)
+        if len(windows) != n_attn:
+            raise ValueError(
+                f"model.attn_windows={windows} has {len(windows)} entries but model.pattern='{self.pattern}' "
+                f"has {n_attn} attention layers: give one window per 'A'"
+            )
+        if any(w is not None and w < 1 for w in windows):
+            raise ValueError(f"model.attn_windows={windows}: each must be >= 1 or null (full attention)")
+        return windows
 
 
 # ---------------------------------------------------------------------------------- data / train
@@ -325,6 +344,10 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError("attention head dim (d_model / attn_heads) must be even for rotary embeddings")
     if m.attn_window is not None and m.attn_window < 1:
         raise ConfigError(f"model.attn_window={m.attn_window} must be >= 1 or null (full attention)")
+    try:
+        m.layer_windows()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if cfg.train.parallel not in ("ddp", "fsdp"):
         raise ConfigError(f"train.parallel='{cfg.train.parallel}': expected ddp | fsdp")
     if cfg.data.on_error not in ("raise", "skip"):

@@ -75,3 +75,15 @@ def test_shipped_configs_load():
     assert files, "configs/ must ship at least default.yaml"
     for f in files:
         load_config(f)
+
+
+def test_attn_windows_per_layer():
+    cfg = load_config(None, ["model.pattern=MAMA", "model.attn_windows=[8,null]"])
+    assert cfg.model.layer_windows() == [8, None]
+    assert load_config(None, ["model.pattern=MAMA", "model.attn_window=5"]).model.layer_windows() == [5, 5]
+    with pytest.raises(ConfigError, match=r"attn_windows=\[8\] has 1 entries .* 2 attention layers"):
+        load_config(None, ["model.pattern=MAMA", "model.attn_windows=[8]"])
+    with pytest.raises(ConfigError, match=r"attn_windows=\[8, 0\]: each must be >= 1"):
+        load_config(None, ["model.pattern=MAMA", "model.attn_windows=[8,0]"])
+    with pytest.raises(ConfigError, match="attn_windows"):
+        load_config(None, ["model.attn_windows=[abc]"])

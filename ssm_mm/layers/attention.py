@@ -15,14 +15,18 @@ from ssm_mm.streaming.state import AttentionState
 
 
 class AttentionLayer(nn.Module):
-    """Multi-head (grouped-query) causal attention. ``forward(u, positions, state, valid) -> (y, state)``."""
+    """Multi-head (grouped-query) causal attention. ``forward(u, positions, state, valid) -> (y, state)``.
 
-    def __init__(self, cfg: ModelConfig):
+    ``window``: this layer's window in tokens (None = full attention); the backbone passes each
+    layer's entry of ``cfg.layer_windows()``.
+    """
+
+    def __init__(self, cfg: ModelConfig, window: int | None):
         super().__init__()
         self.n_heads = cfg.attn_heads
         self.n_kv = cfg.attn_kv_heads
         self.head_dim = cfg.d_model // cfg.attn_heads
-        self.window = cfg.attn_window
+        self.window = window
         self.rope_base = cfg.rope_base
         self.qkv = nn.Linear(cfg.d_model, (self.n_heads + 2 * self.n_kv) * self.head_dim, bias=False)
         self.out_proj = nn.Linear(self.n_heads * self.head_dim, cfg.d_model, bias=False)

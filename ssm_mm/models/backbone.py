@@ -24,13 +24,14 @@ LAYER_TYPES: dict[str, type[nn.Module]] = {"M": Mamba2Mixer, "A": AttentionLayer
 class Block(nn.Module):
     """x = x + mixer(norm(x)); x = x + mlp(norm(x))."""
 
-    def __init__(self, letter: str, cfg: ModelConfig):
+    def __init__(self, letter: str, cfg: ModelConfig, window: int | None = None):
         super().__init__()
         if letter not in LAYER_TYPES:
             raise ValueError(f"unknown layer letter '{letter}' in pattern; valid: {sorted(LAYER_TYPES)}")
         self.letter = letter
         self.norm1 = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.mixer = LAYER_TYPES[letter](cfg)
+        # window: the attention window of an "A" block (None = full attention); unused by "M"
+        self.mixer = LAYER_TYPES[letter](cfg, window) if letter == "A" else LAYER_TYPES[letter](cfg)
         self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = GatedMLP(cfg.d_model, cfg.mlp_ratio)
 
@@ -59,7 +60,8 @@ class HybridBackbone(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.blocks = nn.ModuleList([Block(c, cfg) for c in cfg.pattern])
+        windows = iter(cfg.layer_windows())
+        self.blocks = nn.ModuleList([Block(c, cfg, next(windows) if c == "A" else None) for c in cfg.pattern])
         self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
 
     def init_state(self, batch: int, device=None, dtype=torch.float32) -> BackboneState:

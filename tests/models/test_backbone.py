@@ -6,7 +6,7 @@ from support import tiny_model_config
 
 from ssm_mm.config import ModelConfig, TemporalConfig
 from ssm_mm.models.backbone import HybridBackbone
-from ssm_mm.streaming.state import BackboneState
+from ssm_mm.streaming.state import AttentionState, BackboneState
 
 
 def small_cfg(**kw) -> ModelConfig:
@@ -26,10 +26,13 @@ def rel(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
 
-@pytest.mark.parametrize("pattern,time_aware", [("MAMA", True), ("MMMM", False), ("AMMA", True)])
-def test_full_equals_chunked_equals_steps(pattern, time_aware):
+@pytest.mark.parametrize(
+    "pattern,time_aware,windows",
+    [("MAMA", True, None), ("MMMM", False, None), ("AMMA", True, None), ("AMMA", True, [3, 11])],
+)
+def test_full_equals_chunked_equals_steps(pattern, time_aware, windows):
     torch.manual_seed(0)
-    cfg = small_cfg(pattern=pattern, temporal=TemporalConfig(time_aware_dt=time_aware))
+    cfg = small_cfg(pattern=pattern, temporal=TemporalConfig(time_aware_dt=time_aware), attn_windows=windows)
     model = HybridBackbone(cfg).eval()
     b, l = 2, 37
     x = torch.randn(b, l, cfg.d_model)
@@ -115,6 +118,25 @@ def test_window_state_is_bounded():
         n10 = s.nbytes()
         _, s = model(torch.randn(1, 50, cfg.d_model), jittered_dt(1, 50), s)
     assert s.nbytes() == n10 == model.state_nbytes(1)
+
+
+def test_per_layer_windows():
+    """attn_windows gives each attention layer its own window and cache; the long layer sees further."""
+    torch.manual_seed(4)
+    mixed = HybridBackbone(small_cfg(attn_windows=[3, 11])).eval()
+    assert [blk.mixer.window for blk in mixed.blocks if blk.letter == "A"] == [3, 11]
+    caches = [layer.k.shape[1] for layer in mixed.init_state(1).layers if isinstance(layer, AttentionState)]
+    assert caches == [2, 10]
+    short = HybridBackbone(small_cfg(attn_window=3)).eval()
+    short.load_state_dict(mixed.state_dict())
+    x, dt = torch.randn(1, 20, 32), jittered_dt(1, 20, seed=5)
+    with torch.no_grad():
+        y_mixed, s = mixed(x, dt)
+        y_short, _ = short(x, dt)
+        _, s = mixed(torch.randn(1, 30, 32), jittered_dt(1, 30, seed=6), s)
+    assert rel(y_mixed[:, :3], y_short[:, :3]) <= 1e-6  # both windows cover the first 3 tokens
+    assert rel(y_mixed[:, 3:], y_short[:, 3:]) > 1e-3  # beyond 3 tokens the second layer sees more
+    assert s.nbytes() == mixed.state_nbytes(1)  # still bounded, by the sum of the two windows
 
 
 def test_gradients_reach_every_parameter():
