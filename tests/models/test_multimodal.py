@@ -55,8 +55,9 @@ def test_full_equals_windows_equals_steps(make_dataset):
     assert rel(y_step, y_full) <= 1e-5
 
 
-def test_save_load_bit_identical(tmp_path, make_dataset):
-    model = tiny_model()
+@pytest.mark.parametrize("kw", [{}, {"pattern": "MAMA", "attn_windows": [5, None]}])
+def test_save_load_bit_identical(tmp_path, make_dataset, kw):
+    model = tiny_model(**kw)
     batch = make_dataset(None).collate([make_dataset(None)[1]])
     model.save_pretrained(tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
@@ -66,6 +67,7 @@ def test_save_load_bit_identical(tmp_path, make_dataset):
         b = again.forward_batch(batch).hidden
     assert torch.equal(a, b)
     assert again.labels == LABELS and again.tokenizer.to_dict() == model.tokenizer.to_dict()
+    assert again.cfg == model.cfg  # per-layer attention windows included
     with pytest.raises(FileNotFoundError, match="config.json"):
         MultimodalSSM.from_pretrained(tmp_path / "missing")
 
