@@ -83,6 +83,10 @@ class ModelConfig:
     # N x N x 3, from the final hidden state (train.loss_video weighs it): keeps what the frames show
     # (colour as well as shape) in the residual stream, where later layers and the state can use it
     video_target: int = 0
+    # > 0: an auxiliary head reads, at every tick, how many times each event label has occurred since
+    # the stream began, as a class 0..N (counts above N are N; train.loss_count weighs it): dense
+    # supervision for the counters that "how many times ... so far?" questions need in the state
+    count_head: int = 0
 
     def layer_windows(self) -> list[int | None]:
         """The attention window of each "A" in ``pattern``, in order (ValueError if ``attn_windows`` does
@@ -167,6 +171,7 @@ class TrainConfig:
     loss_event: float = 1.0
     loss_speak: float = 1.0
     loss_video: float = 1.0  # only with model.video_target > 0
+    loss_count: float = 1.0  # only with model.count_head > 0
     ckpt_every: int = 100
     keep_last: int = 2
     eval_every: int = 0  # 0 = only at the end

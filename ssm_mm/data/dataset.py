@@ -43,6 +43,7 @@ from ssm_mm.data.interleave import (
     lm_targets,
     num_ticks,
     speak_targets,
+    tick_event_counts,
     tick_event_labels,
     tick_summary_positions,
 )
@@ -233,6 +234,7 @@ class StreamExample:
     event_label: Tensor
     speak: Tensor
     lm_target: Tensor
+    event_count: Tensor
 
 
 def build_example(
@@ -268,6 +270,7 @@ def build_example(
         event_label=tick_event_labels(spec.segments, labels, n_ticks, cfg.tick_seconds, stream_id=spec.id),
         speak=speak_targets(spec.dialogue, n_ticks, cfg.tick_seconds, stream_id=spec.id),
         lm_target=lm_targets(tokens, tokenizer),
+        event_count=tick_event_counts(spec.segments, labels, n_ticks, cfg.tick_seconds, stream_id=spec.id),
     )
 
 
@@ -285,6 +288,7 @@ class Window:
     lm_target:    (L,) int64 (``IGNORE_INDEX`` where unsupervised).
     event_label:  (K,) int64, K = tick_end − tick_start.
     speak:        (K,) int64 0/1.
+    event_count:  (K, C) int64 running count of each event label (C = labels − background).
     summary_pos:  (K,) int64 position in ``tokens`` of each tick's last media token, −1 when the
                   tick has no media token (then it has no prediction and no loss).
     patches_per_frame: video tokens per frame (to re-base video ``src`` when batching).
@@ -304,6 +308,7 @@ class Window:
     lm_target: Tensor
     event_label: Tensor
     speak: Tensor
+    event_count: Tensor
     summary_pos: Tensor
     patches_per_frame: int
 
@@ -358,6 +363,7 @@ def cut_window(
         lm_target=ex.lm_target[lo:hi].clone(),
         event_label=ex.event_label[k0:k1].clone(),
         speak=ex.speak[k0:k1].clone(),
+        event_count=ex.event_count[k0:k1].clone(),
         summary_pos=summary,
         patches_per_frame=ppf,
     )
@@ -392,6 +398,9 @@ class Batch:
       summary_pos  int64 position in L of the tick's last media token (0 where not ``tick_valid``).
       event_label  int64 label index, ``IGNORE_INDEX`` where not ``tick_valid``.
       speak        float32 0/1 speak-now target (0 where not ``tick_valid``; mask with ``tick_valid``).
+      event_count  (B, K, C) int64 running count of each event label since the stream began
+                   (:func:`ssm_mm.data.interleave.tick_event_counts`), ``IGNORE_INDEX`` where not
+                   ``tick_valid``; C = event labels without background.
     Per row, (B,):
       stream_index, window_index, n_windows, tick_start  int64.
       is_first  bool  first window of its stream (start from a fresh state).
@@ -416,6 +425,7 @@ class Batch:
     summary_pos: Tensor
     event_label: Tensor
     speak: Tensor
+    event_count: Tensor
     stream_index: Tensor
     window_index: Tensor
     n_windows: Tensor
@@ -477,6 +487,10 @@ def collate(windows: Sequence[Window], pad_id: int) -> Batch:
     summary_pos = full((B, K), 0, torch.int64)
     event_label = full((B, K), IGNORE_INDEX, torch.int64)
     speak = full((B, K), 0.0, torch.float32)
+    n_count = {w.event_count.shape[1] for w in windows}
+    if len(n_count) > 1:
+        raise ValueError(f"collate: windows disagree on the number of event labels ({sorted(n_count)})")
+    event_count = full((B, K, n_count.pop()), IGNORE_INDEX, torch.int64)
 
     f_off = a_off = 0
     for b, w in enumerate(windows):
@@ -497,6 +511,7 @@ def collate(windows: Sequence[Window], pad_id: int) -> Batch:
         summary_pos[b, :k] = torch.where(has, w.summary_pos, 0)
         event_label[b, :k] = torch.where(has, w.event_label, IGNORE_INDEX)
         speak[b, :k] = torch.where(has, w.speak.float(), 0.0)
+        event_count[b, :k] = torch.where(has[:, None], w.event_count, IGNORE_INDEX)
         f_off += w.video.shape[0]
         a_off += w.audio.shape[0]
 
@@ -529,6 +544,7 @@ def collate(windows: Sequence[Window], pad_id: int) -> Batch:
         summary_pos=summary_pos,
         event_label=event_label,
         speak=speak,
+        event_count=event_count,
         stream_index=as_long([w.stream_index for w in windows]),
         window_index=as_long([w.window_index for w in windows]),
         n_windows=as_long([w.n_windows for w in windows]),

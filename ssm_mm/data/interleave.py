@@ -57,6 +57,7 @@ __all__ = [
     "interleave",
     "tick_summary_positions",
     "tick_event_labels",
+    "tick_event_counts",
     "proactive_flags",
     "speak_targets",
     "lm_targets",
@@ -333,6 +334,26 @@ def _coverage(iv: list[tuple[float, float]], n_ticks: int, tau: float) -> np.nda
     return cov
 
 
+def _segments_by_label(
+    segments: Sequence[_SegmentLike], labels: Sequence[str], stream_id: str
+) -> dict[int, list[tuple[float, float]]]:
+    """``{label index: [(start, end), ...]}`` of checked segments (ValueError naming the bad one)."""
+    if not labels or labels[0] != "background":
+        raise ValueError(f"label vocabulary must start with 'background', got {list(labels)[:3]}")
+    index = {name: i for i, name in enumerate(labels)}
+    per_label: dict[int, list[tuple[float, float]]] = {}
+    for j, s in enumerate(segments):
+        if s.label not in index or s.label == "background":
+            raise ValueError(
+                f"stream {stream_id}: segments[{j}].label={s.label!r} is not an event label of the "
+                f"vocabulary {list(labels[1:])}"
+            )
+        if not (math.isfinite(s.start) and math.isfinite(s.end) and s.end >= s.start):
+            raise ValueError(f"stream {stream_id}: segments[{j}] has start={s.start} end={s.end}")
+        per_label.setdefault(index[s.label], []).append((float(s.start), float(s.end)))
+    return per_label
+
+
 def tick_event_labels(
     segments: Sequence[_SegmentLike],
     labels: Sequence[str],
@@ -347,19 +368,7 @@ def tick_event_labels(
     time covered by no segment is background. Ties go to an event rather than background; between
     tied events, the lower label index wins. Overlapping segments of one label count once.
     """
-    if not labels or labels[0] != "background":
-        raise ValueError(f"label vocabulary must start with 'background', got {list(labels)[:3]}")
-    index = {name: i for i, name in enumerate(labels)}
-    per_label: dict[int, list[tuple[float, float]]] = {}
-    for j, s in enumerate(segments):
-        if s.label not in index or s.label == "background":
-            raise ValueError(
-                f"stream {stream_id}: segments[{j}].label={s.label!r} is not an event label of the "
-                f"vocabulary {list(labels[1:])}"
-            )
-        if not (math.isfinite(s.start) and math.isfinite(s.end) and s.end >= s.start):
-            raise ValueError(f"stream {stream_id}: segments[{j}] has start={s.start} end={s.end}")
-        per_label.setdefault(index[s.label], []).append((float(s.start), float(s.end)))
+    per_label = _segments_by_label(segments, labels, stream_id)
     cov = np.zeros((n_ticks, len(labels)), dtype=np.float64)  # (K, n_labels) seconds covered
     every: list[tuple[float, float]] = []
     for li, iv in per_label.items():
@@ -371,6 +380,30 @@ def tick_event_labels(
     event = 1 + np.argmax(cov[:, 1:] >= best_event[:, None] - _COVER_TOL, axis=1) if len(labels) > 1 else 0
     out = np.where((best_event > 0) & (best_event >= cov[:, 0] - _COVER_TOL), event, 0)
     return torch.from_numpy(out.astype(np.int64))
+
+
+def tick_event_counts(
+    segments: Sequence[_SegmentLike],
+    labels: Sequence[str],
+    n_ticks: int,
+    tick_seconds: float,
+    *,
+    stream_id: str = "?",
+) -> Tensor:
+    """Running count of each event label, (n_ticks, len(labels) - 1) int64.
+
+    ``out[k, j]`` is the number of segments of ``labels[j + 1]`` that started before the end of tick
+    ``k`` (media time ``(k+1)τ``): what "how many times has the X happened so far?" asks at that tick.
+    Every segment is one occurrence (segments of one label that overlap are counted apart). The
+    target of the auxiliary count head (``model.count_head``).
+    """
+    per_label = _segments_by_label(segments, labels, stream_id)
+    ends = (np.arange(n_ticks, dtype=np.float64) + 1.0) * tick_seconds  # (K,)
+    out = np.zeros((n_ticks, len(labels) - 1), dtype=np.int64)
+    for li, iv in per_label.items():
+        starts = np.sort(np.array([a for a, _ in iv], dtype=np.float64))
+        out[:, li - 1] = np.searchsorted(starts, ends - _TICK_EPS * tick_seconds, side="left")
+    return torch.from_numpy(out)
 
 
 def proactive_flags(dialogue: Sequence[_TurnLike], tick_seconds: float) -> list[bool]:

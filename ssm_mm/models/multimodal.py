@@ -5,7 +5,9 @@ One early-fusion model over the interleaved timed tokens of :mod:`ssm_mm.data.in
     x_i = frontend_{kind_i}(token_i) + modality_emb[kind_i] + temporal_emb(t_i, gap_i, gap_same_i)
     h   = HybridBackbone(x, dt = gap, state)
     heads: lm_head(h_i) (next text token), event_head(h at a tick's summary position),
-           speak_head(h at a tick's summary position) ("speak now" for proactive responses).
+           speak_head(h at a tick's summary position) ("speak now" for proactive responses),
+           optional training-only heads: video_head (each video token's pooled patch) and
+           count_head (each event label's running count at a tick's summary position).
 
 Time enters twice: the temporal embedding (bounded features of the gaps and of t, see
 :mod:`ssm_mm.layers.temporal`) and the SSM decay, which advances by ``gap`` real seconds (SPEC §6).
@@ -36,7 +38,8 @@ from ssm_mm.streaming.state import BackboneState
 
 FORMAT_VERSION = 1
 N_KINDS = 3
-HEADS = ("lm", "event", "speak", "video")  # the training losses (video: only with model.video_target)
+# the training losses (video: only with model.video_target; count: only with model.count_head)
+HEADS = ("lm", "event", "speak", "video", "count")
 
 
 @dataclass
@@ -149,6 +152,10 @@ class MultimodalSSM(nn.Module):
             )
         n = cfg.video_target
         self.video_head = nn.Linear(d, 3 * n * n) if n else None
+        if cfg.count_head < 0:
+            raise ValueError(f"model.count_head={cfg.count_head} must be >= 0 (0 = no count head)")
+        n_events = len(self.labels) - 1
+        self.count_head = nn.Linear(d, n_events * (cfg.count_head + 1)) if cfg.count_head else None
 
     # ------------------------------------------------------------------------------- state
 
@@ -256,12 +263,24 @@ class MultimodalSSM(nn.Module):
         """The number of supervised items of each loss in :data:`HEADS` for a Batch."""
         ticks = int(batch.tick_valid.sum())
         video = int(((batch.kind == VIDEO) & batch.valid).sum()) if self.video_head is not None else 0
+        count = ticks * (len(self.labels) - 1) if self.count_head is not None else 0
         return {
             "lm": int((batch.lm_target != IGNORE_INDEX).sum()),
             "event": ticks,
             "speak": ticks,
             "video": video,
+            "count": count,
         }
+
+    def active_heads(self) -> list[str]:
+        """The losses of :data:`HEADS` this model trains (its optional heads only when it has them)."""
+        absent = {"video": self.video_head is None, "count": self.count_head is None}
+        return [k for k in HEADS if not absent.get(k, False)]
+
+    def count_logits(self, tick_hidden: Tensor) -> Tensor:
+        """(..., C, N+1) count-head logits from tick hidden states (..., d); C = event labels."""
+        n = self.cfg.count_head + 1
+        return self.count_head(tick_hidden).unflatten(-1, (len(self.labels) - 1, n))
 
     def loss_sums(self, out: ModelOutput, batch) -> tuple[dict[str, Tensor], dict[str, int]]:
         """Per-head loss *sums* and the number of supervised items, for a Batch.
@@ -269,9 +288,11 @@ class MultimodalSSM(nn.Module):
         lm: cross-entropy over supervised text positions; event: cross-entropy over ticks with a
         media token; speak: binary cross-entropy of the speak-now logit over the same ticks; video
         (with ``model.video_target``): squared error of the pooled patch predicted at each video token,
-        averaged over its values. Sums (not means) so that data-parallel ranks can normalise by the
-        global count. A head with nothing to supervise contributes an exact zero that still depends on
-        its weights (so every parameter takes part in every step, as DDP requires).
+        averaged over its values; count (with ``model.count_head`` = N): cross-entropy of each event
+        label's running count, clipped to N, over the same ticks (one item per tick and label).
+        Sums (not means) so that data-parallel ranks can normalise by the global count. A head with
+        nothing to supervise contributes an exact zero that still depends on its weights (so every
+        parameter takes part in every step, as DDP requires).
         """
         h = out.hidden
         sup = batch.lm_target != IGNORE_INDEX
@@ -280,6 +301,7 @@ class MultimodalSSM(nn.Module):
             "event": self.event_head.weight.sum() * 0.0,
             "speak": self.speak_head.weight.sum() * 0.0,
             "video": h.new_zeros(()) if self.video_head is None else self.video_head.weight.sum() * 0.0,
+            "count": h.new_zeros(()) if self.count_head is None else self.count_head.weight.sum() * 0.0,
         }
         sums = dict(zero)
         if sup.any():
@@ -295,6 +317,10 @@ class MultimodalSSM(nn.Module):
             sums["speak"] = F.binary_cross_entropy_with_logits(
                 speak_logit, batch.speak[tv].float(), reduction="sum"
             )
+            if self.count_head is not None and self.labels[1:]:
+                logits = self.count_logits(th[tv]).float()  # (T, C, N+1)
+                target = batch.event_count[tv].clamp_max(self.cfg.count_head)  # (T, C)
+                sums["count"] = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum")
         counts = self.supervised_counts(batch)
         if counts["video"] and batch.video is not None:
             is_v = (batch.kind == VIDEO) & batch.valid

@@ -78,6 +78,7 @@ class RunLogger:
                     f"event {metrics.get('loss_event', float('nan')):.3f} "
                     f"speak {metrics.get('loss_speak', float('nan')):.3f} "
                     + (f"video {metrics['loss_video']:.3f} " if metrics.get("loss_video") else "")
+                    + (f"count {metrics['loss_count']:.3f} " if metrics.get("loss_count") else "")
                     + f"lr {metrics.get('lr', 0):.2e} "
                     f"tok/s {metrics.get('tokens_per_s', 0):.0f} eta {eta:.0f}s",
                     flush=True,

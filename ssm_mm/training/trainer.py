@@ -474,6 +474,11 @@ class Trainer:
             f"{res['majority_rate']:.3f}) | event macro-F1 {res['macro_f1']:.3f} | val loss lm "
             f"{res['loss']['lm']:.3f} event {res['loss']['event']:.3f} speak {res['loss']['speak']:.3f}"
             + (f" video {res['loss']['video']:.3f}" if "video" in res["loss"] else "")
+            + (
+                f" count {res['loss']['count']:.3f} (count accuracy {res['count_accuracy']:.3f})"
+                if "count" in res["loss"]
+                else ""
+            )
         )
         logger.log(
             {
@@ -481,6 +486,7 @@ class Trainer:
                 "eval/macro_f1": res["macro_f1"],
                 "eval/majority_rate": res["majority_rate"],
                 **{f"eval/loss_{k}": v for k, v in res["loss"].items()},
+                **({"eval/count_accuracy": res["count_accuracy"]} if "count_accuracy" in res else {}),
             },
             step=step,
         )

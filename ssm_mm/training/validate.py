@@ -10,7 +10,7 @@ import torch
 
 from ssm_mm.data.dataset import StreamDataset
 from ssm_mm.metrics import event_metrics
-from ssm_mm.models.multimodal import HEADS, MultimodalSSM
+from ssm_mm.models.multimodal import MultimodalSSM
 
 
 @torch.no_grad()
@@ -19,10 +19,11 @@ def validate(model: MultimodalSSM, dataset: StreamDataset, batch_size: int = 8, 
     was_training = model.training
     model.eval()
     preds, trues = [], []
-    heads = [k for k in HEADS if k != "video" or model.video_head is not None]
+    heads = model.active_heads()
     sums = {k: 0.0 for k in heads}
     counts = {k: 0 for k in heads}
     speak_hits = speak_pos = 0
+    count_hits = count_n = 0
     items = list(range(len(dataset)))
     for i in range(0, len(items), batch_size):
         batch = dataset.collate([dataset[j] for j in items[i : i + batch_size]]).to(device)
@@ -39,10 +40,16 @@ def validate(model: MultimodalSSM, dataset: StreamDataset, batch_size: int = 8, 
         speak_true = batch.speak[tv] > 0.5
         speak_hits += int((speak_pred & speak_true).sum())
         speak_pos += int(speak_true.sum())
+        if model.count_head is not None:
+            target = batch.event_count[tv].clamp_max(model.cfg.count_head)
+            count_hits += int((model.count_logits(th[tv]).argmax(-1) == target).sum())
+            count_n += target.numel()
     model.train(was_training)
     pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
     true = torch.cat(trues) if trues else torch.zeros(0, dtype=torch.long)
     res = event_metrics(pred, true, model.labels)
     res["loss"] = {k: sums[k] / max(1, counts[k]) for k in sums}
     res["speak_recall_ticks"] = speak_hits / speak_pos if speak_pos else float("nan")
+    if model.count_head is not None:  # exact running counts, per tick and event label
+        res["count_accuracy"] = count_hits / count_n if count_n else float("nan")
     return res

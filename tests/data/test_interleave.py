@@ -23,6 +23,7 @@ from ssm_mm.data.interleave import (
     place_text_time,
     proactive_flags,
     speak_targets,
+    tick_event_counts,
     tick_event_labels,
     tick_of,
     tick_summary_positions,
@@ -238,6 +239,30 @@ def test_event_label_errors():
         tick_event_labels([Segment(0, 1, "gong")], LABELS, 4, 0.5, stream_id="s7")
     with pytest.raises(ValueError, match="background"):
         tick_event_labels([], ["bell", "background"], 4, 0.5)
+
+
+def test_event_counts_run_from_the_stream_start_by_segment_start():
+    segs = [
+        Segment(0.2, 0.4, "bell"),  # tick 0 onwards
+        Segment(1.0, 1.3, "drum"),  # starts exactly on tick 2's start: counted from tick 2, not tick 1
+        Segment(1.2, 2.9, "bell"),  # counted from tick 2 while it lasts (start, not end)
+        Segment(1.25, 1.4, "bell"),  # overlapping the one before: still one more occurrence
+        Segment(3.9, 4.0, "drum"),  # tick 7
+    ]
+    cnt = tick_event_counts(segs, LABELS, 9, 0.5)
+    assert cnt.shape == (9, 2) and cnt.dtype == torch.int64
+    # the same running counts by brute force over tick ends
+    for k in range(9):
+        for j, name in enumerate(LABELS[1:]):
+            expect = sum(1 for s in segs if s.label == name and s.start < (k + 1) * 0.5 - 1e-9)
+            assert cnt[k, j].item() == expect, (k, name)
+    assert cnt[:, 0].tolist() == [1, 1, 3, 3, 3, 3, 3, 3, 3]
+    assert cnt[:, 1].tolist() == [0, 0, 1, 1, 1, 1, 1, 2, 2]
+    assert tick_event_counts([], LABELS, 3, 0.5).tolist() == [[0, 0]] * 3
+    with pytest.raises(ValueError, match=r"stream s7: segments\[0\].label='gong'"):
+        tick_event_counts([Segment(0, 1, "gong")], LABELS, 4, 0.5, stream_id="s7")
+    with pytest.raises(ValueError, match=r"segments\[0\] has start=2.0 end=1.0"):
+        tick_event_counts([Segment(2.0, 1.0, "bell")], LABELS, 4, 0.5)
 
 
 def test_speak_targets_answer_vs_proactive():

@@ -10,7 +10,7 @@ from support import tiny_model_config
 
 from ssm_mm.config import TemporalConfig, load_config
 from ssm_mm.data.avworld import CLASSES
-from ssm_mm.data.interleave import TEXT, VIDEO
+from ssm_mm.data.interleave import IGNORE_INDEX, TEXT, VIDEO
 from ssm_mm.models.multimodal import MultimodalSSM
 
 LABELS = ["background"] + [c.name for c in CLASSES]
@@ -244,3 +244,36 @@ def test_video_head_trains_and_round_trips(tmp_path, make_dataset):
     assert plain.video_head is None and c2["video"] == 0 and float(s2["video"]) == 0.0
     with pytest.raises(ValueError, match="video_target"):
         tiny_model(video_target=-1)
+
+
+def test_count_head_reads_running_counts_and_round_trips(tmp_path, make_dataset):
+    ds = make_dataset(None)
+    batch = ds.collate([ds[0], ds[1]])
+    tv = batch.tick_valid
+    assert bool((batch.event_count[~tv] == IGNORE_INDEX).all())
+    # the batch's counts are each stream's running counts of its manifest segments
+    counts_seen = batch.event_count[tv]
+    assert counts_seen.shape[1] == len(LABELS) - 1 and int(counts_seen.max()) >= 1
+    assert bool((batch.event_count[:, 1:] >= batch.event_count[:, :-1]).where(tv[:, 1:, None], True).all())
+    model = tiny_model(count_head=2).train()
+    out = model.forward_batch(batch)
+    sums, counts = model.loss_sums(out, batch)
+    assert counts["count"] == int(tv.sum()) * (len(LABELS) - 1) and sums["count"] > 0
+    # the loss is the cross-entropy of the counts clipped to N = 2
+    logits = model.count_logits(model.tick_hidden(out.hidden, batch.summary_pos)[tv])
+    target = counts_seen.clamp_max(2)
+    manual = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum")
+    torch.testing.assert_close(sums["count"], manual)
+    sums["count"].backward()
+    assert model.count_head.weight.grad.abs().sum() > 0
+    assert model.audio_in.proj[0].weight.grad.abs().sum() > 0  # through the backbone to the frontends
+    model.save_pretrained(tmp_path / "m")
+    again = MultimodalSSM.from_pretrained(tmp_path / "m")
+    assert again.cfg.count_head == 2 and torch.equal(again.count_head.weight, model.count_head.weight)
+    assert again.active_heads() == ["lm", "event", "speak", "count"]
+    plain = tiny_model()
+    s2, c2 = plain.loss_sums(plain.forward_batch(batch), batch)
+    assert plain.count_head is None and c2["count"] == 0 and float(s2["count"]) == 0.0
+    assert plain.active_heads() == ["lm", "event", "speak"]
+    with pytest.raises(ValueError, match="count_head"):
+        tiny_model(count_head=-1)

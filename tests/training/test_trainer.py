@@ -108,6 +108,19 @@ def test_video_target_adds_its_loss(tmp_path, tiny_world, run, capsys):
     assert " video " in capsys.readouterr().out  # in the step and validation lines
 
 
+def test_count_head_adds_its_loss_and_validation_accuracy(tmp_path, tiny_world, run, capsys):
+    res = run(tmp_path, tiny_world, "model.count_head=3", "train.max_steps=2", "train.loss_count=0.5")
+    assert res["step"] == 2
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["loss_count"] > 0 for r in rows)
+    for r in rows:  # the total weighs it by train.loss_count
+        parts = r["loss_lm"] + r["loss_event"] + r["loss_speak"] + 0.5 * r["loss_count"]
+        assert abs(r["loss"] - parts) < 1e-5 * max(1.0, r["loss"])
+    assert MultimodalSSM.from_pretrained(tmp_path / "run" / "final").cfg.count_head == 3
+    out = capsys.readouterr().out
+    assert " count " in out and "count accuracy" in out  # in the step and validation lines
+
+
 def test_slot_schedule_ranks_partition_the_single_process_batch():
     wps = [3, 1, 2, 4, 2]
     single = SlotSchedule(wps, batch_size=4, seed=1).iterate()
