@@ -1,0 +1,179 @@
+"""Is a wrong count answer a memory error or a readout error? For a model trained with the count head
+(``model.count_head=N``), read at every "how many times did the X ...?" question of a results file
+what the count head says about X at the tick that ends at the question, beside the LM's answer.
+
+    python eval/count_probe.py runs/proxy/final runs/proxy/eval/results.json
+    python eval/count_probe.py MODEL results.json --dataset val --manifest DIR/manifest.jsonl
+
+The count head reads each event label's running count from the hidden state at a tick's summary
+position, the state the answer is generated from (only the question's tokens come between). Where
+the head is right and the answer wrong, the state held the count and the LM did not read it out.
+One row per model: count questions, head right, LM right, and the two disagreements. A question
+whose text names no event label, or a count above the head's N, is left out (and counted).
+Exit status 2 with a message naming what is wrong: a missing or malformed file, a model without a
+count head, a dataset or question the results file does not hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ssm_mm.data.dataset import StreamDataset
+from ssm_mm.data.interleave import tick_of
+from ssm_mm.data.manifest import StreamSpec, read_manifest
+from ssm_mm.evaluation.report import fraction_cell, markdown_table, read_json
+
+
+class ProbeError(ValueError):
+    pass
+
+
+def asked_label(question: str, labels: list[str]) -> str | None:
+    """The one event label named as a word of ``question`` (None when none or several are)."""
+    words = set(re.findall(r"\w+", question.lower()))
+    named = [lab for lab in labels[1:] if lab.lower() in words]
+    return named[0] if len(named) == 1 else None
+
+
+def model_counts(model) -> Callable[[StreamDataset, int], torch.Tensor]:
+    """``predict(dataset, i)``: the count head's (n_ticks, C) argmax over stream ``i``, whole stream."""
+
+    @torch.no_grad()
+    def predict(ds: StreamDataset, i: int) -> torch.Tensor:
+        b = ds.collate([ds[i]])
+        out = model.forward_batch(b)
+        return model.count_logits(model.tick_hidden(out.hidden, b.summary_pos))[0].argmax(-1)
+
+    return predict
+
+
+def probe(
+    streams: list[StreamSpec],
+    ds: StreamDataset,
+    qa: dict[tuple[str, float, str], dict],
+    labels: list[str],
+    tick_seconds: float,
+    n_max: int,
+    predict: Callable[[StreamDataset, int], torch.Tensor],
+) -> Counter:
+    """Counter of (head right, LM right) over the count questions of ``streams``, and of "unnamed" /
+    "over_n" for the questions left out. ``qa``: (stream id, t, question) -> per-question record."""
+    tab: Counter = Counter()
+    for i, spec in enumerate(streams):
+        questions = [d for d in spec.dialogue if d.role == "user" and d.type == "count"]
+        if not questions:
+            continue
+        pred = predict(ds, i)
+        for d in questions:
+            rec = qa.get((spec.id, float(d.t), d.text))
+            if rec is None:
+                raise ProbeError(f"stream {spec.id}: no answer to {d.text!r} at t={d.t} in the results file")
+            label = asked_label(d.text, labels)
+            if label is None:
+                tab["unnamed"] += 1
+                continue
+            ref = rec["reference"].strip()
+            if not ref.isdigit() or int(ref) > n_max:
+                tab["over_n"] += 1
+                continue
+            k = min(int(tick_of(torch.tensor(float(d.t)), tick_seconds)), pred.shape[0] - 1)
+            head_ok = int(pred[k, labels.index(label) - 1]) == int(ref)
+            tab[(head_ok, bool(rec["correct"]))] += 1
+    return tab
+
+
+def row(name: str, tab: Counter) -> list[str]:
+    n = sum(v for k, v in tab.items() if isinstance(k, tuple))
+    head = sum(v for (h, _), v in ((k, v) for k, v in tab.items() if isinstance(k, tuple)) if h)
+    lm = sum(v for (_, a), v in ((k, v) for k, v in tab.items() if isinstance(k, tuple)) if a)
+    return [
+        name,
+        str(n),
+        fraction_cell(head, n),
+        fraction_cell(lm, n),
+        fraction_cell(tab[(True, False)], n),
+        fraction_cell(tab[(False, True)], n),
+        str(tab["unnamed"] + tab["over_n"]),
+    ]
+
+
+HEAD = [
+    "model",
+    "count questions",
+    "count head right",
+    "LM right",
+    "head right, LM wrong",
+    "LM right, head wrong",
+    "left out",
+]
+
+
+def run(model_path: str, results: str, dataset: str, manifest: str | None, entry: str | None) -> str:
+    from ssm_mm.models.multimodal import MultimodalSSM
+
+    if not Path(model_path).exists():
+        raise ProbeError(f"{model_path}: no such model")
+    model = MultimodalSSM.from_pretrained(model_path).eval()
+    if model.count_head is None:
+        raise ProbeError(f"{model_path}: the model has no count head (train it with model.count_head=N)")
+    try:
+        res = read_json(results)
+    except ValueError as e:
+        raise ProbeError(str(e)) from None
+    entries = [r for r in res.get("results", []) if r.get("dataset") == dataset and r.get("knob") is None]
+    if entry is not None:
+        entries = [r for r in entries if r.get("model") == entry]
+    if len(entries) != 1:
+        names = sorted({str(r.get("model")) for r in res.get("results", [])})
+        raise ProbeError(
+            f"{results}: {len(entries)} result entries for dataset {dataset!r}"
+            + (f" and model {entry!r}" if entry else "")
+            + f" (models: {names}; pick one with --entry)"
+        )
+    if manifest is None:
+        manifest = res.get("datasets", {}).get(dataset, {}).get("manifest")
+        if manifest is None:
+            raise ProbeError(f"{results}: no manifest recorded for dataset {dataset!r} (give --manifest)")
+    if not Path(manifest).is_file():
+        raise ProbeError(f"{manifest}: no such manifest")
+    man = read_manifest(manifest)
+    qa = {(s["id"], float(q["t"]), q["question"]): q for s in entries[0]["streams"] for q in s["qa"]}
+    ds = StreamDataset(man, model.features, model.tokenizer, model.labels)
+    tab = probe(
+        list(man.streams),
+        ds,
+        qa,
+        model.labels,
+        model.features.tick_seconds,
+        model.cfg.count_head,
+        model_counts(model),
+    )
+    return "\n".join(markdown_table(HEAD, [row(str(entries[0]["model"]), tab)]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", help="a model folder, checkpoint or run folder trained with model.count_head")
+    ap.add_argument("results", help="the results.json (or .json.gz) of that model's evaluation")
+    ap.add_argument("--dataset", default="val", help="dataset name in the results file (default: val)")
+    ap.add_argument("--manifest", help="the dataset's manifest (default: the one the results file names)")
+    ap.add_argument("--entry", help="the model's name in the results file, when it holds several")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    try:
+        print(run(a.model, a.results, a.dataset, a.manifest, a.entry))
+    except (ProbeError, FileNotFoundError) as e:
+        print(f"count_probe: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
