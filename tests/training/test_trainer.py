@@ -96,29 +96,21 @@ def test_bad_stream_is_skipped_and_counted(tmp_path, tiny_world, capsys, run):
         run(tmp_path, (manifest, val), "data.on_error=raise", "train.max_steps=2")
 
 
-def test_video_target_adds_its_loss(tmp_path, tiny_world, run, capsys):
-    res = run(tmp_path, tiny_world, "model.video_target=2", "train.max_steps=2", "train.loss_video=0.5")
+@pytest.mark.parametrize(
+    "knob, head, printed",
+    [("video_target", "video", [" video "]), ("count_head", "count", [" count ", "count accuracy"])],
+)
+def test_optional_head_adds_its_weighted_loss(tmp_path, tiny_world, run, capsys, knob, head, printed):
+    res = run(tmp_path, tiny_world, f"model.{knob}=2", "train.max_steps=2", f"train.loss_{head}=0.5")
     assert res["step"] == 2
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert all(r["loss_video"] > 0 for r in rows)
-    for r in rows:  # the total weighs it by train.loss_video
-        parts = r["loss_lm"] + r["loss_event"] + r["loss_speak"] + 0.5 * r["loss_video"]
+    assert all(r[f"loss_{head}"] > 0 for r in rows)
+    for r in rows:  # the total weighs it by train.loss_<head>
+        parts = r["loss_lm"] + r["loss_event"] + r["loss_speak"] + 0.5 * r[f"loss_{head}"]
         assert abs(r["loss"] - parts) < 1e-5 * max(1.0, r["loss"])
-    assert MultimodalSSM.from_pretrained(tmp_path / "run" / "final").cfg.video_target == 2
-    assert " video " in capsys.readouterr().out  # in the step and validation lines
-
-
-def test_count_head_adds_its_loss_and_validation_accuracy(tmp_path, tiny_world, run, capsys):
-    res = run(tmp_path, tiny_world, "model.count_head=3", "train.max_steps=2", "train.loss_count=0.5")
-    assert res["step"] == 2
-    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert all(r["loss_count"] > 0 for r in rows)
-    for r in rows:  # the total weighs it by train.loss_count
-        parts = r["loss_lm"] + r["loss_event"] + r["loss_speak"] + 0.5 * r["loss_count"]
-        assert abs(r["loss"] - parts) < 1e-5 * max(1.0, r["loss"])
-    assert MultimodalSSM.from_pretrained(tmp_path / "run" / "final").cfg.count_head == 3
+    assert getattr(MultimodalSSM.from_pretrained(tmp_path / "run" / "final").cfg, knob) == 2
     out = capsys.readouterr().out
-    assert " count " in out and "count accuracy" in out  # in the step and validation lines
+    assert all(p in out for p in printed)  # in the step and validation lines
 
 
 def test_slot_schedule_ranks_partition_the_single_process_batch():
