@@ -90,9 +90,10 @@ def probe(
 
 
 def row(name: str, tab: Counter) -> list[str]:
-    n = sum(v for k, v in tab.items() if isinstance(k, tuple))
-    head = sum(v for (h, _), v in ((k, v) for k, v in tab.items() if isinstance(k, tuple)) if h)
-    lm = sum(v for (_, a), v in ((k, v) for k, v in tab.items() if isinstance(k, tuple)) if a)
+    probed = {k: v for k, v in tab.items() if isinstance(k, tuple)}  # (head right, LM right) -> n
+    n = sum(probed.values())
+    head = sum(v for (h, _), v in probed.items() if h)
+    lm = sum(v for (_, a), v in probed.items() if a)
     return [
         name,
         str(n),
@@ -166,7 +167,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--manifest", help="the dataset's manifest (default: the one the results file names)")
     ap.add_argument("--entry", help="the model's name in the results file, when it holds several")
     a = ap.parse_args(argv)
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     try:
         print(run(a.model, a.results, a.dataset, a.manifest, a.entry))
     except (ProbeError, FileNotFoundError) as e:
