@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from ssm_mm.evaluation.probes import block_outputs, linear_probe
+
 
 class ProbeError(ValueError):
     pass
@@ -29,7 +31,7 @@ class ProbeError(ValueError):
 
 def collect(model, manifest: Path, n_streams: int, margin: float = 0.05):
     """Features per depth (name -> (N, d)), colour / kind labels (N,), stream index (N,)."""
-    from ssm_mm.data.avworld import CLASSES, COLORS
+    from ssm_mm.data.avworld import CLASSES, COLORS, read_scenes
     from ssm_mm.data.dataset import StreamDataset
     from ssm_mm.data.interleave import VIDEO
     from ssm_mm.data.manifest import read_manifest
@@ -38,23 +40,15 @@ def collect(model, manifest: Path, n_streams: int, margin: float = 0.05):
     if not scenes_path.is_file():
         raise ProbeError(f"{manifest}: no scenes.jsonl beside it (probes need an AVWorld dataset)")
     specs = read_manifest(manifest).streams[:n_streams]
-    scenes = {}
-    for line in scenes_path.read_text().splitlines():
-        sc = json.loads(line)
-        scenes[sc["id"]] = sc
+    scenes = read_scenes(scenes_path)
     colors, kinds = list(COLORS), [c.shape for c in CLASSES]
     ppf = model.features.patches_per_frame
     if ppf != 4:
         raise ProbeError(f"the probe maps patches to AVWorld quadrants: needs patches_per_frame 4, got {ppf}")
     ds = StreamDataset(specs, model.features, model.tokenizer, model.labels, window_seconds=None)
-    depth: dict = {}  # depth name -> output of the latest forward (filled by the hooks)
-    hooks = [model.video_in.register_forward_hook(lambda m, i, o: depth.__setitem__("frontend", o))]
-    for j, blk in enumerate(model.backbone.blocks):
-        name = f"block{j + 1}:{model.cfg.pattern[j]}"
-        hooks.append(blk.register_forward_hook(lambda m, i, o, name=name: depth.__setitem__(name, o[0])))
     feats: dict[str, list] = {}
     ycol, ykind, sid = [], [], []
-    try:
+    with block_outputs(model, frontend=True) as depth:
         for i in range(len(ds)):
             shapes = scenes.get(specs[i].id)
             if shapes is None:
@@ -79,9 +73,6 @@ def collect(model, manifest: Path, n_streams: int, margin: float = 0.05):
                 ycol.append(colors.index(hit[0]["color"]))
                 ykind.append(kinds.index(hit[0]["kind"]))
                 sid.append(i)
-    finally:
-        for h in hooks:
-            h.remove()
     if not ycol:
         raise ProbeError(f"{manifest}: no patch token holds a shape in the first {n_streams} streams")
     order = ["frontend"] + [k for k in feats if k != "frontend"]
@@ -95,18 +86,7 @@ def collect(model, manifest: Path, n_streams: int, margin: float = 0.05):
 
 def probe(x, y, train, n_classes: int, steps: int = 400, seed: int = 0) -> float:
     """Held-out accuracy of a softmax-regression probe trained on the rows ``train`` (bool mask)."""
-    g = torch.Generator().manual_seed(seed)
-    mu, sd = x[train].mean(0), x[train].std(0) + 1e-6
-    x = (x - mu) / sd
-    w = (torch.randn(x.shape[1], n_classes, generator=g) * 0.01).requires_grad_()
-    bias = torch.zeros(n_classes, requires_grad=True)
-    opt = torch.optim.Adam([w, bias], lr=1e-2)
-    for _ in range(steps):
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(x[train] @ w + bias, y[train]).backward()
-        opt.step()
-    with torch.no_grad():
-        return float(((x[~train] @ w + bias).argmax(-1) == y[~train]).float().mean())
+    return float((linear_probe(x, y, train, n_classes, steps, seed) == y[~train]).float().mean())
 
 
 def main(argv: list[str] | None = None) -> dict:

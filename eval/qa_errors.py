@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import json
 import re
 import sys
 from collections import Counter
 from pathlib import Path
 
-from ssm_mm.data.avworld import CLASSES, COLORS, Q_COLOR, Q_NOW_COLOR
+from ssm_mm.data.avworld import CLASSES, COLORS, Q_COLOR, Q_NOW_COLOR, read_scenes
 from ssm_mm.evaluation.report import fraction_cell, markdown_table, read_json
 
 OWN_SHAPE = {c.name: c.shape for c in CLASSES}
@@ -55,19 +54,10 @@ class ErrorsError(ValueError):
 
 def load_scenes(path: Path) -> dict[str, dict]:
     """``scenes.jsonl`` as {stream id: scene}."""
-    if not path.is_file():
-        raise ErrorsError(f"{path}: no such scenes file (AVWorld writes scenes.jsonl beside manifest.jsonl)")
-    out = {}
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-                out[d["id"]] = d
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ErrorsError(f"{path}:{i}: not a scene line ({e})") from None
-    return out
+    try:
+        return read_scenes(path)
+    except ValueError as e:
+        raise ErrorsError(str(e)) from None
 
 
 def _visible(shapes: list[dict], t: float) -> list[dict]:

@@ -810,6 +810,25 @@ def generate(out_dir: str | Path, config: AVWorldConfig | None = None, *, worker
     return write_manifest([spec for spec, _ in results], out_dir / "manifest.jsonl")
 
 
+def read_scenes(path: str | Path) -> dict[str, dict]:
+    """``scenes.jsonl`` (written by :func:`generate` beside the manifest) as {stream id: scene record};
+    ValueError naming the file (and line) when it is missing or a line is not a scene record."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such scenes file (AVWorld writes scenes.jsonl beside manifest.jsonl)")
+    out = {}
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+                out[d["id"]] = d
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{i}: not a scene line ({e})") from None
+    return out
+
+
 def cache_key(cfg: AVWorldConfig) -> str:
     """Folder name of a config in the cache: changes with any knob and with :data:`GENERATOR_VERSION`.
 

@@ -1,0 +1,226 @@
+"""Does the state hold what a past-colour question asks? Linear probes at every tick of AVWorld
+streams, for three targets of rising difficulty:
+
+* ``now``: the colour of a shape kind on screen at the tick's end (read the screen);
+* ``last``: the last colour a shape kind showed, on screen or not (a memory of colours, no binding);
+* ``bound``: the colour a shape kind had during the last audio-visual event of an event class, i.e.
+  the answer to "what color was the <kind> when the <class> last <sounded>?" asked at the tick's end.
+
+    python eval/probe_binding.py results/avworld/1h/model --manifest DIR/manifest.jsonl --streams 64
+
+Each stream runs through the model offline from a fresh state; at each tick's summary position (where
+the event and count heads read, after the tick's last media token) the residual stream is read after
+every block, and ``hidden`` is the final normalised state the heads read. One softmax-regression probe
+per kind (``now``, ``last``) or per (class, kind) pair (``bound``) is trained on the ticks of the first
+``train_share`` of the streams and scored on the rest; accuracies pool the probes' test rows. Rows
+exist only where the target does (the kind is on screen, has been seen, was visible throughout the
+class's last event, with one colour). Beside each target: the majority rate (each probe's most
+frequent training colour) and, for ``bound``, how often the ``last`` colour of the kind is the answer
+(what a model without binding could score). Consecutive ticks share a target until it changes, so
+test rows are not independent: ``bindings`` counts the distinct (stream, event, kind) answers.
+
+Exit status 2 with a message on bad input (missing model or manifest, no scenes file, a bad share,
+too few streams, a model whose labels are not AVWorld classes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from ssm_mm.evaluation.probes import block_outputs, linear_probe
+
+TARGETS = ("now", "last", "bound")
+
+
+class ProbeError(ValueError):
+    pass
+
+
+def tick_targets(scene: dict, classes: list[str], n_ticks: int, tick_seconds: float) -> list[dict]:
+    """Per tick k (media time ending at ``(k + 1) * tick_seconds``): ``{"now": {kind: colour},
+    "last": {kind: colour}, "bound": {(class, kind): (colour, event index)}}``, entries only where the
+    target is defined and has one colour (two shapes of a kind in different colours: left out)."""
+    shapes, events = scene["shapes"], scene["events"]
+    out = []
+    for k in range(n_ticks):
+        te = (k + 1) * tick_seconds
+        now: dict[str, set] = {}
+        for s in shapes:
+            if s["start"] <= te < s["end"]:
+                now.setdefault(s["kind"], set()).add(s["color"])
+        last: dict[str, tuple] = {}
+        for s in shapes:
+            if s["start"] <= te and (s["kind"] not in last or s["start"] > last[s["kind"]][0]):
+                last[s["kind"]] = (s["start"], s["color"])
+        bound = {}
+        for c in classes:
+            done = [(e["start"], j) for j, e in enumerate(events) if e["cls"] == c and e["end"] <= te]
+            if not done:
+                continue
+            j = max(done)[1]
+            e = events[j]
+            during: dict[str, set] = {}
+            for s in shapes:
+                if s["start"] <= e["start"] and s["end"] >= e["end"]:
+                    during.setdefault(s["kind"], set()).add(s["color"])
+            for kind, cols in during.items():
+                if len(cols) == 1:
+                    bound[(c, kind)] = (next(iter(cols)), j)
+        out.append(
+            {
+                "now": {kd: next(iter(cs)) for kd, cs in now.items() if len(cs) == 1},
+                "last": {kd: col for kd, (_, col) in last.items()},
+                "bound": bound,
+            }
+        )
+    return out
+
+
+def collect(model, manifest: Path, n_streams: int):
+    """Tick features per depth (name -> (T, d)), the rows of each target (a list of (tick row, probe
+    key, colour index, stream index, binding id, the kind's last colour is the answer) per target
+    name) and the number of streams read."""
+    from ssm_mm.data.avworld import COLORS, read_scenes
+    from ssm_mm.data.dataset import StreamDataset
+    from ssm_mm.data.manifest import read_manifest
+
+    scenes_path = manifest.parent / "scenes.jsonl"
+    if not scenes_path.is_file():
+        raise ProbeError(f"{manifest}: no scenes.jsonl beside it (probes need an AVWorld dataset)")
+    scenes = read_scenes(scenes_path)
+    specs = read_manifest(manifest).streams[:n_streams]
+    classes = list(model.labels[1:])
+    known = {e["cls"] for sc in scenes.values() for e in sc["events"]}
+    if not classes or not set(classes) & known:
+        raise ProbeError(
+            f"the model's event labels {classes} name none of the dataset's classes {sorted(known)}"
+        )
+    colors = list(COLORS)
+    ds = StreamDataset(specs, model.features, model.tokenizer, model.labels, window_seconds=None)
+    feats: dict[str, list] = {}
+    rows: dict[str, list] = {t: [] for t in TARGETS}
+    n_rows = 0
+    with block_outputs(model) as depth:
+        for i in range(len(ds)):
+            scene = scenes.get(specs[i].id)
+            if scene is None:
+                raise ProbeError(f"stream {specs[i].id!r} is not in {scenes_path}")
+            ex = ds[i]
+            b = ds.collate([ex])
+            with torch.no_grad():
+                out = model.forward_batch(b)
+            pos = b.summary_pos[0]
+            targets = tick_targets(scene, classes, len(pos), ds.cfg.tick_seconds)
+            for k, p in enumerate(pos.tolist()):
+                if p < 0:
+                    continue
+                for name, h in depth.items():
+                    feats.setdefault(name, []).append(h[0, p])
+                feats.setdefault("hidden", []).append(out.hidden[0, p])
+                tg = targets[k]
+                for kind, col in tg["now"].items():
+                    rows["now"].append((n_rows, kind, colors.index(col), i, None, None))
+                for kind, col in tg["last"].items():
+                    rows["last"].append((n_rows, kind, colors.index(col), i, None, None))
+                for key, (col, j) in tg["bound"].items():
+                    hit = tg["last"].get(key[1]) == col
+                    rows["bound"].append((n_rows, key, colors.index(col), i, (i, j, key[1]), hit))
+                n_rows += 1
+    if not n_rows:
+        raise ProbeError(f"{manifest}: no tick in the first {n_streams} streams")
+    return {k: torch.stack(v) for k, v in feats.items()}, rows, len(specs)
+
+
+def score(x: torch.Tensor, rows: list, cut: int, n_classes: int, steps: int, weight_decay: float) -> dict:
+    """Pooled held-out accuracy of one probe per key over ``rows`` (tick row, key, class, stream, ...):
+    streams below ``cut`` train, the others test; keys without training or test rows are skipped."""
+    by_key: dict = {}
+    for r in rows:
+        by_key.setdefault(r[1], []).append(r)
+    right = majority = n = 0
+    for key in sorted(by_key, key=str):
+        rs = by_key[key]
+        idx = torch.tensor([r[0] for r in rs])
+        y = torch.tensor([r[2] for r in rs])
+        train = torch.tensor([r[3] < cut for r in rs])
+        if not train.any() or train.all():
+            continue
+        pred = linear_probe(x[idx], y, train, n_classes, steps, weight_decay=weight_decay)
+        right += int((pred == y[~train]).sum())
+        top = Counter(y[train].tolist()).most_common(1)[0][0]
+        majority += int((y[~train] == top).sum())
+        n += int((~train).sum())
+    nan = float("nan")
+    return {"accuracy": right / n if n else nan, "majority": majority / n if n else nan, "test_rows": n}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", help="a save_pretrained folder, checkpoint or run folder")
+    ap.add_argument("--manifest", required=True, help="an AVWorld manifest (scenes.jsonl beside it)")
+    ap.add_argument("--streams", type=int, default=64)
+    ap.add_argument("--train-share", type=float, default=0.75)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--weight-decay", type=float, default=1e-3, help="L2 on the probe weights")
+    ap.add_argument("--out", help="write the results here (JSON)")
+    a = ap.parse_args(argv)
+    from ssm_mm.data.avworld import COLORS
+    from ssm_mm.models.multimodal import MultimodalSSM
+
+    if not 0.0 < a.train_share < 1.0:
+        raise ProbeError(f"--train-share must be in (0, 1), got {a.train_share}")
+    manifest = Path(a.manifest)
+    if not manifest.is_file():
+        raise ProbeError(f"--manifest {manifest}: no such file")
+    model = MultimodalSSM.from_pretrained(a.model).eval()
+    feats, rows, n = collect(model, manifest, a.streams)
+    cut = int(round(a.train_share * n))
+    if cut < 1 or cut >= n:
+        raise ProbeError(
+            f"need streams on both sides of the train/test split: {n} streams, share {a.train_share}"
+        )
+    acc = {
+        name: {t: score(x, rows[t], cut, len(COLORS), a.steps, a.weight_decay) for t in TARGETS}
+        for name, x in feats.items()
+    }
+    shortcut = [r[5] for r in rows["bound"] if r[3] >= cut]
+    res = {
+        "model": a.model,
+        "manifest": str(manifest),
+        "streams": n,
+        "train_streams": cut,
+        "ticks": int(next(iter(feats.values())).shape[0]),
+        "bindings": len({r[4] for r in rows["bound"]}),
+        "test_bindings": len({r[4] for r in rows["bound"] if r[3] >= cut}),
+        "bound_by_last_colour": sum(shortcut) / len(shortcut) if shortcut else float("nan"),
+        "chance": 1 / len(COLORS),
+        "accuracy": acc,
+    }
+    print(f"{'depth':10s} " + "  ".join(f"{t:>18s}" for t in TARGETS) + "   (probe / majority)")
+    for name, r in acc.items():
+        cells = "  ".join(f"{r[t]['accuracy']:8.3f} / {r[t]['majority']:.3f}" for t in TARGETS)
+        print(f"{name:10s} {cells}")
+    print(
+        f"bound: {res['test_bindings']} distinct test bindings, "
+        f"{acc['hidden']['bound']['test_rows']} test ticks; "
+        f"the kind's last colour answers {res['bound_by_last_colour']:.3f} of them"
+    )
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+    return res
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)  # tiny per-stream forwards: one thread is fastest
+    try:
+        main()
+    except (ProbeError, FileNotFoundError, ValueError) as e:
+        print(f"probe_binding: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,130 @@
+"""eval/probe_binding.py: per-tick targets against a hand-made scene, the probe's scoring on planted
+features, a run on a tiny model and world, clear errors on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from support import tiny_model
+from test_benchmarks import load_script
+
+from ssm_mm.data.avworld import CLASSES, generate
+
+MOD = load_script("probe_binding")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("binding_world"), streams=4, seconds=6.0, seed=9)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    labels = ["background"] + [c.name for c in CLASSES[:4]]
+    out = tmp_path_factory.mktemp("binding_model") / "m"
+    tiny_model(labels=labels).save_pretrained(out)
+    return out
+
+
+def _shape(kind, color, start, end):
+    return {"kind": kind, "color": color, "start": start, "end": end}
+
+
+def test_tick_targets_follow_the_scene():
+    scene = {
+        "shapes": [
+            _shape("square", "red", 0.0, 2.0),
+            _shape("circle", "blue", 0.2, 1.2),
+            _shape("square", "green", 2.5, 4.0),
+            _shape("circle", "red", 2.5, 4.0),  # two circles on screen in different colours from 2.6
+            _shape("circle", "cyan", 2.6, 4.0),
+        ],
+        "events": [
+            {"cls": "bell", "start": 0.3, "end": 1.0},  # square red and circle blue visible throughout
+            {"cls": "bell", "start": 2.7, "end": 3.2},  # square green, and two circles (left out)
+            {"cls": "drum", "start": 1.1, "end": 1.4},  # the circle left at 1.2: square red only
+        ],
+    }
+    t = MOD.tick_targets(scene, ["bell", "drum", "chirp"], n_ticks=8, tick_seconds=0.5)
+    # tick 0 ends at 0.5: both on screen, no event over yet
+    assert t[0] == {
+        "now": {"square": "red", "circle": "blue"},
+        "last": {"square": "red", "circle": "blue"},
+        "bound": {},
+    }
+    # tick 1 ends at 1.0: the first bell ends exactly then (over), so it binds
+    assert t[1]["bound"] == {("bell", "square"): ("red", 0), ("bell", "circle"): ("blue", 0)}
+    # tick 2 ends at 1.5: the circle is gone (now) but remembered (last); the drum binds the square only
+    assert t[2]["now"] == {"square": "red"} and t[2]["last"]["circle"] == "blue"
+    assert t[2]["bound"][("drum", "square")] == ("red", 2) and ("drum", "circle") not in t[2]["bound"]
+    # tick 4 ends at 2.5: the green square and the red circle start then (visible from their start)
+    assert t[4]["now"] == {"square": "green", "circle": "red"}
+    # tick 5 ends at 3.0: two circles in different colours: no "now" circle; the second bell is not over
+    assert "circle" not in t[5]["now"] and t[5]["bound"][("bell", "square")] == ("red", 0)
+    # tick 6 ends at 3.5: the second bell is the last one: the green square, circles left out
+    assert t[6]["bound"][("bell", "square")] == ("green", 1) and ("bell", "circle") not in t[6]["bound"]
+    assert t[6]["last"] == {"square": "green", "circle": "cyan"}  # the latest start wins
+    assert all(("chirp", k) not in tt["bound"] for tt in t for k in ("square", "circle"))
+
+
+def test_score_reads_a_planted_signal_and_not_noise():
+    g = torch.Generator().manual_seed(0)
+    n, streams = 600, 10
+    y = torch.randint(0, 6, (n,), generator=g)
+    stream = torch.arange(n) % streams
+    key = ["a" if i % 2 else "b" for i in range(n)]
+    rows = [(i, key[i], int(y[i]), int(stream[i]), None, None) for i in range(n)]
+    planted = torch.cat([torch.nn.functional.one_hot(y, 6).float(), torch.randn(n, 10, generator=g)], 1)
+    good = MOD.score(planted, rows, cut=7, n_classes=6, steps=200, weight_decay=0.0)
+    assert good["accuracy"] == 1.0 and good["test_rows"] == int((stream >= 7).sum())
+    noise = MOD.score(torch.randn(n, 16, generator=g), rows, cut=7, n_classes=6, steps=200, weight_decay=1e-3)
+    assert noise["accuracy"] < 0.4 and noise["majority"] < 0.4
+    # a key with rows on one side of the split only is skipped
+    one_side = rows + [(0, "c", 1, 0, None, None)]
+    assert MOD.score(planted, one_side, 7, 6, 50, 0.0)["test_rows"] == good["test_rows"]
+
+
+def test_probe_reports_every_depth_and_writes_json(world, model_dir, tmp_path):
+    out = tmp_path / "binding.json"
+    args = [str(model_dir), "--manifest", str(world), "--streams", "4", "--steps", "30", "--out", str(out)]
+    res = MOD.main(args)
+    pattern = json.loads((model_dir / "config.json").read_text())["model"]["pattern"]
+    assert list(res["accuracy"]) == [f"block{j + 1}:{c}" for j, c in enumerate(pattern)] + ["hidden"]
+    assert res["streams"] == 4 and res["train_streams"] == 3 and res["ticks"] == 4 * 12
+    for r in res["accuracy"].values():
+        assert set(r) == set(MOD.TARGETS)
+        assert r["now"]["test_rows"] > 0 and r["last"]["test_rows"] >= r["now"]["test_rows"]
+    assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    assert MOD.main(args[:-2])["accuracy"] == res["accuracy"]  # deterministic
+
+
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("missing", "no such file"),
+        ("no_scenes", "no scenes.jsonl"),
+        ("share", "train-share"),
+        ("one_stream", "both sides"),
+        ("labels", "name none of the dataset's classes"),
+    ],
+)
+def test_bad_input_names_the_problem(world, model_dir, tmp_path, case, match):
+    manifest, model, extra = str(world), str(model_dir), []
+    if case == "missing":
+        manifest = str(tmp_path / "nope.jsonl")
+    elif case == "no_scenes":
+        (tmp_path / "w").mkdir()
+        copy = tmp_path / "w" / "manifest.jsonl"
+        copy.write_text(world.read_text().replace('"media/', f'"{world.parent}/media/'))
+        manifest = str(copy)
+    elif case == "share":
+        extra = ["--train-share", "1.5"]
+    elif case == "one_stream":
+        extra = ["--streams", "1"]
+    elif case == "labels":
+        model = str(tmp_path / "other")
+        tiny_model(labels=["background", "siren", "horn"]).save_pretrained(model)
+    with pytest.raises(MOD.ProbeError, match=match):
+        MOD.main([model, "--manifest", manifest, "--steps", "5", *extra])
