@@ -7,10 +7,14 @@ streams, for three targets of rising difficulty:
   the answer to "what color was the <kind> when the <class> last <sounded>?" asked at the tick's end.
 
     python eval/probe_binding.py results/avworld/1h/model --manifest DIR/manifest.jsonl --streams 64
+    python eval/probe_binding.py results/avworld/1h/model --manifest DIR/manifest.jsonl --state
 
 Each stream runs through the model offline from a fresh state; at each tick's summary position (where
 the event and count heads read, after the tick's last media token) the residual stream is read after
-every block, and ``hidden`` is the final normalised state the heads read. One softmax-regression probe
+every block, and ``hidden`` is the final normalised state the heads read; with ``--state``, the
+recurrent state of every Mamba layer after each tick instead (the stream fed tick by tick; H x P x N
+numbers per layer, probed on their top ``--dims`` principal components over the training ticks, as
+what a query could read from the state is linear in it). One softmax-regression probe
 per kind (``now``, ``last``) or per (class, kind) pair (``bound``) is trained on the ticks of the first
 ``train_share`` of the streams and scored on the rest; accuracies pool the probes' test rows. Rows
 exist only where the target does (the kind is on screen, has been seen, was visible throughout the
@@ -82,10 +86,44 @@ def tick_targets(scene: dict, classes: list[str], n_ticks: int, tick_seconds: fl
     return out
 
 
-def collect(model, manifest: Path, n_streams: int):
-    """Tick features per depth (name -> (T, d)), the rows of each target (a list of (tick row, probe
-    key, colour index, stream index, binding id, the kind's last colour is the answer) per target
-    name) and the number of streams read."""
+def tick_features(model, ds, i: int, state: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Features of every tick of stream ``i`` (name -> (K, d)) and which ticks have them (K,) bool.
+
+    Residual stream (``state=False``): the output of every block and the final ``hidden`` at each
+    tick's summary position, one offline forward over the stream. Recurrent state (``state=True``):
+    each Mamba layer's SSM state (H x P x N, flattened) after the tick, the stream fed tick by tick
+    with the state carried (``ds`` must window by one tick)."""
+    from ssm_mm.streaming.state import SSMState
+
+    if not state:
+        b = ds.collate([ds[i]])
+        with block_outputs(model) as depth, torch.no_grad():
+            out = model.forward_batch(b)
+            pos = b.summary_pos[0]
+            have = pos >= 0
+            idx = pos.clamp_min(0)
+            feats = {name: h[0, idx] for name, h in depth.items()}
+            feats["hidden"] = out.hidden[0, idx]
+        return feats, have
+    st, rows = None, []
+    for w in ds.windows(i):
+        with torch.no_grad():
+            st = model.forward_batch(ds.collate([w]), st).state
+        rows.append(st)
+    feats = {
+        f"ssm{j + 1}:{model.cfg.pattern[j]}": torch.stack(
+            [r.backbone.layers[j].ssm[0].flatten() for r in rows]
+        )
+        for j, layer in enumerate(rows[0].backbone.layers)
+        if isinstance(layer, SSMState)
+    }
+    return feats, torch.ones(len(rows), dtype=torch.bool)
+
+
+def collect(model, manifest: Path, n_streams: int, state: bool = False):
+    """Tick features (name -> (T, d), see :func:`tick_features`), the rows of each target (a list of
+    (tick row, probe key, colour index, stream index, binding id, the kind's last colour is the
+    answer) per target name) and the stream index of each tick row (T,)."""
     from ssm_mm.data.avworld import COLORS, read_scenes
     from ssm_mm.data.dataset import StreamDataset
     from ssm_mm.data.manifest import read_manifest
@@ -102,39 +140,47 @@ def collect(model, manifest: Path, n_streams: int):
             f"the model's event labels {classes} name none of the dataset's classes {sorted(known)}"
         )
     colors = list(COLORS)
-    ds = StreamDataset(specs, model.features, model.tokenizer, model.labels, window_seconds=None)
+    tick = model.features.tick_seconds
+    ds = StreamDataset(
+        specs, model.features, model.tokenizer, model.labels, window_seconds=tick if state else None
+    )
     feats: dict[str, list] = {}
     rows: dict[str, list] = {t: [] for t in TARGETS}
-    n_rows = 0
-    with block_outputs(model) as depth:
-        for i in range(len(ds)):
-            scene = scenes.get(specs[i].id)
-            if scene is None:
-                raise ProbeError(f"stream {specs[i].id!r} is not in {scenes_path}")
-            ex = ds[i]
-            b = ds.collate([ex])
-            with torch.no_grad():
-                out = model.forward_batch(b)
-            pos = b.summary_pos[0]
-            targets = tick_targets(scene, classes, len(pos), ds.cfg.tick_seconds)
-            for k, p in enumerate(pos.tolist()):
-                if p < 0:
-                    continue
-                for name, h in depth.items():
-                    feats.setdefault(name, []).append(h[0, p])
-                feats.setdefault("hidden", []).append(out.hidden[0, p])
-                tg = targets[k]
-                for kind, col in tg["now"].items():
-                    rows["now"].append((n_rows, kind, colors.index(col), i, None, None))
-                for kind, col in tg["last"].items():
-                    rows["last"].append((n_rows, kind, colors.index(col), i, None, None))
-                for key, (col, j) in tg["bound"].items():
-                    hit = tg["last"].get(key[1]) == col
-                    rows["bound"].append((n_rows, key, colors.index(col), i, (i, j, key[1]), hit))
-                n_rows += 1
+    n_rows, tick_stream = 0, []
+    for i in range(len(specs)):
+        scene = scenes.get(specs[i].id)
+        if scene is None:
+            raise ProbeError(f"stream {specs[i].id!r} is not in {scenes_path}")
+        f, have = tick_features(model, ds, i, state)
+        targets = tick_targets(scene, classes, len(have), tick)
+        for k in have.nonzero().flatten().tolist():
+            for name, x in f.items():
+                feats.setdefault(name, []).append(x[k])
+            tg = targets[k]
+            for kind, col in tg["now"].items():
+                rows["now"].append((n_rows, kind, colors.index(col), i, None, None))
+            for kind, col in tg["last"].items():
+                rows["last"].append((n_rows, kind, colors.index(col), i, None, None))
+            for key, (col, j) in tg["bound"].items():
+                hit = tg["last"].get(key[1]) == col
+                rows["bound"].append((n_rows, key, colors.index(col), i, (i, j, key[1]), hit))
+            tick_stream.append(i)
+            n_rows += 1
     if not n_rows:
         raise ProbeError(f"{manifest}: no tick in the first {n_streams} streams")
-    return {k: torch.stack(v) for k, v in feats.items()}, rows, len(specs)
+    return {k: torch.stack(v) for k, v in feats.items()}, rows, torch.tensor(tick_stream)
+
+
+def reduce(x: torch.Tensor, train: torch.Tensor, dims: int, seed: int = 0) -> torch.Tensor:
+    """``x`` (T, d) projected on the top ``dims`` principal components of its rows ``train`` (centred
+    by their mean; randomized PCA, seeded; at most as many components as training rows); ``x``
+    unchanged when ``d <= dims``."""
+    if dims <= 0 or x.shape[1] <= dims:
+        return x
+    torch.manual_seed(seed)
+    mu = x[train].mean(0)
+    _, _, v = torch.pca_lowrank(x[train] - mu, q=min(dims, int(train.sum())), center=False)
+    return (x - mu) @ v
 
 
 def score(x: torch.Tensor, rows: list, cut: int, n_classes: int, steps: int, weight_decay: float) -> dict:
@@ -168,6 +214,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--train-share", type=float, default=0.75)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--weight-decay", type=float, default=1e-3, help="L2 on the probe weights")
+    ap.add_argument(
+        "--state",
+        action="store_true",
+        help="probe each Mamba layer's recurrent state, not the residual stream",
+    )
+    ap.add_argument(
+        "--dims",
+        type=int,
+        default=256,
+        help="probe features wider than this on their top principal components (0: never)",
+    )
     ap.add_argument("--out", help="write the results here (JSON)")
     a = ap.parse_args(argv)
     from ssm_mm.data.avworld import COLORS
@@ -179,20 +236,23 @@ def main(argv: list[str] | None = None) -> dict:
     if not manifest.is_file():
         raise ProbeError(f"--manifest {manifest}: no such file")
     model = MultimodalSSM.from_pretrained(a.model).eval()
-    feats, rows, n = collect(model, manifest, a.streams)
+    feats, rows, tick_stream = collect(model, manifest, a.streams, a.state)
+    n = int(tick_stream.max()) + 1
     cut = int(round(a.train_share * n))
     if cut < 1 or cut >= n:
         raise ProbeError(
             f"need streams on both sides of the train/test split: {n} streams, share {a.train_share}"
         )
-    acc = {
-        name: {t: score(x, rows[t], cut, len(COLORS), a.steps, a.weight_decay) for t in TARGETS}
-        for name, x in feats.items()
-    }
+    acc, dims = {}, {}
+    for name, x in feats.items():
+        x = reduce(x, tick_stream < cut, a.dims)
+        dims[name] = int(x.shape[1])
+        acc[name] = {t: score(x, rows[t], cut, len(COLORS), a.steps, a.weight_decay) for t in TARGETS}
     shortcut = [r[5] for r in rows["bound"] if r[3] >= cut]
     res = {
         "model": a.model,
         "manifest": str(manifest),
+        "features": "recurrent state" if a.state else "residual stream",
         "streams": n,
         "train_streams": cut,
         "ticks": int(next(iter(feats.values())).shape[0]),
@@ -200,6 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
         "test_bindings": len({r[4] for r in rows["bound"] if r[3] >= cut}),
         "bound_by_last_colour": sum(shortcut) / len(shortcut) if shortcut else float("nan"),
         "chance": 1 / len(COLORS),
+        "dims": dims,
         "accuracy": acc,
     }
     print(f"{'depth':10s} " + "  ".join(f"{t:>18s}" for t in TARGETS) + "   (probe / majority)")
@@ -208,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:10s} {cells}")
     print(
         f"bound: {res['test_bindings']} distinct test bindings, "
-        f"{acc['hidden']['bound']['test_rows']} test ticks; "
+        f"{next(iter(acc.values()))['bound']['test_rows']} test ticks; "
         f"the kind's last colour answers {res['bound_by_last_colour']:.3f} of them"
     )
     if a.out:

@@ -128,3 +128,48 @@ def test_bad_input_names_the_problem(world, model_dir, tmp_path, case, match):
         tiny_model(labels=["background", "siren", "horn"]).save_pretrained(model)
     with pytest.raises(MOD.ProbeError, match=match):
         MOD.main([model, "--manifest", manifest, "--steps", "5", *extra])
+
+
+def test_state_features_are_the_state_after_each_tick(world, model_dir):
+    from ssm_mm.data.dataset import StreamDataset
+    from ssm_mm.data.manifest import read_manifest
+    from ssm_mm.models.multimodal import MultimodalSSM
+
+    model = MultimodalSSM.from_pretrained(model_dir).eval()
+    specs = read_manifest(world).streams[:1]
+    tick = model.features.tick_seconds
+    args = (model.features, model.tokenizer, model.labels)
+    feats, have = MOD.tick_features(model, StreamDataset(specs, *args, window_seconds=tick), 0, state=True)
+    whole = StreamDataset(specs, *args, window_seconds=None)
+    two = StreamDataset(specs, *args, window_seconds=2 * tick)
+    with torch.no_grad():
+        final = model.forward_batch(whole.collate([whole[0]])).state.backbone.layers
+        after_two = model.forward_batch(two.collate([two[0]])).state.backbone.layers
+    ssm = [j for j, c in enumerate(model.cfg.pattern) if c == "M"]
+    assert list(feats) == [f"ssm{j + 1}:M" for j in ssm] and bool(have.all()) and len(have) == 12
+    for j in ssm:  # the last row is the offline final state; row 1 the state after two ticks
+        x = feats[f"ssm{j + 1}:M"]
+        torch.testing.assert_close(x[-1], final[j].ssm[0].flatten(), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(x[1], after_two[j].ssm[0].flatten(), rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(x[0], x[1])
+
+
+def test_state_probe_runs(world, model_dir):
+    args = [str(model_dir), "--manifest", str(world), "--streams", "4", "--steps", "20", "--state"]
+    res = MOD.main(args)
+    assert res["features"] == "recurrent state" and all(k.startswith("ssm") for k in res["accuracy"])
+    assert all(0 < d <= 36 for d in res["dims"].values())  # 36 training ticks: at most 36 components
+
+
+def test_reduce_keeps_a_signal_in_the_top_components():
+    g = torch.Generator().manual_seed(1)
+    n = 400
+    y = torch.randint(0, 6, (n,), generator=g)
+    basis = torch.randn(6, 64, generator=g)
+    x = 5.0 * basis[y] + 0.1 * torch.randn(n, 64, generator=g)
+    train = torch.arange(n) < 300
+    small = MOD.reduce(x, train, 8)
+    assert small.shape == (n, 8)
+    assert torch.equal(MOD.reduce(x, train, 64), x) and torch.equal(MOD.reduce(x, train, 0), x)
+    rows = [(i, "k", int(y[i]), i // 40, None, None) for i in range(n)]
+    assert MOD.score(small, rows, cut=8, n_classes=6, steps=200, weight_decay=0.0)["accuracy"] == 1.0
