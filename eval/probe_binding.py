@@ -30,7 +30,6 @@ too few streams, a model whose labels are not AVWorld classes).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -38,6 +37,7 @@ from pathlib import Path
 import torch
 
 from ssm_mm.evaluation.probes import block_outputs, linear_probe
+from ssm_mm.evaluation.report import write_json
 
 TARGETS = ("now", "last", "bound")
 
@@ -273,8 +273,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"the kind's last colour answers {res['bound_by_last_colour']:.3f} of them"
     )
     if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+        write_json(res, a.out)
     return res
 
 

@@ -16,13 +16,13 @@ Exit status 2 with a message on bad input (missing model or manifest, no scenes 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
 from ssm_mm.evaluation.probes import block_outputs, linear_probe
+from ssm_mm.evaluation.report import write_json
 
 
 class ProbeError(ValueError):
@@ -134,8 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, r in rows.items():
         print(f"{name:12s} colour {r['colour']:.3f}  kind {r['kind']:.3f}")
     if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+        write_json(res, a.out)
     return res
 
 

@@ -7,25 +7,11 @@ import json
 
 import pytest
 import torch
+from probe_support import BAD_PROBE_CASES, bad_probe_args
 from support import tiny_model
 from test_benchmarks import load_script
 
-from ssm_mm.data.avworld import CLASSES, generate
-
 MOD = load_script("probe_binding")
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("binding_world"), streams=4, seconds=6.0, seed=9)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    labels = ["background"] + [c.name for c in CLASSES[:4]]
-    out = tmp_path_factory.mktemp("binding_model") / "m"
-    tiny_model(labels=labels).save_pretrained(out)
-    return out
 
 
 def _shape(kind, color, start, end):
@@ -100,32 +86,15 @@ def test_probe_reports_every_depth_and_writes_json(world, model_dir, tmp_path):
     assert MOD.main(args[:-2])["accuracy"] == res["accuracy"]  # deterministic
 
 
-@pytest.mark.parametrize(
-    "case,match",
-    [
-        ("missing", "no such file"),
-        ("no_scenes", "no scenes.jsonl"),
-        ("share", "train-share"),
-        ("one_stream", "both sides"),
-        ("labels", "name none of the dataset's classes"),
-    ],
-)
+@pytest.mark.parametrize("case,match", [*BAD_PROBE_CASES, ("labels", "name none of the dataset's classes")])
 def test_bad_input_names_the_problem(world, model_dir, tmp_path, case, match):
-    manifest, model, extra = str(world), str(model_dir), []
-    if case == "missing":
-        manifest = str(tmp_path / "nope.jsonl")
-    elif case == "no_scenes":
-        (tmp_path / "w").mkdir()
-        copy = tmp_path / "w" / "manifest.jsonl"
-        copy.write_text(world.read_text().replace('"media/', f'"{world.parent}/media/'))
-        manifest = str(copy)
-    elif case == "share":
-        extra = ["--train-share", "1.5"]
-    elif case == "one_stream":
-        extra = ["--streams", "1"]
-    elif case == "labels":
+    model = str(model_dir)
+    if case == "labels":
+        manifest, extra = str(world), []
         model = str(tmp_path / "other")
         tiny_model(labels=["background", "siren", "horn"]).save_pretrained(model)
+    else:
+        manifest, extra = bad_probe_args(world, tmp_path, case)
     with pytest.raises(MOD.ProbeError, match=match):
         MOD.main([model, "--manifest", manifest, "--steps", "5", *extra])
 

@@ -5,23 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from support import tiny_model
+from probe_support import BAD_PROBE_CASES, bad_probe_args
 from test_benchmarks import load_script
-
-from ssm_mm.data.avworld import CLASSES, generate
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("probe_world"), streams=4, seconds=6.0, seed=9)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    labels = ["background"] + [c.name for c in CLASSES[:4]]
-    out = tmp_path_factory.mktemp("probe_model") / "m"
-    tiny_model(labels=labels).save_pretrained(out)
-    return out
 
 
 def test_probe_reports_every_depth_and_writes_json(world, model_dir, tmp_path):
@@ -46,29 +31,9 @@ def test_probe_is_deterministic(world, model_dir):
     assert mod.main(args)["accuracy"] == mod.main(args)["accuracy"]
 
 
-@pytest.mark.parametrize(
-    "case,match",
-    [
-        ("missing", "no such file"),
-        ("no_scenes", "no scenes.jsonl"),
-        ("share", "train-share"),
-        ("one_stream", "both sides"),
-    ],
-)
+@pytest.mark.parametrize("case,match", BAD_PROBE_CASES)
 def test_bad_input_names_the_problem(world, model_dir, tmp_path, case, match):
     mod = load_script("probe_patches")
-    manifest = str(world)
-    extra = []
-    if case == "missing":
-        manifest = str(tmp_path / "nope.jsonl")
-    elif case == "no_scenes":
-        (tmp_path / "w").mkdir()
-        copy = tmp_path / "w" / "manifest.jsonl"
-        copy.write_text(world.read_text().replace('"media/', f'"{world.parent}/media/'))
-        manifest = str(copy)
-    elif case == "share":
-        extra = ["--train-share", "1.5"]
-    elif case == "one_stream":
-        extra = ["--streams", "1"]
+    manifest, extra = bad_probe_args(world, tmp_path, case)
     with pytest.raises(mod.ProbeError, match=match):
         mod.main([str(model_dir), "--manifest", manifest, "--steps", "5", *extra])
