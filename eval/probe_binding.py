@@ -29,21 +29,24 @@ too few streams, a model whose labels are not AVWorld classes).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections import Counter
 from pathlib import Path
 
 import torch
 
-from ssm_mm.evaluation.probes import block_outputs, linear_probe
+from ssm_mm.evaluation.probes import (
+    ProbeError,
+    avworld_streams,
+    block_outputs,
+    linear_probe,
+    load_probe_inputs,
+    probe_parser,
+    train_cut,
+)
 from ssm_mm.evaluation.report import write_json
 
 TARGETS = ("now", "last", "bound")
-
-
-class ProbeError(ValueError):
-    pass
 
 
 def tick_targets(scene: dict, classes: list[str], n_ticks: int, tick_seconds: float) -> list[dict]:
@@ -124,15 +127,10 @@ def collect(model, manifest: Path, n_streams: int, state: bool = False):
     """Tick features (name -> (T, d), see :func:`tick_features`), the rows of each target (a list of
     (tick row, probe key, colour index, stream index, binding id, the kind's last colour is the
     answer) per target name) and the stream index of each tick row (T,)."""
-    from ssm_mm.data.avworld import COLORS, read_scenes
+    from ssm_mm.data.avworld import COLORS
     from ssm_mm.data.dataset import StreamDataset
-    from ssm_mm.data.manifest import read_manifest
 
-    scenes_path = manifest.parent / "scenes.jsonl"
-    if not scenes_path.is_file():
-        raise ProbeError(f"{manifest}: no scenes.jsonl beside it (probes need an AVWorld dataset)")
-    scenes = read_scenes(scenes_path)
-    specs = read_manifest(manifest).streams[:n_streams]
+    specs, scenes, scenes_path = avworld_streams(manifest, n_streams)
     classes = list(model.labels[1:])
     known = {e["cls"] for sc in scenes.values() for e in sc["events"]}
     if not classes or not set(classes) & known:
@@ -146,7 +144,7 @@ def collect(model, manifest: Path, n_streams: int, state: bool = False):
     )
     feats: dict[str, list] = {}
     rows: dict[str, list] = {t: [] for t in TARGETS}
-    n_rows, tick_stream = 0, []
+    tick_stream: list[int] = []  # the stream of each tick row; its length is the next row's index
     for i in range(len(specs)):
         scene = scenes.get(specs[i].id)
         if scene is None:
@@ -157,16 +155,16 @@ def collect(model, manifest: Path, n_streams: int, state: bool = False):
             for name, x in f.items():
                 feats.setdefault(name, []).append(x[k])
             tg = targets[k]
+            row = len(tick_stream)
             for kind, col in tg["now"].items():
-                rows["now"].append((n_rows, kind, colors.index(col), i, None, None))
+                rows["now"].append((row, kind, colors.index(col), i, None, None))
             for kind, col in tg["last"].items():
-                rows["last"].append((n_rows, kind, colors.index(col), i, None, None))
+                rows["last"].append((row, kind, colors.index(col), i, None, None))
             for key, (col, j) in tg["bound"].items():
                 hit = tg["last"].get(key[1]) == col
-                rows["bound"].append((n_rows, key, colors.index(col), i, (i, j, key[1]), hit))
+                rows["bound"].append((row, key, colors.index(col), i, (i, j, key[1]), hit))
             tick_stream.append(i)
-            n_rows += 1
-    if not n_rows:
+    if not tick_stream:
         raise ProbeError(f"{manifest}: no tick in the first {n_streams} streams")
     return {k: torch.stack(v) for k, v in feats.items()}, rows, torch.tensor(tick_stream)
 
@@ -177,9 +175,10 @@ def reduce(x: torch.Tensor, train: torch.Tensor, dims: int, seed: int = 0) -> to
     unchanged when ``d <= dims``."""
     if dims <= 0 or x.shape[1] <= dims:
         return x
-    torch.manual_seed(seed)
     mu = x[train].mean(0)
-    _, _, v = torch.pca_lowrank(x[train] - mu, q=min(dims, int(train.sum())), center=False)
+    with torch.random.fork_rng():  # seeded without touching the caller's random state
+        torch.manual_seed(seed)
+        _, _, v = torch.pca_lowrank(x[train] - mu, q=min(dims, int(train.sum())), center=False)
     return (x - mu) @ v
 
 
@@ -207,12 +206,7 @@ def score(x: torch.Tensor, rows: list, cut: int, n_classes: int, steps: int, wei
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", help="a save_pretrained folder, checkpoint or run folder")
-    ap.add_argument("--manifest", required=True, help="an AVWorld manifest (scenes.jsonl beside it)")
-    ap.add_argument("--streams", type=int, default=64)
-    ap.add_argument("--train-share", type=float, default=0.75)
-    ap.add_argument("--steps", type=int, default=300)
+    ap = probe_parser(__doc__, streams=64, steps=300)
     ap.add_argument("--weight-decay", type=float, default=1e-3, help="L2 on the probe weights")
     ap.add_argument(
         "--state",
@@ -225,24 +219,13 @@ def main(argv: list[str] | None = None) -> dict:
         default=256,
         help="probe features wider than this on their top principal components (0: never)",
     )
-    ap.add_argument("--out", help="write the results here (JSON)")
     a = ap.parse_args(argv)
     from ssm_mm.data.avworld import COLORS
-    from ssm_mm.models.multimodal import MultimodalSSM
 
-    if not 0.0 < a.train_share < 1.0:
-        raise ProbeError(f"--train-share must be in (0, 1), got {a.train_share}")
-    manifest = Path(a.manifest)
-    if not manifest.is_file():
-        raise ProbeError(f"--manifest {manifest}: no such file")
-    model = MultimodalSSM.from_pretrained(a.model).eval()
+    model, manifest = load_probe_inputs(a)
     feats, rows, tick_stream = collect(model, manifest, a.streams, a.state)
     n = int(tick_stream.max()) + 1
-    cut = int(round(a.train_share * n))
-    if cut < 1 or cut >= n:
-        raise ProbeError(
-            f"need streams on both sides of the train/test split: {n} streams, share {a.train_share}"
-        )
+    cut = train_cut(n, a.train_share)
     acc, dims = {}, {}
     for name, x in feats.items():
         x = reduce(x, tick_stream < cut, a.dims)

@@ -15,32 +15,30 @@ Exit status 2 with a message on bad input (missing model or manifest, no scenes 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
-from ssm_mm.evaluation.probes import block_outputs, linear_probe
+from ssm_mm.evaluation.probes import (
+    ProbeError,
+    avworld_streams,
+    block_outputs,
+    linear_probe,
+    load_probe_inputs,
+    probe_parser,
+    train_cut,
+)
 from ssm_mm.evaluation.report import write_json
-
-
-class ProbeError(ValueError):
-    pass
 
 
 def collect(model, manifest: Path, n_streams: int, margin: float = 0.05):
     """Features per depth (name -> (N, d)), colour / kind labels (N,), stream index (N,)."""
-    from ssm_mm.data.avworld import CLASSES, COLORS, read_scenes
+    from ssm_mm.data.avworld import CLASSES, COLORS
     from ssm_mm.data.dataset import StreamDataset
     from ssm_mm.data.interleave import VIDEO
-    from ssm_mm.data.manifest import read_manifest
 
-    scenes_path = manifest.parent / "scenes.jsonl"
-    if not scenes_path.is_file():
-        raise ProbeError(f"{manifest}: no scenes.jsonl beside it (probes need an AVWorld dataset)")
-    specs = read_manifest(manifest).streams[:n_streams]
-    scenes = read_scenes(scenes_path)
+    specs, scenes, scenes_path = avworld_streams(manifest, n_streams)
     colors, kinds = list(COLORS), [c.shape for c in CLASSES]
     ppf = model.features.patches_per_frame
     if ppf != 4:
@@ -90,29 +88,11 @@ def probe(x, y, train, n_classes: int, steps: int = 400, seed: int = 0) -> float
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", help="a save_pretrained folder, checkpoint or run folder")
-    ap.add_argument("--manifest", required=True, help="an AVWorld manifest (scenes.jsonl beside it)")
-    ap.add_argument("--streams", type=int, default=24)
-    ap.add_argument("--train-share", type=float, default=0.75)
-    ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--out", help="write the results here (JSON)")
-    a = ap.parse_args(argv)
-    from ssm_mm.models.multimodal import MultimodalSSM
-
-    if not 0.0 < a.train_share < 1.0:
-        raise ProbeError(f"--train-share must be in (0, 1), got {a.train_share}")
-    manifest = Path(a.manifest)
-    if not manifest.is_file():
-        raise ProbeError(f"--manifest {manifest}: no such file")
-    model = MultimodalSSM.from_pretrained(a.model).eval()
+    a = probe_parser(__doc__, streams=24, steps=400).parse_args(argv)
+    model, manifest = load_probe_inputs(a)
     feats, ycol, ykind, sid = collect(model, manifest, a.streams)
     n = int(sid.max()) + 1
-    cut = int(round(a.train_share * n))
-    if cut < 1 or cut >= n:
-        raise ProbeError(
-            f"need streams on both sides of the train/test split: {n} streams, share {a.train_share}"
-        )
+    cut = train_cut(n, a.train_share)
     train = sid < cut
     rows = {
         name: {

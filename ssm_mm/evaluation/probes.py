@@ -1,14 +1,71 @@
 """Linear probes on a model's residual stream (used by ``eval/probe_patches.py`` and
 ``eval/probe_binding.py``): read the output of every backbone block during an offline forward, and
-score a softmax-regression probe trained on some streams on the others."""
+score a softmax-regression probe trained on some streams on the others; the scripts' shared command
+line, inputs (an AVWorld manifest with ``scenes.jsonl`` beside it) and stream split."""
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from torch import Tensor
+
+
+class ProbeError(ValueError):
+    """Bad input to a probe script (the scripts exit 2 with its message)."""
+
+
+def probe_parser(description: str, streams: int, steps: int) -> argparse.ArgumentParser:
+    """The arguments every probe script takes: model, ``--manifest``, ``--streams``,
+    ``--train-share``, ``--steps``, ``--out`` (defaults for streams and steps per script)."""
+    ap = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("model", help="a save_pretrained folder, checkpoint or run folder")
+    ap.add_argument("--manifest", required=True, help="an AVWorld manifest (scenes.jsonl beside it)")
+    ap.add_argument("--streams", type=int, default=streams)
+    ap.add_argument("--train-share", type=float, default=0.75)
+    ap.add_argument("--steps", type=int, default=steps)
+    ap.add_argument("--out", help="write the results here (JSON)")
+    return ap
+
+
+def load_probe_inputs(a: argparse.Namespace):
+    """(model in eval mode, manifest path) from parsed :func:`probe_parser` arguments, after checking
+    the train share and that the manifest exists (:class:`ProbeError` naming the argument)."""
+    from ssm_mm.models.multimodal import MultimodalSSM
+
+    if not 0.0 < a.train_share < 1.0:
+        raise ProbeError(f"--train-share must be in (0, 1), got {a.train_share}")
+    manifest = Path(a.manifest)
+    if not manifest.is_file():
+        raise ProbeError(f"--manifest {manifest}: no such file")
+    return MultimodalSSM.from_pretrained(a.model).eval(), manifest
+
+
+def avworld_streams(manifest: Path, n_streams: int) -> tuple[list, dict[str, dict], Path]:
+    """The first ``n_streams`` stream specs of an AVWorld manifest, its scenes ({stream id: scene})
+    and the scenes file's path; :class:`ProbeError` when no ``scenes.jsonl`` lies beside it."""
+    from ssm_mm.data.avworld import read_scenes
+    from ssm_mm.data.manifest import read_manifest
+
+    scenes_path = manifest.parent / "scenes.jsonl"
+    if not scenes_path.is_file():
+        raise ProbeError(f"{manifest}: no scenes.jsonl beside it (probes need an AVWorld dataset)")
+    return read_manifest(manifest).streams[:n_streams], read_scenes(scenes_path), scenes_path
+
+
+def train_cut(n_streams: int, share: float) -> int:
+    """Streams ``< cut`` train the probes, the others test; :class:`ProbeError` when a side is empty."""
+    cut = int(round(share * n_streams))
+    if cut < 1 or cut >= n_streams:
+        raise ProbeError(
+            f"need streams on both sides of the train/test split: {n_streams} streams, share {share}"
+        )
+    return cut
 
 
 @contextmanager
