@@ -87,6 +87,11 @@ class ModelConfig:
     # the stream began, as a class 0..N (counts above N are N; train.loss_count weighs it): dense
     # supervision for the counters that "how many times ... so far?" questions need in the state
     count_head: int = 0
+    # > 0: an auxiliary head reads, at every tick and for each event label, the frame shown when that
+    # label last happened (the middle of its last finished segment), average-pooled to N x N x 3
+    # (train.loss_recall weighs it): dense supervision for binding what was on screen to an event in
+    # the state, which "what color was the X when the Y last happened?" needs seconds later
+    recall_head: int = 0
 
     def layer_windows(self) -> list[int | None]:
         """The attention window of each "A" in ``pattern``, in order (ValueError if ``attn_windows`` does
@@ -172,6 +177,7 @@ class TrainConfig:
     loss_speak: float = 1.0
     loss_video: float = 1.0  # only with model.video_target > 0
     loss_count: float = 1.0  # only with model.count_head > 0
+    loss_recall: float = 1.0  # only with model.recall_head > 0
     ckpt_every: int = 100
     keep_last: int = 2
     eval_every: int = 0  # 0 = only at the end

@@ -45,6 +45,7 @@ from ssm_mm.data.interleave import (
     speak_targets,
     tick_event_counts,
     tick_event_labels,
+    tick_recall_times,
     tick_summary_positions,
 )
 from ssm_mm.data.tokenizer import TurnTokenizer
@@ -223,6 +224,10 @@ class StreamExample:
     event_label: (n_ticks,) int64 per-tick label index (0 = background).
     speak:       (n_ticks,) int64 per-tick speak-now target (0/1).
     lm_target:   (L,) int64 next-token targets (``IGNORE_INDEX`` where unsupervised).
+    event_count: (n_ticks, C) int64 running count of each event label (C = labels − background).
+    recall_frame: (n_ticks, C) int64 stream frame shown when each event label last happened, seen
+                 from each tick (the frame nearest the midpoint of the label's last finished segment,
+                 :func:`~ssm_mm.data.interleave.tick_recall_times`); −1 while none has, or without video.
     """
 
     stream_id: str
@@ -235,6 +240,23 @@ class StreamExample:
     speak: Tensor
     lm_target: Tensor
     event_count: Tensor
+    recall_frame: Tensor
+
+
+def nearest_frames(times: Tensor, frame_times: np.ndarray) -> Tensor:
+    """Index of the frame nearest each of ``times`` (any shape, float64; NaN -> −1), ``frame_times``
+    sorted ascending (F,); −1 everywhere when there are no frames. Ties go to the earlier frame."""
+    out = torch.full(times.shape, -1, dtype=torch.int64)
+    ft = np.asarray(frame_times, dtype=np.float64)
+    known = ~torch.isnan(times)
+    if len(ft) == 0 or not bool(known.any()):
+        return out
+    q = times[known].numpy()
+    hi = np.minimum(np.searchsorted(ft, q, side="left"), len(ft) - 1)  # first frame at or after q
+    lo = np.maximum(hi - 1, 0)
+    pick = np.where(np.abs(ft[hi] - q) < np.abs(q - ft[lo]), hi, lo)
+    out[known] = torch.from_numpy(pick.astype(np.int64))
+    return out
 
 
 def build_example(
@@ -271,6 +293,10 @@ def build_example(
         speak=speak_targets(spec.dialogue, n_ticks, cfg.tick_seconds, stream_id=spec.id),
         lm_target=lm_targets(tokens, tokenizer),
         event_count=tick_event_counts(spec.segments, labels, n_ticks, cfg.tick_seconds, stream_id=spec.id),
+        recall_frame=nearest_frames(
+            tick_recall_times(spec.segments, labels, n_ticks, cfg.tick_seconds, stream_id=spec.id),
+            features.video_times if features.video is not None else np.zeros(0),
+        ),
     )
 
 
@@ -289,6 +315,10 @@ class Window:
     event_label:  (K,) int64, K = tick_end − tick_start.
     speak:        (K,) int64 0/1.
     event_count:  (K, C) int64 running count of each event label (C = labels − background).
+    recall_video: (R, 3, S, S) float32 the distinct stream frames that ``recall_index`` refers to (they
+                  may lie before the window: the recall head looks back across windows).
+    recall_index: (K, C) int64 row of ``recall_video`` shown when each event label last happened,
+                  seen from each tick; −1 while none has.
     summary_pos:  (K,) int64 position in ``tokens`` of each tick's last media token, −1 when the
                   tick has no media token (then it has no prediction and no loss).
     patches_per_frame: video tokens per frame (to re-base video ``src`` when batching).
@@ -309,6 +339,8 @@ class Window:
     event_label: Tensor
     speak: Tensor
     event_count: Tensor
+    recall_video: Tensor
+    recall_index: Tensor
     summary_pos: Tensor
     patches_per_frame: int
 
@@ -348,6 +380,13 @@ def cut_window(
     summary = torch.full((k1 - k0,), -1, dtype=torch.int64)
     ticks, pos = tick_summary_positions(tokens)
     summary[ticks - k0] = pos
+    recall = ex.recall_frame[k0:k1]
+    frames, recall_index = torch.unique(recall[recall >= 0], return_inverse=True)  # sorted stream frames
+    recall_index = torch.full_like(recall, -1).masked_scatter(recall >= 0, recall_index)
+    if len(frames):
+        recall_video = torch.from_numpy(np.array(ex.features.video[frames.numpy()], dtype=np.float32))
+    else:
+        recall_video = torch.zeros(0, 3, s, s, dtype=torch.float32)
     return Window(
         stream_id=ex.stream_id,
         stream_index=ex.stream_index,
@@ -364,6 +403,8 @@ def cut_window(
         event_label=ex.event_label[k0:k1].clone(),
         speak=ex.speak[k0:k1].clone(),
         event_count=ex.event_count[k0:k1].clone(),
+        recall_video=recall_video,
+        recall_index=recall_index,
         summary_pos=summary,
         patches_per_frame=ppf,
     )
@@ -401,6 +442,9 @@ class Batch:
       event_count  (B, K, C) int64 running count of each event label since the stream began
                    (:func:`ssm_mm.data.interleave.tick_event_counts`), ``IGNORE_INDEX`` where not
                    ``tick_valid``; C = event labels without background.
+      recall_index (B, K, C) int64 row of ``recall_video`` shown when each event label last happened
+                   (window ``recall_index`` re-based), −1 while none has and where not ``tick_valid``.
+      recall_video (R, 3, S, S) float32 the windows' recall frames, window by window.
     Per row, (B,):
       stream_index, window_index, n_windows, tick_start  int64.
       is_first  bool  first window of its stream (start from a fresh state).
@@ -426,6 +470,8 @@ class Batch:
     event_label: Tensor
     speak: Tensor
     event_count: Tensor
+    recall_index: Tensor
+    recall_video: Tensor
     stream_index: Tensor
     window_index: Tensor
     n_windows: Tensor
@@ -491,8 +537,9 @@ def collate(windows: Sequence[Window], pad_id: int) -> Batch:
     if len(n_count) > 1:
         raise ValueError(f"collate: windows disagree on the number of event labels ({sorted(n_count)})")
     event_count = full((B, K, n_count.pop()), IGNORE_INDEX, torch.int64)
+    recall_index = full(event_count.shape, -1, torch.int64)
 
-    f_off = a_off = 0
+    f_off = a_off = r_off = 0
     for b, w in enumerate(windows):
         n, k = len(w.tokens), w.tick_end - w.tick_start
         tk = w.tokens
@@ -512,10 +559,12 @@ def collate(windows: Sequence[Window], pad_id: int) -> Batch:
         event_label[b, :k] = torch.where(has, w.event_label, IGNORE_INDEX)
         speak[b, :k] = torch.where(has, w.speak.float(), 0.0)
         event_count[b, :k] = torch.where(has[:, None], w.event_count, IGNORE_INDEX)
+        recall_index[b, :k] = torch.where(has[:, None] & (w.recall_index >= 0), w.recall_index + r_off, -1)
+        r_off += w.recall_video.shape[0]
         f_off += w.video.shape[0]
         a_off += w.audio.shape[0]
 
-    video_shapes = {tuple(w.video.shape[1:]) for w in windows if w.video.shape[0]}
+    video_shapes = {tuple(v.shape[1:]) for w in windows for v in (w.video, w.recall_video) if v.shape[0]}
     audio_shapes = {tuple(w.audio.shape[1:]) for w in windows if w.audio.shape[0]}
     if len(video_shapes) > 1 or len(audio_shapes) > 1:
         raise ValueError(
@@ -545,6 +594,8 @@ def collate(windows: Sequence[Window], pad_id: int) -> Batch:
         event_label=event_label,
         speak=speak,
         event_count=event_count,
+        recall_index=recall_index,
+        recall_video=torch.cat([w.recall_video for w in windows]),
         stream_index=as_long([w.stream_index for w in windows]),
         window_index=as_long([w.window_index for w in windows]),
         n_windows=as_long([w.n_windows for w in windows]),

@@ -58,6 +58,7 @@ __all__ = [
     "tick_summary_positions",
     "tick_event_labels",
     "tick_event_counts",
+    "tick_recall_times",
     "proactive_flags",
     "speak_targets",
     "lm_targets",
@@ -403,6 +404,34 @@ def tick_event_counts(
     for li, iv in per_label.items():
         starts = np.sort(np.array([a for a, _ in iv], dtype=np.float64))
         out[:, li - 1] = np.searchsorted(starts, ends - _TICK_EPS * tick_seconds, side="left")
+    return torch.from_numpy(out)
+
+
+def tick_recall_times(
+    segments: Sequence[_SegmentLike],
+    labels: Sequence[str],
+    n_ticks: int,
+    tick_seconds: float,
+    *,
+    stream_id: str = "?",
+) -> Tensor:
+    """When each event label last happened, seen from each tick: (n_ticks, len(labels) - 1) float64.
+
+    ``out[k, j]`` is the midpoint of the last segment of ``labels[j + 1]`` that is over by the end of
+    tick ``k`` (media time ``(k+1)τ``), NaN while none is: the moment that "what did X look like when
+    the Y last happened?" refers to at that tick. Among segments ending at the same time the one that
+    started last wins. The target times of the auxiliary recall head (``model.recall_head``).
+    """
+    per_label = _segments_by_label(segments, labels, stream_id)
+    ends = (np.arange(n_ticks, dtype=np.float64) + 1.0) * tick_seconds  # (K,)
+    out = np.full((n_ticks, len(labels) - 1), np.nan, dtype=np.float64)
+    for li, iv in per_label.items():
+        iv = sorted(iv, key=lambda se: (se[1], se[0]))  # by end, then start
+        seg_ends = np.array([b for _, b in iv], dtype=np.float64)
+        mids = np.array([(a + b) / 2.0 for a, b in iv], dtype=np.float64)
+        n_over = np.searchsorted(seg_ends, ends + _TICK_EPS * tick_seconds, side="right")  # (K,)
+        over = n_over > 0
+        out[over, li - 1] = mids[n_over[over] - 1]
     return torch.from_numpy(out)
 
 

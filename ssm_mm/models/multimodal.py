@@ -6,8 +6,9 @@ One early-fusion model over the interleaved timed tokens of :mod:`ssm_mm.data.in
     h   = HybridBackbone(x, dt = gap, state)
     heads: lm_head(h_i) (next text token), event_head(h at a tick's summary position),
            speak_head(h at a tick's summary position) ("speak now" for proactive responses),
-           optional training-only heads: video_head (each video token's pooled patch) and
-           count_head (each event label's running count at a tick's summary position).
+           optional training-only heads: video_head (each video token's pooled patch),
+           count_head (each event label's running count at a tick's summary position) and
+           recall_head (each event label's frame when it last happened, pooled, at the same position).
 
 Time enters twice: the temporal embedding (bounded features of the gaps and of t, see
 :mod:`ssm_mm.layers.temporal`) and the SSM decay, which advances by ``gap`` real seconds (SPEC §6).
@@ -38,8 +39,8 @@ from ssm_mm.streaming.state import BackboneState
 
 FORMAT_VERSION = 1
 N_KINDS = 3
-# the training losses (video: only with model.video_target; count: only with model.count_head)
-HEADS = ("lm", "event", "speak", "video", "count")
+# the training losses (video / count / recall: only with model.video_target / count_head / recall_head)
+HEADS = ("lm", "event", "speak", "video", "count", "recall")
 
 
 @dataclass
@@ -156,6 +157,10 @@ class MultimodalSSM(nn.Module):
             raise ValueError(f"model.count_head={cfg.count_head} must be >= 0 (0 = no count head)")
         n_events = len(self.labels) - 1
         self.count_head = nn.Linear(d, n_events * (cfg.count_head + 1)) if cfg.count_head else None
+        n = cfg.recall_head
+        if n < 0 or n > fc.frame_size:
+            raise ValueError(f"model.recall_head={n} must be in [0, frame_size={fc.frame_size}] (0 = none)")
+        self.recall_head = nn.Linear(d, n_events * 3 * n * n) if n else None
 
     # ------------------------------------------------------------------------------- state
 
@@ -264,23 +269,35 @@ class MultimodalSSM(nn.Module):
         ticks = int(batch.tick_valid.sum())
         video = int(((batch.kind == VIDEO) & batch.valid).sum()) if self.video_head is not None else 0
         count = ticks * (len(self.labels) - 1) if self.count_head is not None else 0
+        recall = int((batch.recall_index >= 0).sum()) if self.recall_head is not None else 0
         return {
             "lm": int((batch.lm_target != IGNORE_INDEX).sum()),
             "event": ticks,
             "speak": ticks,
             "video": video,
             "count": count,
+            "recall": recall,
         }
 
     def active_heads(self) -> list[str]:
         """The losses of :data:`HEADS` this model trains (its optional heads only when it has them)."""
-        absent = {"video": self.video_head is None, "count": self.count_head is None}
+        absent = {"video": self.video_head, "count": self.count_head, "recall": self.recall_head}
+        absent = {k: head is None for k, head in absent.items()}
         return [k for k in HEADS if not absent.get(k, False)]
 
     def count_logits(self, tick_hidden: Tensor) -> Tensor:
         """(..., C, N+1) count-head logits from tick hidden states (..., d); C = event labels."""
         n = self.cfg.count_head + 1
         return self.count_head(tick_hidden).unflatten(-1, (len(self.labels) - 1, n))
+
+    def recall_logits(self, tick_hidden: Tensor) -> Tensor:
+        """(..., C, 3 N^2) recall-head predictions from tick hidden states (..., d); C = event labels,
+        N = ``model.recall_head`` (channel-major, like :meth:`recall_targets`)."""
+        return self.recall_head(tick_hidden).unflatten(-1, (len(self.labels) - 1, -1))
+
+    def recall_targets(self, frames: Tensor) -> Tensor:
+        """(R, 3 N^2) recall-head targets: frames (R, 3, S, S) average-pooled to N x N, flattened."""
+        return F.adaptive_avg_pool2d(frames, self.cfg.recall_head).flatten(1)
 
     def loss_sums(self, out: ModelOutput, batch) -> tuple[dict[str, Tensor], dict[str, int]]:
         """Per-head loss *sums* and the number of supervised items, for a Batch.
@@ -289,7 +306,10 @@ class MultimodalSSM(nn.Module):
         media token; speak: binary cross-entropy of the speak-now logit over the same ticks; video
         (with ``model.video_target``): squared error of the pooled patch predicted at each video token,
         averaged over its values; count (with ``model.count_head`` = N): cross-entropy of each event
-        label's running count, clipped to N, over the same ticks (one item per tick and label).
+        label's running count, clipped to N, over the same ticks (one item per tick and label);
+        recall (with ``model.recall_head`` = N): squared error of each event label's frame when it
+        last happened, pooled to N x N x 3, averaged over its values (one item per tick and label
+        that has happened).
         Sums (not means) so that data-parallel ranks can normalise by the global count. A head with
         nothing to supervise contributes an exact zero that still depends on its weights (so every
         parameter takes part in every step, as DDP requires).
@@ -302,6 +322,7 @@ class MultimodalSSM(nn.Module):
             "speak": self.speak_head.weight.sum() * 0.0,
             "video": h.new_zeros(()) if self.video_head is None else self.video_head.weight.sum() * 0.0,
             "count": h.new_zeros(()) if self.count_head is None else self.count_head.weight.sum() * 0.0,
+            "recall": h.new_zeros(()) if self.recall_head is None else self.recall_head.weight.sum() * 0.0,
         }
         sums = dict(zero)
         if sup.any():
@@ -321,6 +342,13 @@ class MultimodalSSM(nn.Module):
                 logits = self.count_logits(th[tv]).float()  # (T, C, N+1)
                 target = batch.event_count[tv].clamp_max(self.cfg.count_head)  # (T, C)
                 sums["count"] = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum")
+            if self.recall_head is not None:
+                index = batch.recall_index[tv]  # (T, C); -1: the label has not happened yet
+                seen = index >= 0
+                if seen.any():
+                    pred = self.recall_logits(th[tv])[seen].float()  # (n, 3 N^2)
+                    target = self.recall_targets(batch.recall_video)[index[seen]].float()
+                    sums["recall"] = (pred - target).pow(2).mean(-1).sum() + zero["recall"]
         counts = self.supervised_counts(batch)
         if counts["video"] and batch.video is not None:
             is_v = (batch.kind == VIDEO) & batch.valid

@@ -479,6 +479,7 @@ class Trainer:
                 if "count" in res["loss"]
                 else ""
             )
+            + (f" recall {res['loss']['recall']:.3f}" if "recall" in res["loss"] else "")
         )
         logger.log(
             {

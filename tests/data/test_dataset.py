@@ -19,6 +19,7 @@ from ssm_mm.data.dataset import (
     collate,
     cut_window,
     load_features,
+    nearest_frames,
     window_bounds,
 )
 from ssm_mm.data.featurize import FeaturizerConfig
@@ -188,6 +189,52 @@ def test_collate_pads_masks_and_gathers():
     assert b.stream_ids == ["a", "a", "b"] and b.tick_start.tolist() == [0, 8, 10]
     moved = b.to("cpu")
     assert isinstance(moved, Batch) and torch.equal(moved.src, b.src) and moved.stream_ids == b.stream_ids
+
+
+def test_nearest_frames():
+    ft = np.array([0.0, 0.25, 0.5, 1.0])
+    q = torch.tensor([[-1.0, 0.1, 0.125, 0.13], [0.75, 0.9, 5.0, float("nan")]], dtype=torch.float64)
+    # before the first / after the last frame: the end frames; a tie (0.125, 0.75): the earlier one
+    assert nearest_frames(q, ft).tolist() == [[0, 0, 0, 1], [2, 3, 3, -1]]
+    assert nearest_frames(q, np.array([2.0])).tolist() == [[0, 0, 0, 0], [0, 0, 0, -1]]
+    assert nearest_frames(q, np.zeros(0)).tolist() == [[-1] * 4] * 2
+
+
+def test_recall_frames_reach_back_across_windows():
+    """Each tick's recall frame is the stream frame nearest the middle of each label's last finished
+    segment, carried by every window that needs it (also when it lies before the window) and re-based
+    by collate; a stream without video has none."""
+    # segments (_spec): drum [2.0, 2.6) -> mid 2.3, over in tick 5; bell [3.0, 3.2) -> mid 3.1, tick 6;
+    # bell [5.0, 6.0) -> mid 5.5, tick 11. Frames every 0.25 s, frame 3 dropped: frame rows shift.
+    feats = _features(6.0, drop=(3,))
+    ex = build_example(_spec(), feats, TOK, LABELS, CFG)
+    ts = feats.video_times
+    row = lambda t: int(np.argmin(np.abs(ts - t)))  # noqa: E731
+    none = [-1, -1]
+    expect = [none] * 5 + [[-1, row(2.3)]] + [[row(3.1), row(2.3)]] * 5 + [[row(5.5), row(2.3)]]
+    assert ex.recall_frame.tolist() == expect and row(2.3) == 8  # 2.25 is row 8 after the drop
+    wins = [cut_window(ex, k0, k1, CFG, i, 3) for i, (k0, k1) in enumerate(window_bounds(12, 4))]
+    for w in wins:
+        k = slice(w.tick_start, w.tick_end)
+        seen = w.recall_index >= 0
+        assert torch.equal(seen, ex.recall_frame[k] >= 0)
+        # synthetic frame f is filled with the value f: the carried rows are the stream's frames
+        values = w.recall_video[w.recall_index[seen], 0, 0, 0]
+        assert torch.equal(values, ex.recall_frame[k][seen].float())
+        assert w.recall_video.shape[0] == len(ex.recall_frame[k][seen].unique())  # each frame once
+    assert wins[0].recall_video.shape == (0, 3, 16, 16)
+    assert wins[2].video_offset > row(2.3)  # the drum's frame lies before the last window: carried anyway
+    b = collate(wins[1:], TOK.pad_id)
+    assert b.recall_video.shape[0] == sum(w.recall_video.shape[0] for w in wins[1:])
+    for r, w in enumerate(wins[1:]):
+        seen = b.recall_index[r] >= 0
+        assert torch.equal(seen, (w.recall_index >= 0) & (w.summary_pos >= 0)[:, None])
+        values = b.recall_video[b.recall_index[r][seen], 0, 0, 0]
+        assert torch.equal(values, ex.recall_frame[w.tick_start : w.tick_end][seen].float())
+    no_video = build_example(_spec(video=False), _features(6.0, video=False), TOK, LABELS, CFG)
+    assert bool((no_video.recall_frame == -1).all())
+    w = cut_window(no_video, 4, 12, CFG)
+    assert w.recall_video.shape == (0, 3, 16, 16) and bool((w.recall_index == -1).all())
 
 
 def test_collate_rejects_mismatched_windows():

@@ -26,6 +26,7 @@ from ssm_mm.data.interleave import (
     tick_event_counts,
     tick_event_labels,
     tick_of,
+    tick_recall_times,
     tick_summary_positions,
 )
 from ssm_mm.data.tokenizer import ByteTokenizer
@@ -263,6 +264,40 @@ def test_event_counts_run_from_the_stream_start_by_segment_start():
         tick_event_counts([Segment(0, 1, "gong")], LABELS, 4, 0.5, stream_id="s7")
     with pytest.raises(ValueError, match=r"segments\[0\] has start=2.0 end=1.0"):
         tick_event_counts([Segment(2.0, 1.0, "bell")], LABELS, 4, 0.5)
+
+
+def test_recall_times_point_at_the_last_finished_segment():
+    segs = [
+        Segment(0.2, 0.4, "bell"),  # over in tick 0: recalled from tick 0 (mid 0.3)
+        Segment(1.0, 1.5, "drum"),  # ends exactly at tick 2's end: recalled from tick 2 (mid 1.25)
+        Segment(1.2, 2.9, "bell"),  # over in tick 5 (mid 2.05)
+        Segment(1.25, 1.4, "bell"),  # over earlier (tick 2) and overtaken by the one before at tick 5
+        Segment(3.9, 4.6, "drum"),  # still going at the last tick: never recalled
+    ]
+    rec = tick_recall_times(segs, LABELS, 9, 0.5)
+    assert rec.shape == (9, 2) and rec.dtype == torch.float64
+    # brute force: the midpoint of the segment with the latest end (then latest start) over by (k+1)τ
+    for k in range(9):
+        for j, name in enumerate(LABELS[1:]):
+            over = [s for s in segs if s.label == name and s.end <= (k + 1) * 0.5 + 1e-9]
+            got = rec[k, j].item()
+            if not over:
+                assert np.isnan(got), (k, name)
+            else:
+                last = max(over, key=lambda s: (s.end, s.start))
+                assert got == pytest.approx((last.start + last.end) / 2), (k, name)
+    nan = float("nan")
+    torch.testing.assert_close(
+        rec[:, 0], torch.tensor([0.3, 0.3, 1.325, 1.325, 1.325, 2.05, 2.05, 2.05, 2.05], dtype=torch.float64)
+    )
+    torch.testing.assert_close(
+        rec[:, 1],
+        torch.tensor([nan, nan, 1.25, 1.25, 1.25, 1.25, 1.25, 1.25, 1.25], dtype=torch.float64),
+        equal_nan=True,
+    )
+    assert torch.isnan(tick_recall_times([], LABELS, 3, 0.5)).all()
+    with pytest.raises(ValueError, match=r"stream s7: segments\[0\].label='gong'"):
+        tick_recall_times([Segment(0, 1, "gong")], LABELS, 4, 0.5, stream_id="s7")
 
 
 def test_speak_targets_answer_vs_proactive():

@@ -277,3 +277,36 @@ def test_count_head_reads_running_counts_and_round_trips(tmp_path, make_dataset)
     assert plain.active_heads() == ["lm", "event", "speak"]
     with pytest.raises(ValueError, match="count_head"):
         tiny_model(count_head=-1)
+
+
+def test_recall_head_reads_past_frames_and_round_trips(tmp_path, make_dataset):
+    ds = make_dataset(2.0)  # 2-s windows: later windows recall frames from before them
+    batch = ds.collate([ds[1], ds[3], ds[6]])
+    tv = batch.tick_valid
+    index = batch.recall_index
+    assert bool((index[~tv] == -1).all()) and int((index >= 0).sum()) > 0
+    model = tiny_model(recall_head=2).train()
+    out = model.forward_batch(batch)
+    sums, counts = model.loss_sums(out, batch)
+    seen = index[tv] >= 0
+    assert counts["recall"] == int(seen.sum()) and sums["recall"] > 0
+    # the loss: squared error against each recalled frame pooled to 2 x 2 x 3, averaged per item
+    th = model.tick_hidden(out.hidden, batch.summary_pos)[tv]
+    pred = model.recall_logits(th)[seen]
+    frames = batch.recall_video[index[tv][seen]]  # (n, 3, 64, 64)
+    quadrants = frames.unflatten(-1, (2, 32)).unflatten(-3, (2, 32))  # (n, 3, 2, 32, 2, 32)
+    target = quadrants.mean((-1, -3)).flatten(1)  # (n, 3 * 2 * 2): channel, row, column
+    torch.testing.assert_close(sums["recall"], (pred - target).pow(2).mean(-1).sum(), rtol=1e-5, atol=0)
+    sums["recall"].backward()
+    assert model.recall_head.weight.grad.abs().sum() > 0
+    assert model.video_in.stem[0].weight.grad.abs().sum() > 0  # through the backbone to the frontends
+    model.save_pretrained(tmp_path / "m")
+    again = MultimodalSSM.from_pretrained(tmp_path / "m")
+    assert again.cfg.recall_head == 2 and torch.equal(again.recall_head.weight, model.recall_head.weight)
+    assert again.active_heads() == ["lm", "event", "speak", "recall"]
+    plain = tiny_model()
+    s2, c2 = plain.loss_sums(plain.forward_batch(batch), batch)
+    assert plain.recall_head is None and c2["recall"] == 0 and float(s2["recall"]) == 0.0
+    for bad in (-1, 65):
+        with pytest.raises(ValueError, match="recall_head"):
+            tiny_model(recall_head=bad)
