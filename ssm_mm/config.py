@@ -92,6 +92,13 @@ class ModelConfig:
     # (train.loss_recall weighs it): dense supervision for binding what was on screen to an event in
     # the state, which "what color was the X when the Y last happened?" needs seconds later
     recall_head: int = 0
+    # non-empty: an auxiliary head reads, at every tick and for each event label, the value of this
+    # segment attribute (manifest segments' "attributes"; AVWorld: "color" or "shape" of the event's
+    # shape) at the label's last finished segment, as a class over recall_values (filled from the
+    # training streams when empty; train.loss_attribute weighs it): the binding the recall head asks
+    # for from pixels, asked directly
+    recall_attribute: str = ""
+    recall_values: list[str] = field(default_factory=list)
 
     def layer_windows(self) -> list[int | None]:
         """The attention window of each "A" in ``pattern``, in order (ValueError if ``attn_windows`` does
@@ -178,6 +185,7 @@ class TrainConfig:
     loss_video: float = 1.0  # only with model.video_target > 0
     loss_count: float = 1.0  # only with model.count_head > 0
     loss_recall: float = 1.0  # only with model.recall_head > 0
+    loss_attribute: float = 1.0  # only with model.recall_attribute
     ckpt_every: int = 100
     keep_last: int = 2
     eval_every: int = 0  # 0 = only at the end

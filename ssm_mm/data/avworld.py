@@ -62,7 +62,7 @@ import numpy as np
 
 from ssm_mm.data.manifest import Segment, StreamSpec, Turn, write_manifest
 
-GENERATOR_VERSION = 2  # bump when the output for a given config changes (invalidates caches)
+GENERATOR_VERSION = 3  # bump when the output for a given config changes (invalidates caches)
 
 
 @dataclass(frozen=True)
@@ -748,7 +748,12 @@ def generate_stream(cfg: AVWorldConfig, i: int, out_dir: Path) -> tuple[StreamSp
                 )
                 fi += 1
 
-    segments = [Segment(e.start, e.end, e.cls) for e in sorted(scene.events, key=lambda e: e.start)]
+    segments = [  # each AV event with its shape's look: the targets of model.recall_attribute
+        Segment(
+            e.start, e.end, e.cls, {"color": scene.shapes[e.shape].color, "shape": scene.shapes[e.shape].kind}
+        )
+        for e in sorted(scene.events, key=lambda e: e.start)
+    ]
     spec = StreamSpec(
         id=sid,
         video=path,

@@ -46,6 +46,7 @@ from ssm_mm.data.interleave import (
     tick_event_counts,
     tick_event_labels,
     tick_recall_times,
+    tick_recall_values,
     tick_summary_positions,
 )
 from ssm_mm.data.tokenizer import TurnTokenizer
@@ -228,6 +229,9 @@ class StreamExample:
     recall_frame: (n_ticks, C) int64 stream frame shown when each event label last happened, seen
                  from each tick (the frame nearest the midpoint of the label's last finished segment,
                  :func:`~ssm_mm.data.interleave.tick_recall_times`); −1 while none has, or without video.
+    recall_value: (n_ticks, C) int64 index into the dataset's ``recall_values`` of that segment's
+                 ``recall_attribute`` (:func:`~ssm_mm.data.interleave.tick_recall_values`); −1 while
+                 none has happened, where the segment lacks it, or when the dataset names no attribute.
     """
 
     stream_id: str
@@ -241,6 +245,7 @@ class StreamExample:
     lm_target: Tensor
     event_count: Tensor
     recall_frame: Tensor
+    recall_value: Tensor
 
 
 def nearest_frames(times: Tensor, frame_times: np.ndarray) -> Tensor:
@@ -266,8 +271,12 @@ def build_example(
     labels: Sequence[str],
     cfg: FeaturizerConfig,
     stream_index: int = 0,
+    recall_attribute: str | None = None,
+    recall_values: Sequence[str] = (),
 ) -> StreamExample:
-    """Interleave one stream's features and dialogue and build its targets (``spec``: a StreamSpec)."""
+    """Interleave one stream's features and dialogue and build its targets (``spec``: a StreamSpec;
+    ``recall_attribute``/``recall_values``: the segment attribute and value vocabulary of
+    ``recall_value``)."""
     t0 = float(spec.t0)
     video_times = t0 + torch.from_numpy(np.asarray(features.video_times, dtype=np.float64))  # (F,)
     fz_t0 = t0 + features.audio_t0  # same sum as a streaming featurizer started at t0 + audio_t0
@@ -297,6 +306,19 @@ def build_example(
             tick_recall_times(spec.segments, labels, n_ticks, cfg.tick_seconds, stream_id=spec.id),
             features.video_times if features.video is not None else np.zeros(0),
         ),
+        recall_value=(
+            tick_recall_values(
+                spec.segments,
+                labels,
+                n_ticks,
+                cfg.tick_seconds,
+                recall_attribute,
+                recall_values,
+                stream_id=spec.id,
+            )
+            if recall_attribute
+            else torch.full((n_ticks, len(labels) - 1), -1, dtype=torch.int64)
+        ),
     )
 
 
@@ -319,6 +341,7 @@ class Window:
                   may lie before the window: the recall head looks back across windows).
     recall_index: (K, C) int64 row of ``recall_video`` shown when each event label last happened,
                   seen from each tick; −1 while none has.
+    recall_value: (K, C) int64 what each event label looked like then (see StreamExample), −1 = none.
     summary_pos:  (K,) int64 position in ``tokens`` of each tick's last media token, −1 when the
                   tick has no media token (then it has no prediction and no loss).
     patches_per_frame: video tokens per frame (to re-base video ``src`` when batching).
@@ -341,6 +364,7 @@ class Window:
     event_count: Tensor
     recall_video: Tensor
     recall_index: Tensor
+    recall_value: Tensor
     summary_pos: Tensor
     patches_per_frame: int
 
@@ -405,6 +429,7 @@ def cut_window(
         event_count=ex.event_count[k0:k1].clone(),
         recall_video=recall_video,
         recall_index=recall_index,
+        recall_value=ex.recall_value[k0:k1].clone(),
         summary_pos=summary,
         patches_per_frame=ppf,
     )
@@ -445,6 +470,8 @@ class Batch:
       recall_index (B, K, C) int64 row of ``recall_video`` shown when each event label last happened
                    (window ``recall_index`` re-based), −1 while none has and where not ``tick_valid``.
       recall_video (R, 3, S, S) float32 the windows' recall frames, window by window.
+      recall_value (B, K, C) int64 index into the dataset's ``recall_values`` of what each event label
+                   looked like when it last happened, ``IGNORE_INDEX`` where unknown or not ``tick_valid``.
     Per row, (B,):
       stream_index, window_index, n_windows, tick_start  int64.
       is_first  bool  first window of its stream (start from a fresh state).
@@ -472,6 +499,7 @@ class Batch:
     event_count: Tensor
     recall_index: Tensor
     recall_video: Tensor
+    recall_value: Tensor
     stream_index: Tensor
     window_index: Tensor
     n_windows: Tensor
@@ -538,6 +566,7 @@ def collate(windows: Sequence[Window], pad_id: int) -> Batch:
         raise ValueError(f"collate: windows disagree on the number of event labels ({sorted(n_count)})")
     event_count = full((B, K, n_count.pop()), IGNORE_INDEX, torch.int64)
     recall_index = full(event_count.shape, -1, torch.int64)
+    recall_value = full(event_count.shape, IGNORE_INDEX, torch.int64)
 
     f_off = a_off = r_off = 0
     for b, w in enumerate(windows):
@@ -560,6 +589,7 @@ def collate(windows: Sequence[Window], pad_id: int) -> Batch:
         speak[b, :k] = torch.where(has, w.speak.float(), 0.0)
         event_count[b, :k] = torch.where(has[:, None], w.event_count, IGNORE_INDEX)
         recall_index[b, :k] = torch.where(has[:, None] & (w.recall_index >= 0), w.recall_index + r_off, -1)
+        recall_value[b, :k] = torch.where(has[:, None] & (w.recall_value >= 0), w.recall_value, IGNORE_INDEX)
         r_off += w.recall_video.shape[0]
         f_off += w.video.shape[0]
         a_off += w.audio.shape[0]
@@ -596,6 +626,7 @@ def collate(windows: Sequence[Window], pad_id: int) -> Batch:
         event_count=event_count,
         recall_index=recall_index,
         recall_video=torch.cat([w.recall_video for w in windows]),
+        recall_value=recall_value,
         stream_index=as_long([w.stream_index for w in windows]),
         window_index=as_long([w.window_index for w in windows]),
         n_windows=as_long([w.n_windows for w in windows]),
@@ -630,6 +661,8 @@ class StreamDataset(torch.utils.data.Dataset):
         cache_dir: optional on-disk feature cache (see :func:`load_features`).
         memory_cache: how many decoded streams each process keeps in memory (consecutive windows of
             one stream decode it once); 0 disables. Not pickled: DataLoader workers start empty.
+        recall_attribute, recall_values: the segment attribute (e.g. "color") whose value at each
+            label's last segment is the ``recall_value`` target, and its value vocabulary.
 
     Item ``i`` is window ``w`` of stream ``s`` with ``i = index(s, w)`` (stream-major). The number of
     windows comes from the manifest's ``duration``, so nothing is decoded before an item is read.
@@ -646,8 +679,14 @@ class StreamDataset(torch.utils.data.Dataset):
         window_seconds: float | None = None,
         cache_dir: str | Path | None = None,
         memory_cache: int = 1,
+        recall_attribute: str | None = None,
+        recall_values: Sequence[str] = (),
     ):
         cfg.validate()
+        self.recall_attribute = recall_attribute or None
+        self.recall_values = list(recall_values)
+        if self.recall_attribute and not self.recall_values:
+            raise ValueError(f"recall_attribute={recall_attribute!r} needs a non-empty recall_values")
         manifest_labels = getattr(streams, "labels", None)
         self.streams = list(getattr(streams, "streams", streams))
         self.cfg = cfg
@@ -699,7 +738,16 @@ class StreamDataset(torch.utils.data.Dataset):
             return self._examples[s]
         spec = self.streams[s]
         feats = load_features(spec, self.cfg, self.cache_dir)  # MediaError names the stream and field
-        ex = build_example(spec, feats, self.tokenizer, self.labels, self.cfg, stream_index=s)
+        ex = build_example(
+            spec,
+            feats,
+            self.tokenizer,
+            self.labels,
+            self.cfg,
+            stream_index=s,
+            recall_attribute=self.recall_attribute,
+            recall_values=self.recall_values,
+        )
         if self.memory_cache > 0:
             self._examples[s] = ex
             while len(self._examples) > self.memory_cache:

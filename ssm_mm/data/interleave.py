@@ -59,6 +59,7 @@ __all__ = [
     "tick_event_labels",
     "tick_event_counts",
     "tick_recall_times",
+    "tick_recall_values",
     "proactive_flags",
     "speak_targets",
     "lm_targets",
@@ -407,6 +408,29 @@ def tick_event_counts(
     return torch.from_numpy(out)
 
 
+def _last_finished(
+    segments: Sequence[_SegmentLike], labels: Sequence[str], n_ticks: int, tick_seconds: float, stream_id: str
+) -> np.ndarray:
+    """(n_ticks, len(labels) - 1) int64: index into ``segments`` of each label's last segment that is
+    over by the end of each tick (media time ``(k+1)τ``), −1 while none is. Among segments ending at
+    the same time the one that started last wins."""
+    _segments_by_label(segments, labels, stream_id)  # checks labels and times (ValueError)
+    index = {name: i for i, name in enumerate(labels)}
+    ends = (np.arange(n_ticks, dtype=np.float64) + 1.0) * tick_seconds  # (K,)
+    out = np.full((n_ticks, len(labels) - 1), -1, dtype=np.int64)
+    for li in range(1, len(labels)):
+        mine = sorted(
+            (j for j, s in enumerate(segments) if index[s.label] == li),
+            key=lambda j: (float(segments[j].end), float(segments[j].start)),
+        )
+        if not mine:
+            continue
+        seg_ends = np.array([float(segments[j].end) for j in mine], dtype=np.float64)
+        n_over = np.searchsorted(seg_ends, ends + _TICK_EPS * tick_seconds, side="right")  # (K,)
+        out[:, li - 1] = np.where(n_over > 0, np.array(mine, dtype=np.int64)[np.maximum(n_over - 1, 0)], -1)
+    return out
+
+
 def tick_recall_times(
     segments: Sequence[_SegmentLike],
     labels: Sequence[str],
@@ -422,17 +446,30 @@ def tick_recall_times(
     the Y last happened?" refers to at that tick. Among segments ending at the same time the one that
     started last wins. The target times of the auxiliary recall head (``model.recall_head``).
     """
-    per_label = _segments_by_label(segments, labels, stream_id)
-    ends = (np.arange(n_ticks, dtype=np.float64) + 1.0) * tick_seconds  # (K,)
-    out = np.full((n_ticks, len(labels) - 1), np.nan, dtype=np.float64)
-    for li, iv in per_label.items():
-        iv = sorted(iv, key=lambda se: (se[1], se[0]))  # by end, then start
-        seg_ends = np.array([b for _, b in iv], dtype=np.float64)
-        mids = np.array([(a + b) / 2.0 for a, b in iv], dtype=np.float64)
-        n_over = np.searchsorted(seg_ends, ends + _TICK_EPS * tick_seconds, side="right")  # (K,)
-        over = n_over > 0
-        out[over, li - 1] = mids[n_over[over] - 1]
-    return torch.from_numpy(out)
+    last = _last_finished(segments, labels, n_ticks, tick_seconds, stream_id)
+    mids = np.array([(float(s.start) + float(s.end)) / 2.0 for s in segments] + [np.nan], dtype=np.float64)
+    return torch.from_numpy(mids[last])  # index -1 -> the trailing NaN
+
+
+def tick_recall_values(
+    segments: Sequence[_SegmentLike],
+    labels: Sequence[str],
+    n_ticks: int,
+    tick_seconds: float,
+    attribute: str,
+    values: Sequence[str],
+    *,
+    stream_id: str = "?",
+) -> Tensor:
+    """What each event label looked like when it last happened, seen from each tick: (n_ticks,
+    len(labels) - 1) int64 index into ``values`` of the segment attribute ``attribute`` of the label's
+    last finished segment (the one :func:`tick_recall_times` points at); −1 while none is over, or
+    when that segment lacks the attribute or has a value outside ``values``. The targets of the
+    recall-attribute head (``model.recall_attribute``)."""
+    last = _last_finished(segments, labels, n_ticks, tick_seconds, stream_id)
+    where = {v: i for i, v in enumerate(values)}
+    per_segment = [where.get(getattr(s, "attributes", {}).get(attribute), -1) for s in segments]
+    return torch.from_numpy(np.array(per_segment + [-1], dtype=np.int64)[last])
 
 
 def proactive_flags(dialogue: Sequence[_TurnLike], tick_seconds: float) -> list[bool]:

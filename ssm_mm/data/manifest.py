@@ -16,7 +16,9 @@ Fields:
 * ``t0`` (optional, default 0): clock time of media time 0 (docs/design.md).
 * ``dialogue`` (optional): turns ``{"t", "role": "user"|"assistant", "text", "type"?}`` sorted by
   ``t`` in ``[0, duration]``; ``type`` is an optional question type ("count", "color", "order", ...).
-* ``segments`` (optional): ``{"start", "end", "label"}`` with ``0 <= start < end <= duration``.
+* ``segments`` (optional): ``{"start", "end", "label"}`` with ``0 <= start < end <= duration``, and
+  optionally ``"attributes"``: string values describing the event (AVWorld: ``{"color": "red",
+  "shape": "circle"}``, its shape), targets of the recall-attribute head (``model.recall_attribute``).
 * Other keys are kept in :attr:`StreamSpec.extra` and written back unchanged.
 
 Every problem raises :class:`ManifestError` naming the manifest file, the line, the stream id and the
@@ -76,6 +78,7 @@ class Segment:
     start: float
     end: float
     label: str
+    attributes: dict[str, str] = field(default_factory=dict)  # e.g. {"color": "red"}; optional
 
 
 @dataclass
@@ -244,7 +247,14 @@ def _parse_line(obj: Any, ctx: _Line, base: Path) -> StreamSpec:
         if start >= end:
             ctx.fail(f"{f}.end", f"segment end {end} is not after its start {start}")
         label = ctx.text(seg, "label", f"{f}.label")
-        segments.append(Segment(start=start, end=end, label=label))
+        attrs = seg.get("attributes", {})
+        if attrs is None:
+            attrs = {}
+        if not isinstance(attrs, dict):
+            ctx.fail(f"{f}.attributes", f"must be an object, got {attrs!r}")
+        for k in attrs:
+            ctx.text(attrs, k, f"{f}.attributes.{k}")
+        segments.append(Segment(start=start, end=end, label=label, attributes=dict(attrs)))
 
     extra = {k: v for k, v in obj.items() if k not in _KNOWN_KEYS}
     return StreamSpec(
@@ -369,7 +379,15 @@ def stream_to_json(spec: StreamSpec, base: Path) -> dict[str, Any]:
             d["type"] = turn.type
         turns.append(d)
     obj["dialogue"] = turns
-    obj["segments"] = [{"start": s.start, "end": s.end, "label": s.label} for s in spec.segments]
+    obj["segments"] = [
+        {
+            "start": s.start,
+            "end": s.end,
+            "label": s.label,
+            **({"attributes": s.attributes} if s.attributes else {}),
+        }
+        for s in spec.segments
+    ]
     for k, v in spec.extra.items():
         obj.setdefault(k, v)
     return obj

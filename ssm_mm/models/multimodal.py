@@ -8,7 +8,8 @@ One early-fusion model over the interleaved timed tokens of :mod:`ssm_mm.data.in
            speak_head(h at a tick's summary position) ("speak now" for proactive responses),
            optional training-only heads: video_head (each video token's pooled patch),
            count_head (each event label's running count at a tick's summary position) and
-           recall_head (each event label's frame when it last happened, pooled, at the same position).
+           recall_head (each event label's frame when it last happened, pooled, at the same position)
+           and attribute_head (a segment attribute of each event label's last segment, there too).
 
 Time enters twice: the temporal embedding (bounded features of the gaps and of t, see
 :mod:`ssm_mm.layers.temporal`) and the SSM decay, which advances by ``gap`` real seconds (SPEC §6).
@@ -39,8 +40,9 @@ from ssm_mm.streaming.state import BackboneState
 
 FORMAT_VERSION = 1
 N_KINDS = 3
-# the training losses (video / count / recall: only with model.video_target / count_head / recall_head)
-HEADS = ("lm", "event", "speak", "video", "count", "recall")
+# the training losses (video / count / recall / attribute: only with model.video_target / count_head /
+# recall_head / recall_attribute)
+HEADS = ("lm", "event", "speak", "video", "count", "recall", "attribute")
 
 
 @dataclass
@@ -161,6 +163,10 @@ class MultimodalSSM(nn.Module):
         if n < 0 or n > fc.frame_size:
             raise ValueError(f"model.recall_head={n} must be in [0, frame_size={fc.frame_size}] (0 = none)")
         self.recall_head = nn.Linear(d, n_events * 3 * n * n) if n else None
+        if cfg.recall_attribute and not cfg.recall_values:
+            raise ValueError(f"model.recall_attribute={cfg.recall_attribute!r} needs model.recall_values")
+        n = len(cfg.recall_values)
+        self.attribute_head = nn.Linear(d, n_events * n) if cfg.recall_attribute else None
 
     # ------------------------------------------------------------------------------- state
 
@@ -270,6 +276,7 @@ class MultimodalSSM(nn.Module):
         video = int(((batch.kind == VIDEO) & batch.valid).sum()) if self.video_head is not None else 0
         count = ticks * (len(self.labels) - 1) if self.count_head is not None else 0
         recall = int((batch.recall_index >= 0).sum()) if self.recall_head is not None else 0
+        attribute = int((batch.recall_value >= 0).sum()) if self.attribute_head is not None else 0
         return {
             "lm": int((batch.lm_target != IGNORE_INDEX).sum()),
             "event": ticks,
@@ -277,11 +284,17 @@ class MultimodalSSM(nn.Module):
             "video": video,
             "count": count,
             "recall": recall,
+            "attribute": attribute,
         }
 
     def active_heads(self) -> list[str]:
         """The losses of :data:`HEADS` this model trains (its optional heads only when it has them)."""
-        absent = {"video": self.video_head, "count": self.count_head, "recall": self.recall_head}
+        absent = {
+            "video": self.video_head,
+            "count": self.count_head,
+            "recall": self.recall_head,
+            "attribute": self.attribute_head,
+        }
         absent = {k: head is None for k, head in absent.items()}
         return [k for k in HEADS if not absent.get(k, False)]
 
@@ -294,6 +307,11 @@ class MultimodalSSM(nn.Module):
         """(..., C, 3 N^2) recall-head predictions from tick hidden states (..., d); C = event labels,
         N = ``model.recall_head`` (channel-major, like :meth:`recall_targets`)."""
         return self.recall_head(tick_hidden).unflatten(-1, (len(self.labels) - 1, -1))
+
+    def attribute_logits(self, tick_hidden: Tensor) -> Tensor:
+        """(..., C, V) attribute-head logits from tick hidden states (..., d); C = event labels,
+        V = ``len(model.recall_values)``."""
+        return self.attribute_head(tick_hidden).unflatten(-1, (len(self.labels) - 1, -1))
 
     def recall_targets(self, frames: Tensor) -> Tensor:
         """(R, 3 N^2) recall-head targets: frames (R, 3, S, S) average-pooled to N x N, flattened."""
@@ -309,7 +327,8 @@ class MultimodalSSM(nn.Module):
         label's running count, clipped to N, over the same ticks (one item per tick and label);
         recall (with ``model.recall_head`` = N): squared error of each event label's frame when it
         last happened, pooled to N x N x 3, averaged over its values (one item per tick and label
-        that has happened).
+        that has happened); attribute (with ``model.recall_attribute``): cross-entropy of the attribute
+        value of each event label's last segment, over the ticks and labels where it is known.
         Sums (not means) so that data-parallel ranks can normalise by the global count. A head with
         nothing to supervise contributes an exact zero that still depends on its weights (so every
         parameter takes part in every step, as DDP requires).
@@ -323,6 +342,9 @@ class MultimodalSSM(nn.Module):
             "video": h.new_zeros(()) if self.video_head is None else self.video_head.weight.sum() * 0.0,
             "count": h.new_zeros(()) if self.count_head is None else self.count_head.weight.sum() * 0.0,
             "recall": h.new_zeros(()) if self.recall_head is None else self.recall_head.weight.sum() * 0.0,
+            "attribute": h.new_zeros(())
+            if self.attribute_head is None
+            else self.attribute_head.weight.sum() * 0.0,
         }
         sums = dict(zero)
         if sup.any():
@@ -349,6 +371,13 @@ class MultimodalSSM(nn.Module):
                     pred = self.recall_logits(th[tv])[seen].float()  # (n, 3 N^2)
                     target = self.recall_targets(batch.recall_video)[index[seen]].float()
                     sums["recall"] = (pred - target).pow(2).mean(-1).sum() + zero["recall"]
+            if self.attribute_head is not None:
+                target = batch.recall_value[tv]  # (T, C), IGNORE_INDEX where unknown
+                if (target >= 0).any():
+                    logits = self.attribute_logits(th[tv]).float()  # (T, C, V)
+                    sums["attribute"] = F.cross_entropy(
+                        logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+                    )
         counts = self.supervised_counts(batch)
         if counts["video"] and batch.video is not None:
             is_v = (batch.kind == VIDEO) & batch.valid

@@ -80,6 +80,7 @@ class RunLogger:
                     + (f"video {metrics['loss_video']:.3f} " if metrics.get("loss_video") else "")
                     + (f"count {metrics['loss_count']:.3f} " if metrics.get("loss_count") else "")
                     + (f"recall {metrics['loss_recall']:.3f} " if metrics.get("loss_recall") else "")
+                    + (f"attribute {metrics['loss_attribute']:.3f} " if metrics.get("loss_attribute") else "")
                     + f"lr {metrics.get('lr', 0):.2e} "
                     f"tok/s {metrics.get('tokens_per_s', 0):.0f} eta {eta:.0f}s",
                     flush=True,

@@ -165,6 +165,19 @@ def prepare_data(cfg: Config, log=print) -> DataSetup:
 
         labels = [c.name for c in CLASSES[: d.avworld.classes]]
     labels = ["background"] + [x for x in labels if x != "background"]
+    attr = cfg.model.recall_attribute
+    if (
+        attr and not cfg.model.recall_values
+    ):  # the value vocabulary of the training streams (pinned in the model)
+        cfg.model.recall_values = sorted(
+            {s.attributes[attr] for st in train_streams for s in st.segments if attr in s.attributes}
+        )
+        if not cfg.model.recall_values:
+            raise ValueError(
+                f"model.recall_attribute={attr!r}: no segment of the training streams ({train_m}) has that "
+                'attribute (manifest segments\' "attributes")'
+            )
+    recall = {"recall_attribute": attr or None, "recall_values": list(cfg.model.recall_values)}
     tok = load_tokenizer(cfg.tokenizer)
     fcache = cache / "features" if d.feature_cache else None
     mem = max(1, cfg.train.batch_size)
@@ -176,10 +189,18 @@ def prepare_data(cfg: Config, log=print) -> DataSetup:
         window_seconds=d.window_seconds,
         cache_dir=fcache,
         memory_cache=mem,
+        **recall,
     )
     val = (
         StreamDataset(
-            val_streams, cfg.features, tok, labels, window_seconds=None, cache_dir=fcache, memory_cache=1
+            val_streams,
+            cfg.features,
+            tok,
+            labels,
+            window_seconds=None,
+            cache_dir=fcache,
+            memory_cache=1,
+            **recall,
         )
         if val_streams
         else None
@@ -480,6 +501,12 @@ class Trainer:
                 else ""
             )
             + (f" recall {res['loss']['recall']:.3f}" if "recall" in res["loss"] else "")
+            + (
+                f" attribute {res['loss']['attribute']:.3f} (attribute accuracy "
+                f"{res['attribute_accuracy']:.3f}, majority {res['attribute_majority']:.3f})"
+                if "attribute" in res["loss"]
+                else ""
+            )
         )
         logger.log(
             {
@@ -488,6 +515,7 @@ class Trainer:
                 "eval/majority_rate": res["majority_rate"],
                 **{f"eval/loss_{k}": v for k, v in res["loss"].items()},
                 **({"eval/count_accuracy": res["count_accuracy"]} if "count_accuracy" in res else {}),
+                **{f"eval/{k}": res[k] for k in ("attribute_accuracy", "attribute_majority") if k in res},
             },
             step=step,
         )

@@ -24,6 +24,7 @@ def validate(model: MultimodalSSM, dataset: StreamDataset, batch_size: int = 8, 
     counts = {k: 0 for k in heads}
     speak_hits = speak_pos = 0
     count_hits = count_n = 0
+    attr_hits, attr_values = 0, []
     items = list(range(len(dataset)))
     for i in range(0, len(items), batch_size):
         batch = dataset.collate([dataset[j] for j in items[i : i + batch_size]]).to(device)
@@ -44,6 +45,11 @@ def validate(model: MultimodalSSM, dataset: StreamDataset, batch_size: int = 8, 
             target = batch.event_count[tv].clamp_max(model.cfg.count_head)
             count_hits += int((model.count_logits(th[tv]).argmax(-1) == target).sum())
             count_n += target.numel()
+        if model.attribute_head is not None:
+            target = batch.recall_value[tv]
+            known = target >= 0
+            attr_hits += int((model.attribute_logits(th[tv]).argmax(-1) == target)[known].sum())
+            attr_values.append(target[known].cpu())
     model.train(was_training)
     pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
     true = torch.cat(trues) if trues else torch.zeros(0, dtype=torch.long)
@@ -52,4 +58,9 @@ def validate(model: MultimodalSSM, dataset: StreamDataset, batch_size: int = 8, 
     res["speak_recall_ticks"] = speak_hits / speak_pos if speak_pos else float("nan")
     if model.count_head is not None:  # exact running counts, per tick and event label
         res["count_accuracy"] = count_hits / count_n if count_n else float("nan")
+    if model.attribute_head is not None:  # the recalled attribute, per tick and label that has happened
+        values = torch.cat(attr_values) if attr_values else torch.zeros(0, dtype=torch.long)
+        n = len(values)
+        res["attribute_accuracy"] = attr_hits / n if n else float("nan")
+        res["attribute_majority"] = int(values.bincount().max()) / n if n else float("nan")
     return res

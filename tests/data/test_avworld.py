@@ -183,6 +183,17 @@ def test_segments_match_measured_audio_and_video(decoded):
             video_only += int((seen & ~heard).sum())
     assert checked > 150
     assert audio_only > 0 and video_only > 0  # distractors exist and are background
+    # each segment's attributes are its shape's look, measured in the frame nearest its middle
+    looks = 0
+    for spec, video, _ in items:
+        ts = video.timestamps.numpy()
+        for s in spec.segments:
+            cls = next(c for c in CLASSES if c.name == s.label)
+            assert s.attributes["shape"] == cls.shape, (spec.id, s)
+            seen = measure_shapes(video.frames.numpy()[int(np.argmin(np.abs(ts - (s.start + s.end) / 2)))])
+            assert seen.get(cls.shape) == s.attributes["color"], (spec.id, s, seen)
+            looks += 1
+    assert looks >= 10
 
 
 def test_dialogue_is_consistent_with_segments_and_frames(decoded):
@@ -400,8 +411,9 @@ def test_timing_spreads_vary_streams_within_bounds_and_keep_the_world(tmp_path):
         assert 0.01 <= d.jitter < 0.06 and 0.05 <= d.drop < 0.25 and -0.3 <= d.offset <= 0.5
         assert make_scene(d, 0) == make_scene(base, 0)  # the same world, rendered with other timing
     assert len({(d.jitter, d.drop, d.offset) for d in drawn}) == 40
-    # caches made before the spreads existed keep their key; a spread is a different dataset
-    assert cache_key(AVWorldConfig()) == "avworld-7116ab4e38666613"
+    # the default key is pinned: the spreads at 0 leave it as it was before they existed; only
+    # GENERATOR_VERSION moves it (3: segments carry their shape's attributes). A spread is another dataset
+    assert cache_key(AVWorldConfig()) == "avworld-0498885e9a77057f"
     assert cache_key(cfg) != cache_key(base)
     assert nominal_knobs(dataclasses.asdict(cfg)) == {
         "jitter_spread": 0.0,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -27,6 +27,7 @@ from ssm_mm.data.interleave import (
     tick_event_labels,
     tick_of,
     tick_recall_times,
+    tick_recall_values,
     tick_summary_positions,
 )
 from ssm_mm.data.tokenizer import ByteTokenizer
@@ -48,6 +49,7 @@ class Segment:
     start: float
     end: float
     label: str
+    attributes: dict = field(default_factory=dict)
 
 
 def _audio_times(seconds: float, t0: float = 0.0) -> torch.Tensor:
@@ -296,6 +298,14 @@ def test_recall_times_point_at_the_last_finished_segment():
         equal_nan=True,
     )
     assert torch.isnan(tick_recall_times([], LABELS, 3, 0.5)).all()
+    # the same segments' attribute: its value's index, -1 while none is over / missing / unknown value
+    looks = [{"color": "red"}, {"color": "blue"}, {"color": "blue"}, {"shape": "x"}, {"color": "red"}]
+    coloured = [Segment(s.start, s.end, s.label, a) for s, a in zip(segs, looks)]
+    val = tick_recall_values(coloured, LABELS, 9, 0.5, "color", ["blue", "red"])
+    assert val.dtype == torch.int64 and val[:, 0].tolist() == [1, 1, -1, -1, -1, 0, 0, 0, 0]
+    assert val[:, 1].tolist() == [-1, -1, 0, 0, 0, 0, 0, 0, 0]
+    assert (tick_recall_values(coloured, LABELS, 9, 0.5, "color", ["green"]) == -1).all()
+    assert (tick_recall_values(segs, LABELS, 9, 0.5, "color", ["red"]) == -1).all()  # no attributes at all
     with pytest.raises(ValueError, match=r"stream s7: segments\[0\].label='gong'"):
         tick_recall_times([Segment(0, 1, "gong")], LABELS, 4, 0.5, stream_id="s7")
 

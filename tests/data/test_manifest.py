@@ -103,7 +103,7 @@ def test_write_then_read_round_trips(tmp_path, media):
                 Turn(1.0, "user", "what color is the circle now?", "now"),
                 Turn(1.0, "assistant", "red"),
             ],
-            segments=[Segment(0.5, 1.5, "bell")],
+            segments=[Segment(0.5, 1.5, "bell", {"color": "red"}), Segment(2.0, 3.0, "drum")],
             extra={"source": "test"},
         ),
         StreamSpec(id="b", video=None, audio=media / "speech.wav", audio_from_video=False, duration=1.0),
@@ -112,6 +112,7 @@ def test_write_then_read_round_trips(tmp_path, media):
     path = write_manifest(specs, tmp_path / "sub" / "m.jsonl")
     first = json.loads(path.read_text().splitlines()[0])
     assert not Path(first["video"]).is_absolute()  # written relative to the manifest's folder
+    assert first["segments"][0]["attributes"] == {"color": "red"} and "attributes" not in first["segments"][1]
     back = read_manifest(path)
     for a, b in zip(specs, back.streams):
         assert (a.id, a.video, a.audio, a.audio_from_video, a.duration, a.t0) == (
@@ -189,6 +190,16 @@ BAD = {
         "negative",
     ),
     "segment_no_label": (_line(segments=[{"start": 1, "end": 2, "label": ""}]), "segments[0].label", "empty"),
+    "segment_attributes_not_object": (
+        _line(segments=[{"start": 1, "end": 2, "label": "x", "attributes": ["red"]}]),
+        "segments[0].attributes",
+        "object",
+    ),
+    "segment_attribute_not_text": (
+        _line(segments=[{"start": 1, "end": 2, "label": "x", "attributes": {"color": 3}}]),
+        "segments[0].attributes.color",
+        "string",
+    ),
     "dialogue_not_list": (_line(dialogue={"t": 1}), "dialogue", "list"),
 }
 

@@ -10,7 +10,11 @@ from support import tiny_model_config
 
 from ssm_mm.config import TemporalConfig, load_config
 from ssm_mm.data.avworld import CLASSES
+from ssm_mm.data.dataset import StreamDataset
+from ssm_mm.data.featurize import FeaturizerConfig
 from ssm_mm.data.interleave import IGNORE_INDEX, TEXT, VIDEO
+from ssm_mm.data.manifest import read_manifest
+from ssm_mm.data.tokenizer import ByteTokenizer
 from ssm_mm.models.multimodal import MultimodalSSM
 
 LABELS = ["background"] + [c.name for c in CLASSES]
@@ -310,3 +314,53 @@ def test_recall_head_reads_past_frames_and_round_trips(tmp_path, make_dataset):
     for bad in (-1, 65):
         with pytest.raises(ValueError, match="recall_head"):
             tiny_model(recall_head=bad)
+
+
+def test_attribute_head_reads_each_events_colour_and_round_trips(tmp_path, avworld_manifest):
+    values = ["blue", "cyan", "green", "purple", "red", "yellow"]
+    manifest = read_manifest(avworld_manifest)
+    ds = StreamDataset(
+        manifest, FeaturizerConfig(), ByteTokenizer(), LABELS, window_seconds=2.0,
+        recall_attribute="color", recall_values=values,
+    )  # fmt: skip
+    batch = ds.collate([ds[1], ds[3], ds[6]])
+    tv = batch.tick_valid
+    target = batch.recall_value
+    assert bool((target[~tv] == IGNORE_INDEX).all()) and int((target >= 0).sum()) > 0
+    # the targets are the colours of each label's last finished segment, from the manifest
+    for r, (s, w) in enumerate(ds.locate(i) for i in (1, 3, 6)):
+        spec, win = manifest.streams[s], ds[ds.index(s, w)]
+        for j in range(win.tick_end - win.tick_start):
+            if not tv[r, j]:
+                continue
+            end = (win.tick_start + j + 1) * ds.cfg.tick_seconds
+            for c, name in enumerate(LABELS[1:]):
+                over = [g for g in spec.segments if g.label == name and g.end <= end + 1e-9]
+                last = max(over, key=lambda g: (g.end, g.start)) if over else None
+                expect = values.index(last.attributes["color"]) if last else IGNORE_INDEX
+                assert target[r, j, c].item() == expect, (spec.id, j, name)
+    model = tiny_model(recall_attribute="color", recall_values=values).train()
+    out = model.forward_batch(batch)
+    sums, counts = model.loss_sums(out, batch)
+    known = target[tv] >= 0
+    assert counts["attribute"] == int(known.sum()) and sums["attribute"] > 0
+    logits = model.attribute_logits(model.tick_hidden(out.hidden, batch.summary_pos)[tv])  # (T, C, V)
+    assert logits.shape[1:] == (len(LABELS) - 1, len(values))
+    manual = torch.nn.functional.cross_entropy(logits[known], target[tv][known], reduction="sum")
+    torch.testing.assert_close(sums["attribute"], manual)
+    sums["attribute"].backward()
+    assert model.attribute_head.weight.grad.abs().sum() > 0
+    assert model.video_in.stem[0].weight.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path / "m")
+    again = MultimodalSSM.from_pretrained(tmp_path / "m")
+    assert again.cfg.recall_values == values and torch.equal(
+        again.attribute_head.weight, model.attribute_head.weight
+    )
+    assert again.active_heads() == ["lm", "event", "speak", "attribute"]
+    plain = tiny_model()
+    s2, c2 = plain.loss_sums(plain.forward_batch(batch), batch)
+    assert plain.attribute_head is None and c2["attribute"] == 0 and float(s2["attribute"]) == 0.0
+    with pytest.raises(ValueError, match="recall_values"):
+        tiny_model(recall_attribute="color")
+    with pytest.raises(ValueError, match="recall_values"):
+        StreamDataset(manifest, FeaturizerConfig(), ByteTokenizer(), LABELS, recall_attribute="color")

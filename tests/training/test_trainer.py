@@ -97,23 +97,30 @@ def test_bad_stream_is_skipped_and_counted(tmp_path, tiny_world, capsys, run):
 
 
 @pytest.mark.parametrize(
-    "knob, head, printed",
+    "knob, value, head, printed",
     [
-        ("video_target", "video", [" video "]),
-        ("count_head", "count", [" count ", "count accuracy"]),
-        ("recall_head", "recall", [" recall "]),
+        ("video_target", 2, "video", [" video "]),
+        ("count_head", 2, "count", [" count ", "count accuracy"]),
+        ("recall_head", 2, "recall", [" recall "]),
+        ("recall_attribute", "color", "attribute", [" attribute ", "attribute accuracy"]),
     ],
 )
-def test_optional_head_adds_its_weighted_loss(tmp_path, tiny_world, run, capsys, knob, head, printed):
-    res = run(tmp_path, tiny_world, f"model.{knob}=2", "train.max_steps=2", f"train.loss_{head}=0.5")
+def test_optional_head_adds_its_weighted_loss(tmp_path, tiny_world, run, capsys, knob, value, head, printed):
+    res = run(tmp_path, tiny_world, f"model.{knob}={value}", "train.max_steps=2", f"train.loss_{head}=0.5")
     assert res["step"] == 2
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     positive = [r[f"loss_{head}"] > 0 for r in rows]
-    assert all(positive) if head != "recall" else any(positive)  # a batch may hold no finished event
+    assert (
+        all(positive) if head in ("video", "count") else any(positive)
+    )  # a batch may hold no finished event
     for r in rows:  # the total weighs it by train.loss_<head>
         parts = r["loss_lm"] + r["loss_event"] + r["loss_speak"] + 0.5 * r[f"loss_{head}"]
         assert abs(r["loss"] - parts) < 1e-5 * max(1.0, r["loss"])
-    assert getattr(MultimodalSSM.from_pretrained(tmp_path / "run" / "final").cfg, knob) == 2
+    final = MultimodalSSM.from_pretrained(tmp_path / "run" / "final").cfg
+    assert getattr(final, knob) == value
+    if head == "attribute":  # the value vocabulary of the training streams, pinned in the model
+        assert set(final.recall_values) <= {"red", "green", "blue", "yellow", "cyan", "purple"}
+        assert len(final.recall_values) >= 2
     out = capsys.readouterr().out
     assert all(p in out for p in printed)  # in the step and validation lines
 
