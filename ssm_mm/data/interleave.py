@@ -58,6 +58,7 @@ __all__ = [
     "tick_summary_positions",
     "tick_event_labels",
     "tick_event_counts",
+    "tick_last_segments",
     "tick_recall_times",
     "tick_recall_values",
     "proactive_flags",
@@ -408,8 +409,12 @@ def tick_event_counts(
     return torch.from_numpy(out)
 
 
-def _last_finished(
-    segments: Sequence[_SegmentLike], labels: Sequence[str], n_ticks: int, tick_seconds: float, stream_id: str
+def tick_last_segments(
+    segments: Sequence[_SegmentLike],
+    labels: Sequence[str],
+    n_ticks: int,
+    tick_seconds: float,
+    stream_id: str = "?",
 ) -> np.ndarray:
     """(n_ticks, len(labels) - 1) int64: index into ``segments`` of each label's last segment that is
     over by the end of each tick (media time ``(k+1)τ``), −1 while none is. Among segments ending at
@@ -446,7 +451,7 @@ def tick_recall_times(
     the Y last happened?" refers to at that tick. Among segments ending at the same time the one that
     started last wins. The target times of the auxiliary recall head (``model.recall_head``).
     """
-    last = _last_finished(segments, labels, n_ticks, tick_seconds, stream_id)
+    last = tick_last_segments(segments, labels, n_ticks, tick_seconds, stream_id)
     mids = np.array([(float(s.start) + float(s.end)) / 2.0 for s in segments] + [np.nan], dtype=np.float64)
     return torch.from_numpy(mids[last])  # index -1 -> the trailing NaN
 
@@ -466,7 +471,7 @@ def tick_recall_values(
     last finished segment (the one :func:`tick_recall_times` points at); −1 while none is over, or
     when that segment lacks the attribute or has a value outside ``values``. The targets of the
     recall-attribute head (``model.recall_attribute``)."""
-    last = _last_finished(segments, labels, n_ticks, tick_seconds, stream_id)
+    last = tick_last_segments(segments, labels, n_ticks, tick_seconds, stream_id)
     where = {v: i for i, v in enumerate(values)}
     per_segment = [where.get(getattr(s, "attributes", {}).get(attribute), -1) for s in segments]
     return torch.from_numpy(np.array(per_segment + [-1], dtype=np.int64)[last])

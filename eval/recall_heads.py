@@ -1,0 +1,194 @@
+"""How far back do the recall heads remember? For a model trained with the recall-attribute head
+(``model.recall_attribute``) or the recall head (``model.recall_head``), read the head at every tick
+of held-out streams for every event label that has happened, and score it by the seconds since that
+label's last segment ended (the age of the memory asked for).
+
+    python eval/recall_heads.py runs/avworld_1h_colour_recall/final --manifest VAL/manifest.jsonl
+    python eval/recall_heads.py MODEL --manifest M --ages 1,3,6,9,13 --streams 64 --out recall.json
+
+Attribute head: accuracy per age bucket beside the bucket's majority rate (its most frequent value).
+Recall head: squared error per value of the pooled frame, beside two floors measured on the same items:
+predicting each label's mean frame, and the mean frame overall (a head that beats neither has
+learned no more than the average look of each event). A model with both heads gets both tables.
+Exit status 2 with a message naming what is wrong: a missing file, a model with neither head, a
+manifest whose segments lack the head's attribute, bad ``--ages``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ssm_mm.data.dataset import StreamDataset
+from ssm_mm.data.interleave import tick_last_segments
+from ssm_mm.data.manifest import read_manifest
+from ssm_mm.evaluation.probes import ProbeError
+from ssm_mm.evaluation.report import fraction_cell, markdown_table, write_json
+
+
+def parse_ages(text: str) -> list[float]:
+    """Bucket edges in seconds from "1,3,6" (increasing, positive); buckets are [0, 1), ..., [6, inf)."""
+    try:
+        edges = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ProbeError(f"--ages {text!r}: not a comma-separated list of seconds") from None
+    if not edges or edges[0] <= 0 or any(b <= a for a, b in zip(edges, edges[1:])):
+        raise ProbeError(f"--ages {text!r}: seconds must be positive and increasing")
+    return [0.0, *edges, float("inf")]
+
+
+def bucket_names(edges: list[float]) -> list[str]:
+    return [f"{a:g}–{b:g} s" if b != float("inf") else f"≥ {a:g} s" for a, b in zip(edges, edges[1:])]
+
+
+@torch.no_grad()
+def read_heads(model, ds: StreamDataset) -> dict[str, np.ndarray]:
+    """Every (tick, label) item of ``ds`` whose label has happened, over whole streams: ``age`` (s since
+    the label's last segment ended, at the tick's end), ``label``; with the attribute head ``value``
+    (target index, −1 unknown) and ``pred``; with the recall head ``frame_pred`` and ``frame`` (3 N²)."""
+    tau = ds.cfg.tick_seconds
+    cols: dict[str, list] = {k: [] for k in ("age", "label", "value", "pred", "frame_pred", "frame")}
+    for s in range(len(ds.streams)):
+        w = ds[ds.index(s, 0)]
+        if ds.windows_per_stream[s] != 1:
+            raise ProbeError("the dataset must hold whole streams (window_seconds=None)")
+        b = ds.collate([w])
+        th = model.tick_hidden(model.forward_batch(b).hidden, b.summary_pos)[0]  # (K, d)
+        spec = ds.streams[s]
+        last = tick_last_segments(spec.segments, model.labels, w.tick_end, tau, spec.id)  # (K, C)
+        ends = np.array([float(g.end) for g in spec.segments] + [np.nan])[last]
+        age = (np.arange(w.tick_end)[:, None] + 1.0) * tau - ends
+        item = (last >= 0) & b.tick_valid[0, :, None].numpy()  # (K, C)
+        cols["age"].append(age[item])
+        cols["label"].append(np.nonzero(item)[1])
+        if model.attribute_head is not None:
+            cols["value"].append(b.recall_value[0].numpy()[item])
+            cols["pred"].append(model.attribute_logits(th).argmax(-1).numpy()[item])
+        if model.recall_head is not None:
+            idx = torch.from_numpy(w.recall_index.numpy()[item])
+            known = idx >= 0
+            if not bool(known.all()):
+                raise ProbeError(f"stream {spec.id}: no video frame to recall (the recall head needs video)")
+            if len(idx):
+                cols["frame_pred"].append(model.recall_logits(th)[torch.from_numpy(item)].numpy())
+                cols["frame"].append(model.recall_targets(w.recall_video)[idx].numpy())
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()}
+
+
+def attribute_rows(items: dict[str, np.ndarray], edges: list[float]) -> list[dict]:
+    """Per age bucket: items with a known value, head right, and the bucket's majority count."""
+    rows = []
+    known = items["value"] >= 0
+    for name, lo, hi in zip(bucket_names(edges), edges, edges[1:]):
+        m = known & (items["age"] >= lo) & (items["age"] < hi)
+        v = items["value"][m]
+        rows.append(
+            {
+                "age": name,
+                "n": int(m.sum()),
+                "right": int((items["pred"][m] == v).sum()),
+                "majority": int(np.bincount(v).max()) if len(v) else 0,
+            }
+        )
+    return rows
+
+
+def recall_rows(items: dict[str, np.ndarray], edges: list[float]) -> list[dict]:
+    """Per age bucket: the head's squared error per value and the two floors (label mean, overall mean)."""
+    frame, pred, label = items["frame"], items["frame_pred"], items["label"]
+    label_mean = np.zeros_like(frame)
+    for c in np.unique(label):
+        label_mean[label == c] = frame[label == c].mean(0)
+    err = {
+        "head": ((pred - frame) ** 2).mean(-1),
+        "label_mean": ((label_mean - frame) ** 2).mean(-1),
+        "overall_mean": ((frame.mean(0) - frame) ** 2).mean(-1),
+    }
+    rows = []
+    for name, lo, hi in zip(bucket_names(edges), edges, edges[1:]):
+        m = (items["age"] >= lo) & (items["age"] < hi)
+        rows.append(
+            {
+                "age": name,
+                "n": int(m.sum()),
+                **{k: float(e[m].mean()) if m.any() else None for k, e in err.items()},
+            }
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "model", help="a saved model (folder or checkpoint) with a recall or recall-attribute head"
+    )
+    p.add_argument("--manifest", required=True, help="held-out streams (SPEC §4 manifest)")
+    p.add_argument("--ages", default="1,3,6,9,13", help="age bucket edges in seconds (default 1,3,6,9,13)")
+    p.add_argument("--streams", type=int, default=64, help="the first N streams of the manifest (default 64)")
+    p.add_argument("--out", help="write the tables as JSON here")
+    a = p.parse_args(argv)
+    try:
+        from ssm_mm.models.multimodal import MultimodalSSM
+
+        edges = parse_ages(a.ages)
+        manifest = Path(a.manifest)
+        if not manifest.is_file():
+            raise ProbeError(f"--manifest {manifest}: no such file")
+        if a.streams < 1:
+            raise ProbeError(f"--streams must be >= 1, got {a.streams}")
+        model = MultimodalSSM.from_pretrained(a.model).eval()
+        if model.attribute_head is None and model.recall_head is None:
+            raise ProbeError(
+                f"{a.model}: the model has neither a recall head (model.recall_head) nor a recall-attribute "
+                "head (model.recall_attribute)"
+            )
+        streams = read_manifest(manifest).streams[: a.streams]
+        attr = model.cfg.recall_attribute or None
+        if attr and not any(attr in g.attributes for spec in streams for g in spec.segments):
+            raise ProbeError(f"{manifest}: no segment has the attribute {attr!r} the model's head reads")
+        ds = StreamDataset(
+            streams,
+            model.features,
+            model.tokenizer,
+            model.labels,
+            recall_attribute=attr,
+            recall_values=model.cfg.recall_values,
+        )
+        items = read_heads(model, ds)
+    except (ProbeError, OSError, ValueError) as e:
+        print(f"recall_heads.py: {e}", file=sys.stderr)
+        return 2
+    out: dict = {"model": str(a.model), "manifest": str(manifest), "streams": len(streams)}
+    if model.attribute_head is not None:
+        rows = attribute_rows(items, edges)
+        out["attribute"] = {"name": attr, "values": list(model.cfg.recall_values), "rows": rows}
+        print(f"attribute head ({attr!r}), by seconds since the label's last segment ended:")
+        cells = [
+            [r["age"], fraction_cell(r["right"], r["n"]), fraction_cell(r["majority"], r["n"])] for r in rows
+        ]
+        print("\n".join(markdown_table(["age", "head right", "majority value"], cells)))
+    if model.recall_head is not None:
+        rows = recall_rows(items, edges)
+        out["recall"] = {"pool": model.cfg.recall_head, "rows": rows}
+        print("recall head: squared error per value of the pooled frame, by age:")
+        fmt = lambda x: "–" if x is None else f"{x:.4f}"  # noqa: E731
+        cells = [
+            [r["age"], str(r["n"]), fmt(r["head"]), fmt(r["label_mean"]), fmt(r["overall_mean"])]
+            for r in rows
+        ]
+        print(
+            "\n".join(
+                markdown_table(["age", "items", "head", "each label's mean frame", "mean frame"], cells)
+            )
+        )
+    if a.out:
+        write_json(out, a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""eval/recall_heads.py: the recall heads scored by the age of the memory they are asked for; bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from support import tiny_model
+from test_benchmarks import load_script
+
+from ssm_mm.data.avworld import CLASSES, COLORS
+from ssm_mm.data.dataset import StreamDataset
+from ssm_mm.data.manifest import read_manifest
+from ssm_mm.models.multimodal import MultimodalSSM
+
+rh = load_script("recall_heads")
+LABELS = ["background"] + [c.name for c in CLASSES[:4]]
+VALUES = sorted(COLORS)
+
+
+@pytest.fixture(scope="module")
+def both_heads(tmp_path_factory):
+    out = tmp_path_factory.mktemp("recall_model") / "m"
+    tiny_model(labels=LABELS, recall_attribute="color", recall_values=VALUES, recall_head=2).save_pretrained(
+        out
+    )
+    return out
+
+
+def test_every_item_is_scored_once_by_age(world, both_heads, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert rh.main([str(both_heads), "--manifest", str(world), "--ages", "1,3", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    assert "attribute head ('color')" in printed and "recall head" in printed and "≥ 3 s" in printed
+    # the items: every (tick with media, label that has happened) of every stream, counted independently
+    man = read_manifest(world)
+    model = MultimodalSSM.from_pretrained(both_heads)
+    ds = StreamDataset(
+        man, model.features, model.tokenizer, LABELS, recall_attribute="color", recall_values=VALUES
+    )
+    n_known = n_seen = 0
+    for s in range(len(man.streams)):
+        b = ds.collate([ds[s]])
+        n_known += int((b.recall_value >= 0).sum())
+        n_seen += int(((b.recall_index >= 0) & b.tick_valid[..., None]).sum())
+    att, rec = res["attribute"]["rows"], res["recall"]["rows"]
+    assert [r["age"] for r in att] == ["0–1 s", "1–3 s", "≥ 3 s"] and res["attribute"]["values"] == VALUES
+    assert sum(r["n"] for r in att) == n_known > 0 and sum(r["n"] for r in rec) == n_seen == n_known
+    for r in att:
+        assert 0 <= r["right"] <= r["n"] and (r["n"] == 0 or r["majority"] >= r["n"] / len(VALUES))
+    for r in rec:  # the label-mean floor is never above the overall-mean floor
+        assert r["n"] == 0 or r["label_mean"] <= r["overall_mean"] + 1e-9
+
+
+def test_scores_on_planted_items():
+    age = np.array([0.5, 0.5, 2.0, 2.0, 2.0, 7.0, -1.0 + 1.5])
+    items = {
+        "age": age,
+        "label": np.array([0, 1, 0, 1, 1, 0, 1]),
+        "value": np.array([2, 2, 1, 1, -1, 3, 0]),  # -1: unknown, left out
+        "pred": np.array([2, 0, 1, 1, 1, 0, 0]),
+    }
+    rows = rh.attribute_rows(items, rh.parse_ages("1,3"))
+    assert [(r["n"], r["right"], r["majority"]) for r in rows] == [(3, 2, 2), (2, 2, 2), (1, 0, 1)]
+    frame = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # label 0 always [1, 0], label 1 [0, 1]
+    items = {
+        "age": np.array([0.5, 0.5, 5.0]),
+        "label": np.array([0, 1, 0]),
+        "frame": frame,
+        "frame_pred": frame,
+    }
+    rows = rh.recall_rows(items, rh.parse_ages("1"))
+    assert rows[0]["head"] == 0.0 and rows[0]["label_mean"] == 0.0 and rows[0]["overall_mean"] > 0
+    assert rows[1]["n"] == 1 and rows[1]["overall_mean"] == pytest.approx(
+        ((1 - 2 / 3) ** 2 + (1 / 3) ** 2) / 2
+    )
+
+
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("no_heads", "neither a recall head"),
+        ("missing", "no such file"),
+        ("ages_order", "positive and increasing"),
+        ("ages_text", "comma-separated"),
+        ("no_attribute", "no segment has the attribute 'color'"),
+    ],
+)
+def test_bad_input_names_what_is_wrong(world, both_heads, model_dir, tmp_path, capsys, case, words):
+    model, manifest, extra = str(both_heads), str(world), []
+    if case == "no_heads":
+        model = str(model_dir)
+    elif case == "missing":
+        manifest = str(tmp_path / "nope.jsonl")
+    elif case == "ages_order":
+        extra = ["--ages", "3,1"]
+    elif case == "ages_text":
+        extra = ["--ages", "one,two"]
+    elif case == "no_attribute":
+        lines = [json.loads(x) for x in world.read_text().splitlines()]
+        for obj in lines:
+            obj["video"] = str(world.parent / obj["video"])
+            for g in obj["segments"]:
+                g.pop("attributes", None)
+        manifest = str(tmp_path / "plain.jsonl")
+        (tmp_path / "plain.jsonl").write_text("".join(json.dumps(o) + "\n" for o in lines))
+    assert rh.main([model, "--manifest", manifest, *extra]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.startswith("recall_heads.py:")
