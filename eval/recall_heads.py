@@ -53,9 +53,9 @@ def read_heads(model, ds: StreamDataset) -> dict[str, np.ndarray]:
     tau = ds.cfg.tick_seconds
     cols: dict[str, list] = {k: [] for k in ("age", "label", "value", "pred", "frame_pred", "frame")}
     for s in range(len(ds.streams)):
-        w = ds[ds.index(s, 0)]
         if ds.windows_per_stream[s] != 1:
             raise ProbeError("the dataset must hold whole streams (window_seconds=None)")
+        w = ds[ds.index(s, 0)]
         b = ds.collate([w])
         th = model.tick_hidden(model.forward_batch(b).hidden, b.summary_pos)[0]  # (K, d)
         spec = ds.streams[s]

@@ -287,16 +287,22 @@ class MultimodalSSM(nn.Module):
             "attribute": attribute,
         }
 
-    def active_heads(self) -> list[str]:
-        """The losses of :data:`HEADS` this model trains (its optional heads only when it has them)."""
-        absent = {
+    def loss_heads(self) -> dict[str, nn.Module | None]:
+        """The module each loss of :data:`HEADS` trains (None for an optional head this model lacks)."""
+        return {
+            "lm": self.lm_head,
+            "event": self.event_head,
+            "speak": self.speak_head,
             "video": self.video_head,
             "count": self.count_head,
             "recall": self.recall_head,
             "attribute": self.attribute_head,
         }
-        absent = {k: head is None for k, head in absent.items()}
-        return [k for k in HEADS if not absent.get(k, False)]
+
+    def active_heads(self) -> list[str]:
+        """The losses of :data:`HEADS` this model trains (its optional heads only when it has them)."""
+        heads = self.loss_heads()
+        return [k for k in HEADS if heads[k] is not None]
 
     def count_logits(self, tick_hidden: Tensor) -> Tensor:
         """(..., C, N+1) count-head logits from tick hidden states (..., d); C = event labels."""
@@ -336,15 +342,8 @@ class MultimodalSSM(nn.Module):
         h = out.hidden
         sup = batch.lm_target != IGNORE_INDEX
         zero = {
-            "lm": self.lm_head.weight.sum() * 0.0,
-            "event": self.event_head.weight.sum() * 0.0,
-            "speak": self.speak_head.weight.sum() * 0.0,
-            "video": h.new_zeros(()) if self.video_head is None else self.video_head.weight.sum() * 0.0,
-            "count": h.new_zeros(()) if self.count_head is None else self.count_head.weight.sum() * 0.0,
-            "recall": h.new_zeros(()) if self.recall_head is None else self.recall_head.weight.sum() * 0.0,
-            "attribute": h.new_zeros(())
-            if self.attribute_head is None
-            else self.attribute_head.weight.sum() * 0.0,
+            k: h.new_zeros(()) if head is None else head.weight.sum() * 0.0
+            for k, head in self.loss_heads().items()
         }
         sums = dict(zero)
         if sup.any():
