@@ -6,7 +6,10 @@ state) at b=1, h=8, p=64, n=64, ngroups=1, fp32, for L in {1024, 4096, 8192}:
 - ``ssd_chunked`` at each chunk size in ``--chunk-sizes`` (the default chunk size is the headline);
 - mamba_ssm's pure-PyTorch ``ssd_minimal_discrete`` (chunk 64; it takes per-head B and C, so it gets
   the group's B, C expanded to every head as a free view), when mamba_ssm is importable;
-- the sequential twin ``ssd_sequential``, at L=1024 only (it is slow; nothing is extrapolated).
+- the sequential twin ``ssd_sequential``, at L=1024 only (it is slow; nothing is extrapolated);
+- with ``--device cuda``: everything on the GPU, plus mamba_ssm's Triton kernel as our layers call it
+  (``ssd_scan(kernels="cuda")``, the time-aware step mapped onto it as in ``ops.ssd._ssd_cuda``), with
+  its errors against ``ssd_minimal_discrete`` beside ours (TF32 products: ~1e-3, shared/GPU.md).
 
 Timings are medians after warm-up; the candidates are measured in interleaved rounds so a noisy CPU
 slows them alike. Errors are norm-relative (‖ours − ref‖ / ‖ref‖) of the output, the final state and
@@ -14,6 +17,7 @@ each gradient against ``ssd_minimal_discrete``; the SPEC asks for ≥ 1.5x at L=
 
     python eval/bench_scan.py                        # -> eval/results/bench_scan.json
     python eval/bench_scan.py --lengths 1024 --repeat 3 --out /tmp/scan.json
+    python eval/bench_scan.py --device cuda --lengths 2048 8192 32768 --out eval/results/bench_scan_cuda.json
 """
 
 from __future__ import annotations
@@ -30,26 +34,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchutil import machine_info, summarize, write_json  # noqa: E402
 
 from ssm_mm.ops.mamba_ref import load_mamba_refs, mamba_refs_error  # noqa: E402
-from ssm_mm.ops.ssd import DEFAULT_CHUNK_SIZE, ssd_chunked, ssd_sequential  # noqa: E402
+from ssm_mm.ops.ssd import DEFAULT_CHUNK_SIZE, ssd_chunked, ssd_scan, ssd_sequential  # noqa: E402
 
 GRAD_NAMES = ("x", "log_decay", "B", "C")
 REF_CHUNK = 64
 
 
-def make_inputs(L: int, b: int, h: int, p: int, n: int, seed: int = 0) -> dict[str, torch.Tensor]:
+def make_inputs(
+    L: int, b: int, h: int, p: int, n: int, seed: int = 0, device="cpu"
+) -> dict[str, torch.Tensor]:
     """Mamba-2-like inputs (as in mamba_ssm's own SSD test): x·dt, A·dt with dt = softplus(N(0,1) - 4)."""
     gen = torch.Generator().manual_seed(seed)
     dt = F.softplus(torch.randn(b, L, h, generator=gen) - 4)
     A = -torch.exp(torch.rand(h, generator=gen))
     x = torch.randn(b, L, h, p, generator=gen) * dt[..., None]
-    return {
-        "x": x.requires_grad_(),
-        "log_decay": (A * dt).requires_grad_(),
-        "B": torch.randn(b, L, 1, n, generator=gen).requires_grad_(),
-        "C": torch.randn(b, L, 1, n, generator=gen).requires_grad_(),
-        "gy": torch.randn(b, L, h, p, generator=gen),
-        "gs": torch.randn(b, h, p, n, generator=gen),
+    leaves = {
+        "x": x,
+        "log_decay": A * dt,
+        "B": torch.randn(b, L, 1, n, generator=gen),
+        "C": torch.randn(b, L, 1, n, generator=gen),
     }
+    cot = {"gy": torch.randn(b, L, h, p, generator=gen), "gs": torch.randn(b, h, p, n, generator=gen)}
+    return {
+        **{k: v.to(device).requires_grad_() for k, v in leaves.items()},
+        **{k: v.to(device) for k, v in cot.items()},
+    }
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def fwd_bwd(scan, inp: dict[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -70,8 +84,11 @@ def _chunked_with(chunk_size: int):
 
 def bench_length(L: int, args, refs) -> dict:
     b, h, p, n = 1, args.heads, args.headdim, args.dstate
-    inp = make_inputs(L, b, h, p, n)
+    dev = args.device
+    inp = make_inputs(L, b, h, p, n, device=dev)
     cands = {f"chunked_q{q}": _chunked_with(q) for q in args.chunk_sizes}
+    if dev == "cuda":
+        cands["triton"] = lambda x, a, B, C: ssd_scan(x, a, B, C, DEFAULT_CHUNK_SIZE, kernels="cuda")
     if refs is not None:
         cands["ssd_minimal_discrete"] = lambda x, a, B, C: refs.ssd_minimal_discrete(
             x, a, B.expand(b, L, h, n), C.expand(b, L, h, n), REF_CHUNK
@@ -82,27 +99,35 @@ def bench_length(L: int, args, refs) -> dict:
     times: dict[str, list[float]] = {name: [] for name in cands}
     for _ in range(args.repeat):  # interleaved rounds
         for name, scan in cands.items():
+            _sync(dev)
             t0 = time.perf_counter()
             fwd_bwd(scan, inp)
+            _sync(dev)
             times[name].append(time.perf_counter() - t0)
     out: dict = {"L": L, "timings": {name: summarize(t) for name, t in times.items()}}
 
     headline = f"chunked_q{DEFAULT_CHUNK_SIZE}"
     if refs is not None:
         ref = fwd_bwd(cands["ssd_minimal_discrete"], inp)
-        ours = fwd_bwd(cands[headline], inp)
         names = ["y", "final_state", *(f"d{k}" for k in GRAD_NAMES)]
-        out["errors_vs_ssd_minimal"] = {k: rel_err(o, r) for k, o, r in zip(names, ours, ref)}
+        for cand, key in ((headline, "errors_vs_ssd_minimal"), ("triton", "triton_errors_vs_ssd_minimal")):
+            if cand in cands:
+                got = fwd_bwd(cands[cand], inp)
+                out[key] = {k: rel_err(o, r) for k, o, r in zip(names, got, ref)}
         out["max_error_vs_ssd_minimal"] = max(out["errors_vs_ssd_minimal"].values())
         ref_med = out["timings"]["ssd_minimal_discrete"]["median_s"]
         out["speedup_vs_ssd_minimal"] = {
-            name: ref_med / t["median_s"] for name, t in out["timings"].items() if name.startswith("chunked")
+            name: ref_med / t["median_s"]
+            for name, t in out["timings"].items()
+            if name.startswith("chunked") or name == "triton"
         }
     if L <= args.sequential_max_len:
         seq_times = []
         for i in range(args.sequential_repeat + 1):
+            _sync(dev)
             t0 = time.perf_counter()
             fwd_bwd(ssd_sequential, inp)
+            _sync(dev)
             if i:  # the first run is warm-up
                 seq_times.append(time.perf_counter() - t0)
         out["timings"]["sequential"] = summarize(seq_times)
@@ -118,16 +143,23 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dstate", type=int, default=64)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=9)
-    ap.add_argument("--sequential-max-len", type=int, default=1024)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--sequential-max-len", type=int, default=None, help="default: 1024 on CPU, 0 on CUDA")
     ap.add_argument("--sequential-repeat", type=int, default=3)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench_scan.json"))
     args = ap.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device is available")
+    if args.sequential_max_len is None:  # token-by-token on a GPU is launch-bound: minutes, not news
+        args.sequential_max_len = 1024 if args.device == "cpu" else 0
     if DEFAULT_CHUNK_SIZE not in args.chunk_sizes:
         args.chunk_sizes.append(DEFAULT_CHUNK_SIZE)
     if any(L % REF_CHUNK for L in args.lengths):
         ap.error(f"--lengths must be multiples of {REF_CHUNK} (ssd_minimal_discrete's requirement)")
 
     refs = load_mamba_refs()
+    if args.device == "cuda" and (refs is None or refs.mamba_chunk_scan_combined is None):
+        ap.error(f"--device cuda needs mamba_ssm's Triton kernel ({mamba_refs_error()})")
     if refs is None:
         print(
             f"[bench_scan] mamba_ssm not importable ({mamba_refs_error()}); timing ours only", file=sys.stderr
@@ -135,7 +167,12 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     results = [bench_length(L, args, refs) for L in args.lengths]
     report = {
-        "benchmark": "ssd scan forward+backward, pure PyTorch (SPEC §9 CPU scan)",
+        "benchmark": (
+            "ssd scan forward+backward, pure PyTorch (SPEC §9 CPU scan)"
+            if args.device == "cpu"
+            else "ssd scan forward+backward on CUDA: ours (PyTorch), mamba_ssm's Triton kernel, ssd_minimal"
+        ),
+        "device": args.device,
         "machine": machine_info(),
         "mamba_ssm": None if refs is None else refs.mamba_ssm_version,
         "config": {
@@ -154,8 +191,12 @@ def main(argv: list[str] | None = None) -> dict:
     }
     path = write_json(report, args.out)
 
-    cols = [f"chunked_q{q}" for q in sorted(set(args.chunk_sizes))] + ["ssd_minimal_discrete", "sequential"]
-    print(f"median seconds, forward+backward (b=1, h={args.heads}, p={args.headdim}, n={args.dstate}, fp32)")
+    cols = [f"chunked_q{q}" for q in sorted(set(args.chunk_sizes))]
+    cols += ["triton"] * (args.device == "cuda") + ["ssd_minimal_discrete", "sequential"]
+    print(
+        f"median seconds, forward+backward on {args.device} "
+        f"(b=1, h={args.heads}, p={args.headdim}, n={args.dstate}, fp32)"
+    )
     print(f"{'L':>6} " + " ".join(f"{c:>20}" for c in cols) + f" {'speedup':>8} {'max err':>9}")
     for r in results:
         cells = [r["timings"].get(c, {}).get("median_s") for c in cols]

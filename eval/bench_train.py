@@ -20,6 +20,11 @@ on the shared machine slows both alike; medians after warm-up. ``--profile`` add
 
     python eval/bench_train.py                          # -> eval/results/bench_train.json
     python eval/bench_train.py --quick --out /tmp/train.json
+    python eval/bench_train.py --device cuda --out eval/results/bench_train_cuda.json   # on a GPU
+
+On CUDA the hybrid's SSM layers run mamba_ssm's Triton SSD kernel and attention runs SDPA; ``--bf16``
+adds bf16 autocast as ``train.bf16=true`` does. The SPEC target is a CPU one; on a GPU the figure
+says how the two compare where both have fast kernels.
 """
 
 from __future__ import annotations
@@ -96,16 +101,20 @@ def avworld_batches(model, lengths: list[int], tokens_per_step: int, seed: int =
 class Stepper:
     """One model, its AdamW (Trainer's parameter groups) and one full training step on a batch."""
 
-    def __init__(self, model, tc: TrainConfig):
-        self.model = model.train()
+    def __init__(self, model, tc: TrainConfig, device: str = "cpu", bf16: bool = False):
+        self.model = model.to(device).train()
         self.tc = tc
+        self.device = torch.device(device)
+        self.autocast = lambda: torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
         self.step_module = TrainStep(model, {k: 1.0 for k in HEADS})
         self.opt = build_optimizer(model, tc)
 
     def step(self, batch: Batch) -> float:
-        state = self.model.init_state(batch.batch_size)
+        """One full step on a batch already on the model's device; returns the loss (which syncs)."""
+        state = self.model.init_state(batch.batch_size, self.device)
         norm = {k: max(1.0, float(c)) for k, c in self.model.supervised_counts(batch).items()}
-        loss, _, _, _ = self.step_module(batch, state, norm)
+        with self.autocast():
+            loss, _, _, _ = self.step_module(batch, state, norm)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
         self.opt.step()
@@ -142,6 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--profile", action="store_true", help="add torch.profiler top ops per model/length")
     ap.add_argument("--profile-top", type=int, default=12)
     ap.add_argument("--max-load", type=float, default=1.5, help="wait for this 1-min load average first")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (as train.bf16=true)")
     ap.add_argument("--quick", action="store_true", help="short sequences, one timed step (smoke test)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench_train.json"))
     args = ap.parse_args(argv)
@@ -153,16 +164,23 @@ def main(argv: list[str] | None = None) -> dict:
             1,
             1e9,
         )
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device is available")
     threads = set_threads(args.threads)
     load = wait_for_low_load(args.max_load)
     tc = TrainConfig()
-    steppers = {name: Stepper(build_model(path, seed=0), tc) for name, path in MODELS.items()}
+    steppers = {
+        name: Stepper(build_model(path, seed=0), tc, args.device, args.bf16) for name, path in MODELS.items()
+    }
     for name, st in steppers.items():
         if st.model.labels != avworld_labels():
             raise RuntimeError(f"{name}: unexpected label vocabulary {st.model.labels}")
     batches = avworld_batches(steppers["hybrid"].model, args.lengths, args.tokens_per_step)
+    batches = {L: b.to(args.device) for L, b in batches.items()}
     results = []
-    print(f"threads={threads}, {args.tokens_per_step} tokens per step")
+    print(
+        f"device={args.device}, bf16={args.bf16}, threads={threads}, {args.tokens_per_step} tokens per step"
+    )
     print(f"{'length':>7} {'rows':>5} {'tokens':>7} {'hybrid tok/s':>13} {'transf. tok/s':>14} {'ratio':>6}")
     for L, batch in batches.items():
         tokens = int(batch.valid.sum())
@@ -198,6 +216,8 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "training step tokens/s, hybrid vs same-size Transformer (SPEC §9 training throughput)",
         "machine": {**machine_info(), **load},
         "settings": {
+            "device": args.device,
+            "bf16": args.bf16,
             "threads": threads,
             "tokens_per_step": args.tokens_per_step,
             "warmup": args.warmup,

@@ -95,6 +95,25 @@ def test_bench_train_quick(tmp_path):
         assert row["hybrid"]["tokens_per_s"] > 0 and row["transformer"]["tokens_per_s"] > 0
 
 
+def test_bench_scan_times_ours_against_the_reference(tmp_path):
+    out = tmp_path / "scan.json"
+    argv = ["--lengths", "128", "--chunk-sizes", "64", "--repeat", "1", "--warmup", "0", "--out", str(out)]
+    r = load_script("bench_scan").main(argv)
+    (res,) = r["results"]
+    assert r["device"] == "cpu" and "chunked_q64" in res["timings"] and "triton" not in res["timings"]
+    if r["mamba_ssm"] is not None:  # the reference is installed: errors and speed-ups against it
+        assert res["max_error_vs_ssd_minimal"] <= 1e-5 and "chunked_q64" in res["speedup_vs_ssd_minimal"]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the error without a GPU")
+@pytest.mark.parametrize("name", ["bench_scan", "bench_train"])
+def test_cuda_benchmarks_refuse_a_machine_without_cuda(name, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        load_script(name).main(["--device", "cuda", "--out", str(tmp_path / "x.json")])
+    assert e.value.code == 2 and "no CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+
+
 @pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="AVWorld generation needs ffmpeg")
 def test_bench_data_quick(tmp_path):
     r = run_quick("bench_data", tmp_path, "--cache-dir", str(tmp_path / "cache"))

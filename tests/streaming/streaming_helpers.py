@@ -11,7 +11,7 @@ import torch
 
 from ssm_mm.data.avworld import CLASSES
 from ssm_mm.data.featurize import AudioFeaturizer, VideoFeaturizer, audio_token_times
-from ssm_mm.data.interleave import TextTurn, interleave
+from ssm_mm.data.interleave import TEXT, TextTurn, interleave, tick_summary_positions
 from ssm_mm.data.tokenizer import role_index
 from ssm_mm.models.multimodal import MultimodalSSM
 
@@ -106,7 +106,8 @@ def drive(session, m: Media, rng: np.random.Generator, *, asks: float = 0.0, aud
 
 def offline_forward(model: MultimodalSSM, m: Media, transcript, modalities, audio=None, sr=None):
     """The offline path: the dataset's featurizer and interleaver over the whole stream plus the
-    session's transcript as dialogue turns, one forward. Returns (TimedTokens, hidden (L, d))."""
+    session's transcript as dialogue turns, one forward on the model's device. Returns (TimedTokens,
+    hidden (L, d) on that device)."""
     cfg = model.features
     vt = at = None
     video = audio_feats = None
@@ -125,9 +126,70 @@ def offline_forward(model: MultimodalSSM, m: Media, transcript, modalities, audi
         TextTurn(t=x.t, role=role_index(x.role), ids=list(x.ids), index=i) for i, x in enumerate(transcript)
     ]
     tokens = interleave(vt, at, turns, cfg, t0=m.t0)
+    dev = next(model.parameters()).device
+    video, audio_feats = (None if x is None else x.to(dev) for x in (video, audio_feats))
     with torch.no_grad():
-        out = model(tokens.kind[None], tokens.t[None], tokens.src[None], None, video, audio_feats)
+        kind, t, src = (x[None].to(dev) for x in (tokens.kind, tokens.t, tokens.src))
+        out = model(kind, t, src, None, video, audio_feats)
     return tokens, out.hidden[0]
+
+
+def speak_threshold_for(model, m: Media, modalities, quantile=0.75) -> float:
+    """A speak threshold at which some (not all) ticks of this stream fire: a dry run's quantile."""
+    s = model.stream(modalities=modalities, t0=m.t0, speak_threshold=1.0)
+    drive(s, m, np.random.default_rng(0))
+    speaks = [x.speak for x in s.segment_labels() if x.has_media]
+    return float(np.quantile(speaks, quantile))
+
+
+def check_session_parity(model, m, modalities, seed, audio=None, sr=None, tol=1e-4):
+    """A session fed ``m`` in random pieces, with questions and proactive responses, against one
+    offline forward over the same media plus the session's transcript: the same tokens, and hidden
+    states, LM logits, event scores and speak-now probabilities within ``tol`` (absolute) at every
+    token / tick. Works on any device the model is on (comparisons on the CPU)."""
+    thr = speak_threshold_for(model, m, modalities)
+    s = model.stream(modalities=modalities, t0=m.t0, speak_threshold=thr, max_answer_tokens=5, record=True)
+    rec = ForwardRecorder(model)
+    try:
+        answers = drive(s, m, np.random.default_rng(seed), asks=0.25, audio=audio, sr=sr)
+    finally:
+        rec.close()
+    transcript = s.transcript()
+    kinds, times, srcs, hidden = (x.cpu() for x in rec.cat())
+    tokens, ref = offline_forward(model, m, transcript, modalities, audio=audio, sr=sr)
+    ref = ref.cpu()
+
+    # the same tokens in the same order at the same times
+    assert torch.equal(kinds, tokens.kind)
+    assert torch.equal(times, tokens.t)
+    text = tokens.kind == TEXT
+    assert torch.equal(srcs[text], tokens.src[text])
+    # the same hidden states, hence the same LM logits, at every token
+    assert (hidden - ref).abs().max().item() <= tol
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        lm_diff = (model.lm_head(hidden.to(dev)) - model.lm_head(ref.to(dev))).abs().max().item()
+    assert lm_diff <= tol
+
+    # per-tick labels and speak-now probabilities read at the offline summary positions
+    labels = [x for x in s.segment_labels() if x.has_media]
+    ticks, pos = tick_summary_positions(tokens)
+    assert [x.tick for x in labels] == ticks.tolist()
+    with torch.no_grad():
+        probs = torch.softmax(model.event_head(ref[pos].to(dev)), -1).cpu()
+        speak = torch.sigmoid(model.speak_head(ref[pos].to(dev))).squeeze(-1).cpu()
+    got_score = torch.tensor([x.score for x in labels])
+    got_index = torch.tensor([x.index for x in labels])
+    assert (probs.gather(1, got_index[:, None])[:, 0] - got_score).abs().max() <= tol
+    assert (probs.max(-1).values - got_score).abs().max() <= tol  # the chosen label is the argmax
+    assert (speak - torch.tensor([x.speak for x in labels])).abs().max() <= tol
+
+    # the scenario exercised what it should: questions and proactive responses in the sequence
+    roles = [(x.role, x.proactive) for x in transcript]
+    assert len(answers) >= 1 and ("user", False) in roles
+    assert ("assistant", True) in roles, "no proactive response fired: the test lost its coverage"
+    events = s.poll()
+    assert [e.t for e in events] == [x.t for x in transcript if x.proactive]
 
 
 def states_equal(a, b) -> bool:

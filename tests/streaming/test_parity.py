@@ -5,77 +5,24 @@ sequence of the same media plus the session's own transcript."""
 import numpy as np
 import pytest
 import torch
-from streaming_helpers import ForwardRecorder, drive, offline_forward
+from streaming_helpers import ForwardRecorder, check_session_parity, drive
 
-from ssm_mm.data.interleave import TEXT, tick_summary_positions
 from ssm_mm.media import sinc_resample
 from ssm_mm.streaming.session import StreamingResampler
 
 TOL = 1e-4
 
 
-def _threshold_for(model, m, modalities, quantile=0.75) -> float:
-    """A speak threshold at which some (not all) ticks of this stream fire: a dry run's quantile."""
-    s = model.stream(modalities=modalities, t0=m.t0, speak_threshold=1.0)
-    drive(s, m, np.random.default_rng(0))
-    speaks = [x.speak for x in s.segment_labels() if x.has_media]
-    return float(np.quantile(speaks, quantile))
-
-
-def _check_parity(model, m, modalities, seed, audio=None, sr=None):
-    thr = _threshold_for(model, m, modalities)
-    s = model.stream(modalities=modalities, t0=m.t0, speak_threshold=thr, max_answer_tokens=5, record=True)
-    rec = ForwardRecorder(model)
-    try:
-        answers = drive(s, m, np.random.default_rng(seed), asks=0.25, audio=audio, sr=sr)
-    finally:
-        rec.close()
-    transcript = s.transcript()
-    kinds, times, srcs, hidden = rec.cat()
-    tokens, ref = offline_forward(model, m, transcript, modalities, audio=audio, sr=sr)
-
-    # the same tokens in the same order at the same times
-    assert torch.equal(kinds, tokens.kind)
-    assert torch.equal(times, tokens.t)
-    text = tokens.kind == TEXT
-    assert torch.equal(srcs[text], tokens.src[text])
-    # the same hidden states, hence the same LM logits, at every token
-    assert (hidden - ref).abs().max().item() <= TOL
-    with torch.no_grad():
-        lm_diff = (model.lm_head(hidden) - model.lm_head(ref)).abs().max().item()
-    assert lm_diff <= TOL
-
-    # per-tick labels and speak-now probabilities read at the offline summary positions
-    labels = [x for x in s.segment_labels() if x.has_media]
-    ticks, pos = tick_summary_positions(tokens)
-    assert [x.tick for x in labels] == ticks.tolist()
-    with torch.no_grad():
-        probs = torch.softmax(model.event_head(ref[pos]), -1)
-        speak = torch.sigmoid(model.speak_head(ref[pos])).squeeze(-1)
-    got_score = torch.tensor([x.score for x in labels])
-    got_index = torch.tensor([x.index for x in labels])
-    assert (probs.gather(1, got_index[:, None])[:, 0] - got_score).abs().max() <= TOL
-    assert (probs.max(-1).values - got_score).abs().max() <= TOL  # the chosen label is the argmax
-    assert (speak - torch.tensor([x.speak for x in labels])).abs().max() <= TOL
-
-    # the scenario exercised what it should: questions and proactive responses in the sequence
-    roles = [(x.role, x.proactive) for x in transcript]
-    assert len(answers) >= 1 and ("user", False) in roles
-    assert ("assistant", True) in roles, "no proactive response fired: the test lost its coverage"
-    events = s.poll()
-    assert [e.t for e in events] == [x.t for x in transcript if x.proactive]
-
-
 @pytest.mark.parametrize("modalities", [("video", "audio"), ("audio",), ("video",)])
 def test_session_equals_offline_forward(model, media, modalities):
-    _check_parity(model, media[0], modalities, seed=1)
+    check_session_parity(model, media[0], modalities, seed=1)
 
 
 def test_session_equals_offline_with_resampled_audio(model, media):
     """Audio pushed at 48 kHz: the session's streaming resampler vs resampling the whole track."""
     m = media[1]
     audio48 = sinc_resample(m.samples, 16000, 48000)
-    _check_parity(model, m, ("video", "audio"), seed=2, audio=audio48, sr=48000)
+    check_session_parity(model, m, ("video", "audio"), seed=2, audio=audio48, sr=48000)
 
 
 @pytest.mark.parametrize("orig", [44100, 22050, 48000, 8000, 16000])
