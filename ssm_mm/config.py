@@ -87,6 +87,10 @@ class ModelConfig:
     # the stream began, as a class 0..N (counts above N are N; train.loss_count weighs it): dense
     # supervision for the counters that "how many times ... so far?" questions need in the state
     count_head: int = 0
+    # true: an auxiliary head reads, at every tick and for each event label, the rank of its first
+    # occurrence among the labels begun so far (0 = first; "not yet" is a class too; train.loss_order
+    # weighs it): dense supervision for the order that "which came first, the X or the Y?" asks
+    order_head: bool = False
     # > 0: an auxiliary head reads, at every tick and for each event label, the frame shown when that
     # label last happened (the middle of its last finished segment), average-pooled to N x N x 3
     # (train.loss_recall weighs it): dense supervision for binding what was on screen to an event in
@@ -184,6 +188,7 @@ class TrainConfig:
     loss_speak: float = 1.0
     loss_video: float = 1.0  # only with model.video_target > 0
     loss_count: float = 1.0  # only with model.count_head > 0
+    loss_order: float = 1.0  # only with model.order_head
     loss_recall: float = 1.0  # only with model.recall_head > 0
     loss_attribute: float = 1.0  # only with model.recall_attribute
     ckpt_every: int = 100

@@ -45,6 +45,7 @@ from ssm_mm.data.interleave import (
     speak_targets,
     tick_event_counts,
     tick_event_labels,
+    tick_first_ranks,
     tick_recall_times,
     tick_recall_values,
     tick_summary_positions,
@@ -226,6 +227,8 @@ class StreamExample:
     speak:       (n_ticks,) int64 per-tick speak-now target (0/1).
     lm_target:   (L,) int64 next-token targets (``IGNORE_INDEX`` where unsupervised).
     event_count: (n_ticks, C) int64 running count of each event label (C = labels − background).
+    first_rank:  (n_ticks, C) int64 rank of each event label's first occurrence among the labels
+                 begun so far, C while it has not begun (:func:`~ssm_mm.data.interleave.tick_first_ranks`).
     recall_frame: (n_ticks, C) int64 stream frame shown when each event label last happened, seen
                  from each tick (the frame nearest the midpoint of the label's last finished segment,
                  :func:`~ssm_mm.data.interleave.tick_recall_times`); −1 while none has, or without video.
@@ -244,6 +247,7 @@ class StreamExample:
     speak: Tensor
     lm_target: Tensor
     event_count: Tensor
+    first_rank: Tensor
     recall_frame: Tensor
     recall_value: Tensor
 
@@ -302,6 +306,7 @@ def build_example(
         speak=speak_targets(spec.dialogue, n_ticks, cfg.tick_seconds, stream_id=spec.id),
         lm_target=lm_targets(tokens, tokenizer),
         event_count=tick_event_counts(spec.segments, labels, n_ticks, cfg.tick_seconds, stream_id=spec.id),
+        first_rank=tick_first_ranks(spec.segments, labels, n_ticks, cfg.tick_seconds, stream_id=spec.id),
         recall_frame=nearest_frames(
             tick_recall_times(spec.segments, labels, n_ticks, cfg.tick_seconds, stream_id=spec.id),
             features.video_times if features.video is not None else np.zeros(0),
@@ -337,6 +342,7 @@ class Window:
     event_label:  (K,) int64, K = tick_end − tick_start.
     speak:        (K,) int64 0/1.
     event_count:  (K, C) int64 running count of each event label (C = labels − background).
+    first_rank:   (K, C) int64 order of first occurrences since the stream began (see StreamExample).
     recall_video: (R, 3, S, S) float32 the distinct stream frames that ``recall_index`` refers to (they
                   may lie before the window: the recall head looks back across windows).
     recall_index: (K, C) int64 row of ``recall_video`` shown when each event label last happened,
@@ -362,6 +368,7 @@ class Window:
     event_label: Tensor
     speak: Tensor
     event_count: Tensor
+    first_rank: Tensor
     recall_video: Tensor
     recall_index: Tensor
     recall_value: Tensor
@@ -427,6 +434,7 @@ def cut_window(
         event_label=ex.event_label[k0:k1].clone(),
         speak=ex.speak[k0:k1].clone(),
         event_count=ex.event_count[k0:k1].clone(),
+        first_rank=ex.first_rank[k0:k1].clone(),
         recall_video=recall_video,
         recall_index=recall_index,
         recall_value=ex.recall_value[k0:k1].clone(),
@@ -467,6 +475,10 @@ class Batch:
       event_count  (B, K, C) int64 running count of each event label since the stream began
                    (:func:`ssm_mm.data.interleave.tick_event_counts`), ``IGNORE_INDEX`` where not
                    ``tick_valid``; C = event labels without background.
+      first_rank   (B, K, C) int64 rank of each event label's first occurrence since the stream began
+                   among the labels begun so far, C while not begun
+                   (:func:`ssm_mm.data.interleave.tick_first_ranks`), ``IGNORE_INDEX`` where not
+                   ``tick_valid``.
       recall_index (B, K, C) int64 row of ``recall_video`` shown when each event label last happened
                    (window ``recall_index`` re-based), −1 while none has and where not ``tick_valid``.
       recall_video (R, 3, S, S) float32 the windows' recall frames, window by window.
@@ -497,6 +509,7 @@ class Batch:
     event_label: Tensor
     speak: Tensor
     event_count: Tensor
+    first_rank: Tensor
     recall_index: Tensor
     recall_video: Tensor
     recall_value: Tensor
@@ -565,6 +578,7 @@ def collate(windows: Sequence[Window], pad_id: int) -> Batch:
     if len(n_count) > 1:
         raise ValueError(f"collate: windows disagree on the number of event labels ({sorted(n_count)})")
     event_count = full((B, K, n_count.pop()), IGNORE_INDEX, torch.int64)
+    first_rank = full(event_count.shape, IGNORE_INDEX, torch.int64)
     recall_index = full(event_count.shape, -1, torch.int64)
     recall_value = full(event_count.shape, IGNORE_INDEX, torch.int64)
 
@@ -588,6 +602,7 @@ def collate(windows: Sequence[Window], pad_id: int) -> Batch:
         event_label[b, :k] = torch.where(has, w.event_label, IGNORE_INDEX)
         speak[b, :k] = torch.where(has, w.speak.float(), 0.0)
         event_count[b, :k] = torch.where(has[:, None], w.event_count, IGNORE_INDEX)
+        first_rank[b, :k] = torch.where(has[:, None], w.first_rank, IGNORE_INDEX)
         recall_index[b, :k] = torch.where(has[:, None] & (w.recall_index >= 0), w.recall_index + r_off, -1)
         recall_value[b, :k] = torch.where(has[:, None] & (w.recall_value >= 0), w.recall_value, IGNORE_INDEX)
         r_off += w.recall_video.shape[0]
@@ -624,6 +639,7 @@ def collate(windows: Sequence[Window], pad_id: int) -> Batch:
         event_label=event_label,
         speak=speak,
         event_count=event_count,
+        first_rank=first_rank,
         recall_index=recall_index,
         recall_video=torch.cat([w.recall_video for w in windows]),
         recall_value=recall_value,

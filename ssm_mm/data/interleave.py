@@ -58,6 +58,7 @@ __all__ = [
     "tick_summary_positions",
     "tick_event_labels",
     "tick_event_counts",
+    "tick_first_ranks",
     "tick_last_segments",
     "tick_recall_times",
     "tick_recall_values",
@@ -407,6 +408,39 @@ def tick_event_counts(
         starts = np.sort(np.array([a for a, _ in iv], dtype=np.float64))
         out[:, li - 1] = np.searchsorted(starts, ends - _TICK_EPS * tick_seconds, side="left")
     return torch.from_numpy(out)
+
+
+def tick_first_ranks(
+    segments: Sequence[_SegmentLike],
+    labels: Sequence[str],
+    n_ticks: int,
+    tick_seconds: float,
+    *,
+    stream_id: str = "?",
+) -> Tensor:
+    """Order of first occurrences, seen from each tick: (n_ticks, len(labels) - 1) int64.
+
+    ``out[k, j]`` is the rank of the first segment of ``labels[j + 1]`` among the first segments of
+    the event labels that have begun by the end of tick ``k`` (media time ``(k+1)τ``, the rule of
+    :func:`tick_event_counts`): 0 for the label that began first, 1 for the next, ...; ``C =
+    len(labels) - 1`` while the label has not begun. Labels whose first segments start at the same
+    time share a rank. A rank never changes once given (a later label can only rank after it), so
+    "which came first, the X or the Y?" is answered by comparing two entries. The target of the
+    auxiliary order head (``model.order_head``).
+    """
+    per_label = _segments_by_label(segments, labels, stream_id)
+    n_events = len(labels) - 1
+    ends = (np.arange(n_ticks, dtype=np.float64) + 1.0) * tick_seconds  # (K,)
+    first = np.full(n_events, np.inf)
+    for li, iv in per_label.items():
+        if len(iv):
+            first[li - 1] = min(float(a) for a, _ in iv)
+    begun = first[None, :] < ends[:, None] - _TICK_EPS * tick_seconds  # (K, C)
+    # rank = how many distinct earlier first-start times; labels that have not begun are C
+    distinct = np.unique(first[np.isfinite(first)])
+    rank = np.searchsorted(distinct, first, side="left")  # (C,)
+    out = np.where(begun, rank[None, :], n_events)
+    return torch.from_numpy(out.astype(np.int64))
 
 
 def tick_last_segments(

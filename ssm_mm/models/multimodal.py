@@ -7,7 +7,8 @@ One early-fusion model over the interleaved timed tokens of :mod:`ssm_mm.data.in
     heads: lm_head(h_i) (next text token), event_head(h at a tick's summary position),
            speak_head(h at a tick's summary position) ("speak now" for proactive responses),
            optional training-only heads: video_head (each video token's pooled patch),
-           count_head (each event label's running count at a tick's summary position) and
+           count_head (each event label's running count at a tick's summary position),
+           order_head (the rank of each event label's first occurrence, at the same position),
            recall_head (each event label's frame when it last happened, pooled, at the same position)
            and attribute_head (a segment attribute of each event label's last segment, there too).
 
@@ -42,7 +43,7 @@ FORMAT_VERSION = 1
 N_KINDS = 3
 # the training losses (video / count / recall / attribute: only with model.video_target / count_head /
 # recall_head / recall_attribute)
-HEADS = ("lm", "event", "speak", "video", "count", "recall", "attribute")
+HEADS = ("lm", "event", "speak", "video", "count", "order", "recall", "attribute")
 
 
 @dataclass
@@ -159,6 +160,7 @@ class MultimodalSSM(nn.Module):
             raise ValueError(f"model.count_head={cfg.count_head} must be >= 0 (0 = no count head)")
         n_events = len(self.labels) - 1
         self.count_head = nn.Linear(d, n_events * (cfg.count_head + 1)) if cfg.count_head else None
+        self.order_head = nn.Linear(d, n_events * (n_events + 1)) if cfg.order_head and n_events else None
         n = cfg.recall_head
         if n < 0 or n > fc.frame_size:
             raise ValueError(f"model.recall_head={n} must be in [0, frame_size={fc.frame_size}] (0 = none)")
@@ -275,6 +277,7 @@ class MultimodalSSM(nn.Module):
         ticks = int(batch.tick_valid.sum())
         video = int(((batch.kind == VIDEO) & batch.valid).sum()) if self.video_head is not None else 0
         count = ticks * (len(self.labels) - 1) if self.count_head is not None else 0
+        order = ticks * (len(self.labels) - 1) if self.order_head is not None else 0
         recall = int((batch.recall_index >= 0).sum()) if self.recall_head is not None else 0
         attribute = int((batch.recall_value >= 0).sum()) if self.attribute_head is not None else 0
         return {
@@ -283,6 +286,7 @@ class MultimodalSSM(nn.Module):
             "speak": ticks,
             "video": video,
             "count": count,
+            "order": order,
             "recall": recall,
             "attribute": attribute,
         }
@@ -295,6 +299,7 @@ class MultimodalSSM(nn.Module):
             "speak": self.speak_head,
             "video": self.video_head,
             "count": self.count_head,
+            "order": self.order_head,
             "recall": self.recall_head,
             "attribute": self.attribute_head,
         }
@@ -308,6 +313,12 @@ class MultimodalSSM(nn.Module):
         """(..., C, N+1) count-head logits from tick hidden states (..., d); C = event labels."""
         n = self.cfg.count_head + 1
         return self.count_head(tick_hidden).unflatten(-1, (len(self.labels) - 1, n))
+
+    def order_logits(self, tick_hidden: Tensor) -> Tensor:
+        """(..., C, C+1) order-head logits from tick hidden states (..., d); class r < C is "began
+        r-th", class C "not begun yet" (:func:`~ssm_mm.data.interleave.tick_first_ranks`)."""
+        n = len(self.labels) - 1
+        return self.order_head(tick_hidden).unflatten(-1, (n, n + 1))
 
     def recall_logits(self, tick_hidden: Tensor) -> Tensor:
         """(..., C, 3 N^2) recall-head predictions from tick hidden states (..., d); C = event labels,
@@ -331,6 +342,8 @@ class MultimodalSSM(nn.Module):
         (with ``model.video_target``): squared error of the pooled patch predicted at each video token,
         averaged over its values; count (with ``model.count_head`` = N): cross-entropy of each event
         label's running count, clipped to N, over the same ticks (one item per tick and label);
+        order (with ``model.order_head``): cross-entropy of each event label's first-occurrence rank
+        (or "not begun"), over the same ticks and labels;
         recall (with ``model.recall_head`` = N): squared error of each event label's frame when it
         last happened, pooled to N x N x 3, averaged over its values (one item per tick and label
         that has happened); attribute (with ``model.recall_attribute``): cross-entropy of the attribute
@@ -363,6 +376,10 @@ class MultimodalSSM(nn.Module):
                 logits = self.count_logits(th[tv]).float()  # (T, C, N+1)
                 target = batch.event_count[tv].clamp_max(self.cfg.count_head)  # (T, C)
                 sums["count"] = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum")
+            if self.order_head is not None:
+                logits = self.order_logits(th[tv]).float()  # (T, C, C+1)
+                target = batch.first_rank[tv]  # (T, C)
+                sums["order"] = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum")
             if self.recall_head is not None:
                 index = batch.recall_index[tv]  # (T, C); -1: the label has not happened yet
                 seen = index >= 0

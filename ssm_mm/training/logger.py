@@ -79,6 +79,7 @@ class RunLogger:
                     f"speak {metrics.get('loss_speak', float('nan')):.3f} "
                     + (f"video {metrics['loss_video']:.3f} " if metrics.get("loss_video") else "")
                     + (f"count {metrics['loss_count']:.3f} " if metrics.get("loss_count") else "")
+                    + (f"order {metrics['loss_order']:.3f} " if metrics.get("loss_order") else "")
                     + (f"recall {metrics['loss_recall']:.3f} " if metrics.get("loss_recall") else "")
                     + (f"attribute {metrics['loss_attribute']:.3f} " if metrics.get("loss_attribute") else "")
                     + f"lr {metrics.get('lr', 0):.2e} "

@@ -500,6 +500,11 @@ class Trainer:
                 if "count" in res["loss"]
                 else ""
             )
+            + (
+                f" order {res['loss']['order']:.3f} (order accuracy {res['order_accuracy']:.3f})"
+                if "order" in res["loss"]
+                else ""
+            )
             + (f" recall {res['loss']['recall']:.3f}" if "recall" in res["loss"] else "")
             + (
                 f" attribute {res['loss']['attribute']:.3f} (attribute accuracy "
@@ -514,8 +519,11 @@ class Trainer:
                 "eval/macro_f1": res["macro_f1"],
                 "eval/majority_rate": res["majority_rate"],
                 **{f"eval/loss_{k}": v for k, v in res["loss"].items()},
-                **({"eval/count_accuracy": res["count_accuracy"]} if "count_accuracy" in res else {}),
-                **{f"eval/{k}": res[k] for k in ("attribute_accuracy", "attribute_majority") if k in res},
+                **{
+                    f"eval/{k}": res[k]
+                    for k in ("count_accuracy", "order_accuracy", "attribute_accuracy", "attribute_majority")
+                    if k in res
+                },
             },
             step=step,
         )

@@ -24,6 +24,7 @@ def validate(model: MultimodalSSM, dataset: StreamDataset, batch_size: int = 8, 
     counts = {k: 0 for k in heads}
     speak_hits = speak_pos = 0
     count_hits = count_n = 0
+    order_hits = order_n = 0
     attr_hits, attr_values = 0, []
     items = list(range(len(dataset)))
     for i in range(0, len(items), batch_size):
@@ -45,6 +46,10 @@ def validate(model: MultimodalSSM, dataset: StreamDataset, batch_size: int = 8, 
             target = batch.event_count[tv].clamp_max(model.cfg.count_head)
             count_hits += int((model.count_logits(th[tv]).argmax(-1) == target).sum())
             count_n += target.numel()
+        if model.order_head is not None:
+            target = batch.first_rank[tv]
+            order_hits += int((model.order_logits(th[tv]).argmax(-1) == target).sum())
+            order_n += target.numel()
         if model.attribute_head is not None:
             target = batch.recall_value[tv]
             known = target >= 0
@@ -58,6 +63,8 @@ def validate(model: MultimodalSSM, dataset: StreamDataset, batch_size: int = 8, 
     res["speak_recall_ticks"] = speak_hits / speak_pos if speak_pos else float("nan")
     if model.count_head is not None:  # exact running counts, per tick and event label
         res["count_accuracy"] = count_hits / count_n if count_n else float("nan")
+    if model.order_head is not None:  # exact first-occurrence ranks, per tick and event label
+        res["order_accuracy"] = order_hits / order_n if order_n else float("nan")
     if model.attribute_head is not None:  # the recalled attribute, per tick and label that has happened
         values = torch.cat(attr_values) if attr_values else torch.zeros(0, dtype=torch.long)
         n = len(values)

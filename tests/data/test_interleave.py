@@ -25,6 +25,7 @@ from ssm_mm.data.interleave import (
     speak_targets,
     tick_event_counts,
     tick_event_labels,
+    tick_first_ranks,
     tick_of,
     tick_recall_times,
     tick_recall_values,
@@ -242,6 +243,35 @@ def test_event_label_errors():
         tick_event_labels([Segment(0, 1, "gong")], LABELS, 4, 0.5, stream_id="s7")
     with pytest.raises(ValueError, match="background"):
         tick_event_labels([], ["bell", "background"], 4, 0.5)
+
+
+def test_first_ranks_order_first_occurrences_by_start():
+    labels = ["background", "bell", "drum", "chirp", "buzz"]
+    segs = [
+        Segment(1.2, 1.4, "drum"),  # drum begins first (tick 2)
+        Segment(2.0, 2.2, "bell"),  # bell second, at 2.0 = tick 4's start: ranked from tick 4
+        Segment(2.0, 2.6, "chirp"),  # chirp begins with bell: the same rank
+        Segment(3.0, 3.5, "drum"),  # a second drum changes nothing
+        Segment(3.9, 4.0, "bell"),
+    ]
+    ranks = tick_first_ranks(segs, labels, 10, 0.5)
+    assert ranks.shape == (10, 4) and ranks.dtype == torch.int64
+    C = 4  # "not begun yet"
+    assert ranks[:, 1].tolist() == [C, C, 0, 0, 0, 0, 0, 0, 0, 0]  # drum
+    assert ranks[:, 0].tolist() == [C, C, C, C, 1, 1, 1, 1, 1, 1]  # bell
+    assert ranks[:, 2].tolist() == ranks[:, 0].tolist()  # chirp, tied with bell
+    assert ranks[:, 3].tolist() == [C] * 10  # buzz never
+    # brute force: at each tick, "X came first" == rank(X) < rank(Y), for every begun pair
+    for k in range(10):
+        end = (k + 1) * 0.5 - 1e-9
+        first = {n: min((s.start for s in segs if s.label == n), default=None) for n in labels[1:]}
+        for i, x in enumerate(labels[1:]):
+            for j, y in enumerate(labels[1:]):
+                if first[x] is not None and first[y] is not None and first[x] < end and first[y] < end:
+                    assert (ranks[k, i] < ranks[k, j]) == (first[x] < first[y]), (k, x, y)
+    assert tick_first_ranks([], labels, 2, 0.5).tolist() == [[C] * 4] * 2
+    with pytest.raises(ValueError, match=r"stream s7: segments\[0\].label='gong'"):
+        tick_first_ranks([Segment(0, 1, "gong")], labels, 4, 0.5, stream_id="s7")
 
 
 def test_event_counts_run_from_the_stream_start_by_segment_start():

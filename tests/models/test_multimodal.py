@@ -283,6 +283,36 @@ def test_count_head_reads_running_counts_and_round_trips(tmp_path, make_dataset)
         tiny_model(count_head=-1)
 
 
+def test_order_head_reads_first_occurrence_ranks_and_round_trips(tmp_path, make_dataset):
+    ds = make_dataset(2.0)  # 2-s windows: later windows keep the ranks of labels begun before them
+    batch = ds.collate([ds[1], ds[3], ds[6]])
+    tv = batch.tick_valid
+    C = len(LABELS) - 1
+    assert bool((batch.first_rank[~tv] == IGNORE_INDEX).all())
+    ranks = batch.first_rank[tv]
+    assert int(ranks.min()) == 0 and int(ranks.max()) <= C
+    # a label has a rank exactly when it has begun (the count head's running count is > 0)
+    assert torch.equal(ranks < C, batch.event_count[tv] > 0)
+    model = tiny_model(order_head=True).train()
+    out = model.forward_batch(batch)
+    sums, counts = model.loss_sums(out, batch)
+    assert counts["order"] == int(tv.sum()) * C and sums["order"] > 0
+    logits = model.order_logits(model.tick_hidden(out.hidden, batch.summary_pos)[tv])
+    assert logits.shape == (int(tv.sum()), C, C + 1)
+    manual = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ranks.flatten(), reduction="sum")
+    torch.testing.assert_close(sums["order"], manual)
+    sums["order"].backward()
+    assert model.order_head.weight.grad.abs().sum() > 0
+    assert model.audio_in.proj[0].weight.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path / "m")
+    again = MultimodalSSM.from_pretrained(tmp_path / "m")
+    assert again.cfg.order_head and torch.equal(again.order_head.weight, model.order_head.weight)
+    assert again.active_heads() == ["lm", "event", "speak", "order"]
+    plain = tiny_model()
+    s2, c2 = plain.loss_sums(plain.forward_batch(batch), batch)
+    assert plain.order_head is None and c2["order"] == 0 and float(s2["order"]) == 0.0
+
+
 def test_recall_head_reads_past_frames_and_round_trips(tmp_path, make_dataset):
     ds = make_dataset(2.0)  # 2-s windows: later windows recall frames from before them
     batch = ds.collate([ds[1], ds[3], ds[6]])

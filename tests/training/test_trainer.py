@@ -101,6 +101,7 @@ def test_bad_stream_is_skipped_and_counted(tmp_path, tiny_world, capsys, run):
     [
         ("video_target", 2, "video", [" video "]),
         ("count_head", 2, "count", [" count ", "count accuracy"]),
+        ("order_head", True, "order", [" order ", "order accuracy"]),
         ("recall_head", 2, "recall", [" recall "]),
         ("recall_attribute", "color", "attribute", [" attribute ", "attribute accuracy"]),
     ],
@@ -111,7 +112,7 @@ def test_optional_head_adds_its_weighted_loss(tmp_path, tiny_world, run, capsys,
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     positive = [r[f"loss_{head}"] > 0 for r in rows]
     assert (
-        all(positive) if head in ("video", "count") else any(positive)
+        all(positive) if head in ("video", "count", "order") else any(positive)
     )  # a batch may hold no finished event
     for r in rows:  # the total weighs it by train.loss_<head>
         parts = r["loss_lm"] + r["loss_event"] + r["loss_speak"] + 0.5 * r[f"loss_{head}"]
