@@ -250,6 +250,24 @@ def test_video_head_trains_and_round_trips(tmp_path, make_dataset):
         tiny_model(video_target=-1)
 
 
+def check_head_trains_and_round_trips(tmp_path, model, batch, name: str, loss, frontend) -> None:
+    """The shared half of the auxiliary-head tests: ``loss`` (the head's loss sum, computed by
+    ``model.loss_sums``) backpropagates into the head and through the backbone to ``frontend``; a
+    save/load round trip keeps the head; a model without the head trains no such loss."""
+    loss.backward()
+    head = model.loss_heads()[name]
+    assert head.weight.grad.abs().sum() > 0
+    assert frontend.weight.grad.abs().sum() > 0  # through the backbone to the frontends
+    model.save_pretrained(tmp_path / "m")
+    again = MultimodalSSM.from_pretrained(tmp_path / "m")
+    assert again.cfg == model.cfg and torch.equal(again.loss_heads()[name].weight, head.weight)
+    assert again.active_heads() == ["lm", "event", "speak", name]
+    plain = tiny_model()
+    s2, c2 = plain.loss_sums(plain.forward_batch(batch), batch)
+    assert plain.loss_heads()[name] is None and c2[name] == 0 and float(s2[name]) == 0.0
+    assert plain.active_heads() == ["lm", "event", "speak"]
+
+
 def test_count_head_reads_running_counts_and_round_trips(tmp_path, make_dataset):
     ds = make_dataset(None)
     batch = ds.collate([ds[0], ds[1]])
@@ -268,17 +286,7 @@ def test_count_head_reads_running_counts_and_round_trips(tmp_path, make_dataset)
     target = counts_seen.clamp_max(2)
     manual = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum")
     torch.testing.assert_close(sums["count"], manual)
-    sums["count"].backward()
-    assert model.count_head.weight.grad.abs().sum() > 0
-    assert model.audio_in.proj[0].weight.grad.abs().sum() > 0  # through the backbone to the frontends
-    model.save_pretrained(tmp_path / "m")
-    again = MultimodalSSM.from_pretrained(tmp_path / "m")
-    assert again.cfg.count_head == 2 and torch.equal(again.count_head.weight, model.count_head.weight)
-    assert again.active_heads() == ["lm", "event", "speak", "count"]
-    plain = tiny_model()
-    s2, c2 = plain.loss_sums(plain.forward_batch(batch), batch)
-    assert plain.count_head is None and c2["count"] == 0 and float(s2["count"]) == 0.0
-    assert plain.active_heads() == ["lm", "event", "speak"]
+    check_head_trains_and_round_trips(tmp_path, model, batch, "count", sums["count"], model.audio_in.proj[0])
     with pytest.raises(ValueError, match="count_head"):
         tiny_model(count_head=-1)
 
@@ -301,16 +309,7 @@ def test_order_head_reads_first_occurrence_ranks_and_round_trips(tmp_path, make_
     assert logits.shape == (int(tv.sum()), C, C + 1)
     manual = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ranks.flatten(), reduction="sum")
     torch.testing.assert_close(sums["order"], manual)
-    sums["order"].backward()
-    assert model.order_head.weight.grad.abs().sum() > 0
-    assert model.audio_in.proj[0].weight.grad.abs().sum() > 0
-    model.save_pretrained(tmp_path / "m")
-    again = MultimodalSSM.from_pretrained(tmp_path / "m")
-    assert again.cfg.order_head and torch.equal(again.order_head.weight, model.order_head.weight)
-    assert again.active_heads() == ["lm", "event", "speak", "order"]
-    plain = tiny_model()
-    s2, c2 = plain.loss_sums(plain.forward_batch(batch), batch)
-    assert plain.order_head is None and c2["order"] == 0 and float(s2["order"]) == 0.0
+    check_head_trains_and_round_trips(tmp_path, model, batch, "order", sums["order"], model.audio_in.proj[0])
 
 
 def test_recall_head_reads_past_frames_and_round_trips(tmp_path, make_dataset):
@@ -331,16 +330,8 @@ def test_recall_head_reads_past_frames_and_round_trips(tmp_path, make_dataset):
     quadrants = frames.unflatten(-1, (2, 32)).unflatten(-3, (2, 32))  # (n, 3, 2, 32, 2, 32)
     target = quadrants.mean((-1, -3)).flatten(1)  # (n, 3 * 2 * 2): channel, row, column
     torch.testing.assert_close(sums["recall"], (pred - target).pow(2).mean(-1).sum(), rtol=1e-5, atol=0)
-    sums["recall"].backward()
-    assert model.recall_head.weight.grad.abs().sum() > 0
-    assert model.video_in.stem[0].weight.grad.abs().sum() > 0  # through the backbone to the frontends
-    model.save_pretrained(tmp_path / "m")
-    again = MultimodalSSM.from_pretrained(tmp_path / "m")
-    assert again.cfg.recall_head == 2 and torch.equal(again.recall_head.weight, model.recall_head.weight)
-    assert again.active_heads() == ["lm", "event", "speak", "recall"]
-    plain = tiny_model()
-    s2, c2 = plain.loss_sums(plain.forward_batch(batch), batch)
-    assert plain.recall_head is None and c2["recall"] == 0 and float(s2["recall"]) == 0.0
+    frontend = model.video_in.stem[0]
+    check_head_trains_and_round_trips(tmp_path, model, batch, "recall", sums["recall"], frontend)
     for bad in (-1, 65):
         with pytest.raises(ValueError, match="recall_head"):
             tiny_model(recall_head=bad)
@@ -378,18 +369,10 @@ def test_attribute_head_reads_each_events_colour_and_round_trips(tmp_path, avwor
     assert logits.shape[1:] == (len(LABELS) - 1, len(values))
     manual = torch.nn.functional.cross_entropy(logits[known], target[tv][known], reduction="sum")
     torch.testing.assert_close(sums["attribute"], manual)
-    sums["attribute"].backward()
-    assert model.attribute_head.weight.grad.abs().sum() > 0
-    assert model.video_in.stem[0].weight.grad.abs().sum() > 0
-    model.save_pretrained(tmp_path / "m")
-    again = MultimodalSSM.from_pretrained(tmp_path / "m")
-    assert again.cfg.recall_values == values and torch.equal(
-        again.attribute_head.weight, model.attribute_head.weight
+    check_head_trains_and_round_trips(
+        tmp_path, model, batch, "attribute", sums["attribute"], model.video_in.stem[0]
     )
-    assert again.active_heads() == ["lm", "event", "speak", "attribute"]
-    plain = tiny_model()
-    s2, c2 = plain.loss_sums(plain.forward_batch(batch), batch)
-    assert plain.attribute_head is None and c2["attribute"] == 0 and float(s2["attribute"]) == 0.0
+    assert MultimodalSSM.from_pretrained(tmp_path / "m").cfg.recall_values == values
     with pytest.raises(ValueError, match="recall_values"):
         tiny_model(recall_attribute="color")
     with pytest.raises(ValueError, match="recall_values"):
