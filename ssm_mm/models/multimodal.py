@@ -41,8 +41,8 @@ from ssm_mm.streaming.state import BackboneState
 
 FORMAT_VERSION = 1
 N_KINDS = 3
-# the training losses (video / count / recall / attribute: only with model.video_target / count_head /
-# recall_head / recall_attribute)
+# the training losses (video / count / order / recall / attribute: only with model.video_target /
+# count_head / order_head / recall_head / recall_attribute)
 HEADS = ("lm", "event", "speak", "video", "count", "order", "recall", "attribute")
 
 
