@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchutil import machine_info, summarize, write_json  # noqa: E402
+from benchutil import machine_info, summarize, sync, write_json  # noqa: E402
 
 from ssm_mm.ops.mamba_ref import load_mamba_refs, mamba_refs_error  # noqa: E402
 from ssm_mm.ops.ssd import DEFAULT_CHUNK_SIZE, ssd_chunked, ssd_scan, ssd_sequential  # noqa: E402
@@ -59,11 +59,6 @@ def make_inputs(
         **{k: v.to(device).requires_grad_() for k, v in leaves.items()},
         **{k: v.to(device) for k, v in cot.items()},
     }
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def fwd_bwd(scan, inp: dict[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -99,10 +94,10 @@ def bench_length(L: int, args, refs) -> dict:
     times: dict[str, list[float]] = {name: [] for name in cands}
     for _ in range(args.repeat):  # interleaved rounds
         for name, scan in cands.items():
-            _sync(dev)
+            sync()
             t0 = time.perf_counter()
             fwd_bwd(scan, inp)
-            _sync(dev)
+            sync()
             times[name].append(time.perf_counter() - t0)
     out: dict = {"L": L, "timings": {name: summarize(t) for name, t in times.items()}}
 
@@ -124,10 +119,10 @@ def bench_length(L: int, args, refs) -> dict:
     if L <= args.sequential_max_len:
         seq_times = []
         for i in range(args.sequential_repeat + 1):
-            _sync(dev)
+            sync()
             t0 = time.perf_counter()
             fwd_bwd(ssd_sequential, inp)
-            _sync(dev)
+            sync()
             if i:  # the first run is warm-up
                 seq_times.append(time.perf_counter() - t0)
         out["timings"]["sequential"] = summarize(seq_times)

@@ -35,9 +35,14 @@ def machine_info() -> dict:
     }
 
 
+def sync() -> None:
+    """Wait for queued GPU work (a no-op without CUDA), so wall-clock timings cover it."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def time_fn(fn: Callable[[], object], warmup: int = 2, repeat: int = 5, min_time: float = 0.0) -> list[float]:
     """Run ``fn`` ``warmup`` times, then time ``repeat`` runs (more while under ``min_time`` seconds)."""
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for _ in range(warmup):
         fn()
     sync()

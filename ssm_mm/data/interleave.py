@@ -432,9 +432,8 @@ def tick_first_ranks(
     n_events = len(labels) - 1
     ends = (np.arange(n_ticks, dtype=np.float64) + 1.0) * tick_seconds  # (K,)
     first = np.full(n_events, np.inf)
-    for li, iv in per_label.items():
-        if len(iv):
-            first[li - 1] = min(float(a) for a, _ in iv)
+    for li, iv in per_label.items():  # only labels with segments are listed
+        first[li - 1] = min(a for a, _ in iv)
     begun = first[None, :] < ends[:, None] - _TICK_EPS * tick_seconds  # (K, C)
     # rank = how many distinct earlier first-start times; labels that have not begun are C
     distinct = np.unique(first[np.isfinite(first)])

@@ -104,10 +104,10 @@ def drive(session, m: Media, rng: np.random.Generator, *, asks: float = 0.0, aud
     return answers
 
 
-def offline_forward(model: MultimodalSSM, m: Media, transcript, modalities, audio=None, sr=None):
-    """The offline path: the dataset's featurizer and interleaver over the whole stream plus the
-    session's transcript as dialogue turns, one forward on the model's device. Returns (TimedTokens,
-    hidden (L, d) on that device)."""
+def offline_inputs(model: MultimodalSSM, m: Media, transcript, modalities, audio=None, sr=None):
+    """The offline path's inputs: the dataset's featurizers and interleaver over the whole stream plus
+    the session's transcript as dialogue turns. Returns (TimedTokens, video features or None, audio
+    features or None), on the CPU."""
     cfg = model.features
     vt = at = None
     video = audio_feats = None
@@ -125,7 +125,13 @@ def offline_forward(model: MultimodalSSM, m: Media, transcript, modalities, audi
     turns = [
         TextTurn(t=x.t, role=role_index(x.role), ids=list(x.ids), index=i) for i, x in enumerate(transcript)
     ]
-    tokens = interleave(vt, at, turns, cfg, t0=m.t0)
+    return interleave(vt, at, turns, cfg, t0=m.t0), video, audio_feats
+
+
+def offline_forward(model: MultimodalSSM, m: Media, transcript, modalities, audio=None, sr=None):
+    """:func:`offline_inputs` through one forward on the model's device. Returns (TimedTokens,
+    hidden (L, d) on that device)."""
+    tokens, video, audio_feats = offline_inputs(model, m, transcript, modalities, audio, sr)
     dev = next(model.parameters()).device
     video, audio_feats = (None if x is None else x.to(dev) for x in (video, audio_feats))
     with torch.no_grad():

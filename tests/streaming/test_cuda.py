@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import support
 import torch
-from streaming_helpers import LABELS, Media, check_session_parity, offline_forward
+from streaming_helpers import LABELS, Media, check_session_parity, offline_inputs
 
 pytestmark = [
     pytest.mark.cuda,
@@ -65,14 +65,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def two_row_inputs(model, seconds: float = 8.0):
     """Two rows of one synthetic stream's tokens on the model's device; row 1 right-padded after 60%."""
-    m = noise_media(seconds)
-    tokens, _ = offline_forward(model, m, [], ("video", "audio"))  # tokens only; the output is unused
-    from ssm_mm.data.featurize import AudioFeaturizer, VideoFeaturizer
-
-    cfg = model.features
-    video, _ = VideoFeaturizer(cfg)(m.frames, m.times)
-    fz = AudioFeaturizer(cfg)
-    audio, _, _ = fz(m.samples, fz.init_state(t0=m.audio_t0))
+    tokens, video, audio = offline_inputs(model, noise_media(seconds), [], ("video", "audio"))
     dev = next(model.parameters()).device
     L = tokens.kind.shape[0]
     valid = torch.ones(2, L, dtype=torch.bool)
@@ -118,10 +111,11 @@ def test_triton_path_matches_torch_path_values_and_gradients():
 def test_cuda_matches_cpu():
     cpu = cuda_model(kernels="auto").eval()
     gpu = copy.deepcopy(cpu).cuda()
+    inputs = two_row_inputs(cpu)
     with torch.no_grad():
-        h_gpu = gpu(*two_row_inputs(gpu)).hidden
-        h_cpu = cpu(*two_row_inputs(cpu)).hidden
-    valid = two_row_inputs(cpu)[3]
+        h_gpu = gpu(*(x.cuda() for x in inputs)).hidden
+        h_cpu = cpu(*inputs).hidden
+    valid = inputs[3]
     assert rel(h_gpu[valid], h_cpu[valid]) <= REL_TOL
 
 
