@@ -15,6 +15,7 @@ only collected here.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -191,6 +192,10 @@ class TrainConfig:
     loss_order: float = 1.0  # only with model.order_head
     loss_recall: float = 1.0  # only with model.recall_head > 0
     loss_attribute: float = 1.0  # only with model.recall_attribute
+    # LM-loss weight of the answers to each question type (a user turn's manifest "type"; the answer is
+    # the assistant turn directly after it), e.g. {count: 4.0}; every other LM token weighs 1 and the
+    # LM loss is the weighted mean (validation too)
+    loss_answer: dict[str, float] = field(default_factory=dict)
     ckpt_every: int = 100
     keep_last: int = 2
     eval_every: int = 0  # 0 = only at the end
@@ -372,6 +377,9 @@ def validate_config(cfg: Config) -> None:
         m.layer_windows()
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    bad = {k: v for k, v in cfg.train.loss_answer.items() if not (math.isfinite(v) and v >= 0)}
+    if bad:
+        raise ConfigError(f"train.loss_answer={bad}: weights must be finite and >= 0")
     if cfg.train.parallel not in ("ddp", "fsdp"):
         raise ConfigError(f"train.parallel='{cfg.train.parallel}': expected ddp | fsdp")
     if cfg.data.on_error not in ("raise", "skip"):

@@ -53,6 +53,11 @@ def test_wrong_type_and_bad_values():
         load_config(None, ["model.d_model=abc"])
     with pytest.raises(ConfigError, match="pattern"):
         load_config(None, ["model.pattern=MMX"])
+    with pytest.raises(ConfigError, match=r"train.loss_answer=\{'count': -1.0\}"):
+        load_config(None, ["train.loss_answer={count: -1.0}"])
+    with pytest.raises(ConfigError, match="loss_answer"):
+        load_config(None, ["train.loss_answer={count: nan}"])
+    assert load_config(None, ["train.loss_answer={count: 4}"]).train.loss_answer == {"count": 4.0}
     with pytest.raises(ConfigError, match="key=value"):
         load_config(None, ["model.d_model"])
     with pytest.raises(ConfigError, match="not found"):

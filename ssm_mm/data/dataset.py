@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from ssm_mm.data.interleave import (
     encode_dialogue,
     interleave,
     lm_targets,
+    lm_weights,
     num_ticks,
     speak_targets,
     tick_event_counts,
@@ -226,6 +228,7 @@ class StreamExample:
     event_label: (n_ticks,) int64 per-tick label index (0 = background).
     speak:       (n_ticks,) int64 per-tick speak-now target (0/1).
     lm_target:   (L,) int64 next-token targets (``IGNORE_INDEX`` where unsupervised).
+    lm_weight:   (L,) float32 weight of each position's LM loss (:func:`~ssm_mm.data.interleave.lm_weights`).
     event_count: (n_ticks, C) int64 running count of each event label (C = labels − background).
     first_rank:  (n_ticks, C) int64 rank of each event label's first occurrence among the labels
                  begun so far, C while it has not begun (:func:`~ssm_mm.data.interleave.tick_first_ranks`).
@@ -246,6 +249,7 @@ class StreamExample:
     event_label: Tensor
     speak: Tensor
     lm_target: Tensor
+    lm_weight: Tensor
     event_count: Tensor
     first_rank: Tensor
     recall_frame: Tensor
@@ -277,10 +281,12 @@ def build_example(
     stream_index: int = 0,
     recall_attribute: str | None = None,
     recall_values: Sequence[str] = (),
+    answer_weights: Mapping[str, float] | None = None,
 ) -> StreamExample:
     """Interleave one stream's features and dialogue and build its targets (``spec``: a StreamSpec;
     ``recall_attribute``/``recall_values``: the segment attribute and value vocabulary of
-    ``recall_value``)."""
+    ``recall_value``; ``answer_weights``: LM-loss weight of the answers to each question type,
+    :func:`~ssm_mm.data.interleave.lm_weights`)."""
     t0 = float(spec.t0)
     video_times = t0 + torch.from_numpy(np.asarray(features.video_times, dtype=np.float64))  # (F,)
     fz_t0 = t0 + features.audio_t0  # same sum as a streaming featurizer started at t0 + audio_t0
@@ -305,6 +311,7 @@ def build_example(
         event_label=tick_event_labels(spec.segments, labels, n_ticks, cfg.tick_seconds, stream_id=spec.id),
         speak=speak_targets(spec.dialogue, n_ticks, cfg.tick_seconds, stream_id=spec.id),
         lm_target=lm_targets(tokens, tokenizer),
+        lm_weight=lm_weights(tokens, spec.dialogue, answer_weights or {}),
         event_count=tick_event_counts(spec.segments, labels, n_ticks, cfg.tick_seconds, stream_id=spec.id),
         first_rank=tick_first_ranks(spec.segments, labels, n_ticks, cfg.tick_seconds, stream_id=spec.id),
         recall_frame=nearest_frames(
@@ -339,6 +346,7 @@ class Window:
     video:        (F, 3, S, S) float32 frames used by the window; frame 0 is stream frame ``video_offset``.
     audio:        (A, D) float32 audio tokens; row 0 is stream audio token ``audio_offset``.
     lm_target:    (L,) int64 (``IGNORE_INDEX`` where unsupervised).
+    lm_weight:    (L,) float32 weight of each position's LM loss.
     event_label:  (K,) int64, K = tick_end − tick_start.
     speak:        (K,) int64 0/1.
     event_count:  (K, C) int64 running count of each event label (C = labels − background).
@@ -365,6 +373,7 @@ class Window:
     video_offset: int
     audio_offset: int
     lm_target: Tensor
+    lm_weight: Tensor
     event_label: Tensor
     speak: Tensor
     event_count: Tensor
@@ -431,6 +440,7 @@ def cut_window(
         video_offset=f_lo,
         audio_offset=a_lo,
         lm_target=ex.lm_target[lo:hi].clone(),
+        lm_weight=ex.lm_weight[lo:hi].clone(),
         event_label=ex.event_label[k0:k1].clone(),
         speak=ex.speak[k0:k1].clone(),
         event_count=ex.event_count[k0:k1].clone(),
@@ -461,6 +471,7 @@ class Batch:
       valid      bool   real tokens.
       lm_target  int64  next-token target at each position (``IGNORE_INDEX`` = −100 where unsupervised):
                         ``cross_entropy(logits[b, l], lm_target[b, l])`` with no shift.
+      lm_weight  float32 weight of each position's LM loss (1 on padding; read only where supervised).
     Flat per-modality features:
       video        (F, 3, S, S) float32 frames of all windows, window by window.
       video_batch  (F,) int64 batch row of each frame.
@@ -499,6 +510,7 @@ class Batch:
     turn: Tensor
     valid: Tensor
     lm_target: Tensor
+    lm_weight: Tensor
     video: Tensor
     video_batch: Tensor
     audio: Tensor
@@ -569,6 +581,7 @@ def collate(windows: Sequence[Window], pad_id: int) -> Batch:
     )
     valid = full((B, L), False, torch.bool)
     lm_target = full((B, L), IGNORE_INDEX, torch.int64)
+    lm_weight = full((B, L), 1.0, torch.float32)
     tick_index = full((B, K), -1, torch.int64)
     tick_valid = full((B, K), False, torch.bool)
     summary_pos = full((B, K), 0, torch.int64)
@@ -593,6 +606,7 @@ def collate(windows: Sequence[Window], pad_id: int) -> Batch:
         tick[b, :n], role[b, :n], turn[b, :n] = tk.tick, tk.role, tk.turn
         valid[b, :n] = True
         lm_target[b, :n] = w.lm_target
+        lm_weight[b, :n] = w.lm_weight
         if n:
             t[b, n:] = tk.t[-1]  # Δt = 0 over the padding
         tick_index[b, :k] = torch.arange(w.tick_start, w.tick_end)
@@ -625,6 +639,7 @@ def collate(windows: Sequence[Window], pad_id: int) -> Batch:
         turn=turn,
         valid=valid,
         lm_target=lm_target,
+        lm_weight=lm_weight,
         video=torch.cat([w.video for w in windows]),
         video_batch=torch.cat(
             [torch.full((w.video.shape[0],), b, dtype=torch.int64) for b, w in enumerate(windows)]
@@ -679,6 +694,8 @@ class StreamDataset(torch.utils.data.Dataset):
             one stream decode it once); 0 disables. Not pickled: DataLoader workers start empty.
         recall_attribute, recall_values: the segment attribute (e.g. "color") whose value at each
             label's last segment is the ``recall_value`` target, and its value vocabulary.
+        answer_weights: LM-loss weight of the answer to each question type (a user turn's ``type``),
+            e.g. ``{"count": 4.0}``; other supervised tokens weigh 1 (:func:`lm_weights`).
 
     Item ``i`` is window ``w`` of stream ``s`` with ``i = index(s, w)`` (stream-major). The number of
     windows comes from the manifest's ``duration``, so nothing is decoded before an item is read.
@@ -697,8 +714,13 @@ class StreamDataset(torch.utils.data.Dataset):
         memory_cache: int = 1,
         recall_attribute: str | None = None,
         recall_values: Sequence[str] = (),
+        answer_weights: Mapping[str, float] | None = None,
     ):
         cfg.validate()
+        self.answer_weights = dict(answer_weights or {})
+        bad = {k: v for k, v in self.answer_weights.items() if not (math.isfinite(v) and v >= 0)}
+        if bad:
+            raise ValueError(f"answer_weights must be finite and >= 0, got {bad}")
         self.recall_attribute = recall_attribute or None
         self.recall_values = list(recall_values)
         if self.recall_attribute and not self.recall_values:
@@ -763,6 +785,7 @@ class StreamDataset(torch.utils.data.Dataset):
             stream_index=s,
             recall_attribute=self.recall_attribute,
             recall_values=self.recall_values,
+            answer_weights=self.answer_weights,
         )
         if self.memory_cache > 0:
             self._examples[s] = ex

@@ -30,7 +30,7 @@ Token columns (:class:`TimedTokens`), all ``(L,)``:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Protocol
 
@@ -65,6 +65,7 @@ __all__ = [
     "proactive_flags",
     "speak_targets",
     "lm_targets",
+    "lm_weights",
 ]
 
 VIDEO, AUDIO, TEXT = 0, 1, 2
@@ -181,6 +182,7 @@ class _TurnLike(Protocol):  # ssm_mm.data.manifest.Turn
     t: float
     role: str
     text: str
+    type: str | None
 
 
 class _SegmentLike(Protocol):  # ssm_mm.data.manifest.Segment
@@ -574,4 +576,27 @@ def lm_targets(tokens: TimedTokens, tokenizer: TurnTokenizer) -> Tensor:
                 f"assistant turn {int(turn_ids[a])} is not [BOT, ROLE, ..., EOT]: {ids.tolist()}"
             )
         out[p[1:-1]] = ids[2:]
+    return out
+
+
+def lm_weights(tokens: TimedTokens, dialogue: Sequence[_TurnLike], weights: Mapping[str, float]) -> Tensor:
+    """Per-position weight of the LM loss, (L,) float32: ``weights[type]`` on the tokens of an assistant
+    turn that answers a user turn of that ``type`` (the assistant turn directly after it in
+    ``dialogue``), 1 everywhere else (and where ``weights`` has no entry for the type).
+
+    ``tokens.turn`` indexes ``dialogue`` (:func:`encode_dialogue`). Only the positions
+    :func:`lm_targets` supervises are read by the loss.
+    """
+    out = torch.ones(len(tokens), dtype=torch.float32)
+    if not weights:
+        return out
+    per_turn = [1.0] * len(dialogue)
+    for i in range(1, len(dialogue)):
+        q, a = dialogue[i - 1], dialogue[i]
+        if a.role == "assistant" and q.role == "user" and q.type in weights:
+            per_turn[i] = float(weights[q.type])
+    assistant = (tokens.kind == TEXT) & (tokens.role == ROLES.index("assistant"))
+    if bool(assistant.any()):
+        table = torch.tensor(per_turn, dtype=torch.float32)
+        out[assistant] = table[tokens.turn[assistant]]
     return out

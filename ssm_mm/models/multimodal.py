@@ -272,8 +272,9 @@ class MultimodalSSM(nn.Module):
         f = pooled.shape[0]
         return pooled.reshape(f, 3, g, n, g, n).permute(0, 2, 4, 1, 3, 5).reshape(f * g * g, 3 * n * n)
 
-    def supervised_counts(self, batch) -> dict[str, int]:
-        """The number of supervised items of each loss in :data:`HEADS` for a Batch."""
+    def supervised_counts(self, batch) -> dict[str, float]:
+        """The number of supervised items of each loss in :data:`HEADS` for a Batch (for "lm", the sum
+        of the supervised positions' ``lm_weight``: the LM loss is their weighted mean)."""
         ticks = int(batch.tick_valid.sum())
         video = int(((batch.kind == VIDEO) & batch.valid).sum()) if self.video_head is not None else 0
         count = ticks * (len(self.labels) - 1) if self.count_head is not None else 0
@@ -281,7 +282,7 @@ class MultimodalSSM(nn.Module):
         recall = int((batch.recall_index >= 0).sum()) if self.recall_head is not None else 0
         attribute = int((batch.recall_value >= 0).sum()) if self.attribute_head is not None else 0
         return {
-            "lm": int((batch.lm_target != IGNORE_INDEX).sum()),
+            "lm": float(batch.lm_weight[batch.lm_target != IGNORE_INDEX].sum()),
             "event": ticks,
             "speak": ticks,
             "video": video,
@@ -337,7 +338,8 @@ class MultimodalSSM(nn.Module):
     def loss_sums(self, out: ModelOutput, batch) -> tuple[dict[str, Tensor], dict[str, int]]:
         """Per-head loss *sums* and the number of supervised items, for a Batch.
 
-        lm: cross-entropy over supervised text positions; event: cross-entropy over ticks with a
+        lm: cross-entropy over supervised text positions, each weighted by ``batch.lm_weight``
+        (``train.loss_answer``; 1 by default); event: cross-entropy over ticks with a
         media token; speak: binary cross-entropy of the speak-now logit over the same ticks; video
         (with ``model.video_target``): squared error of the pooled patch predicted at each video token,
         averaged over its values; count (with ``model.count_head`` = N): cross-entropy of each event
@@ -361,7 +363,8 @@ class MultimodalSSM(nn.Module):
         sums = dict(zero)
         if sup.any():
             logits = self.lm_head(h[sup]).float()
-            sums["lm"] = F.cross_entropy(logits, batch.lm_target[sup], reduction="sum") + zero["lm"]
+            ce = F.cross_entropy(logits, batch.lm_target[sup], reduction="none")
+            sums["lm"] = (ce * batch.lm_weight[sup]).sum() + zero["lm"]
         th = self.tick_hidden(h, batch.summary_pos)
         tv = batch.tick_valid
         if tv.any():

@@ -177,7 +177,11 @@ def prepare_data(cfg: Config, log=print) -> DataSetup:
                 f"model.recall_attribute={attr!r}: no segment of the training streams ({train_m}) has that "
                 'attribute (manifest segments\' "attributes")'
             )
-    recall = {"recall_attribute": attr or None, "recall_values": list(cfg.model.recall_values)}
+    targets = {  # what StreamDataset builds beyond the defaults
+        "recall_attribute": attr or None,
+        "recall_values": list(cfg.model.recall_values),
+        "answer_weights": dict(cfg.train.loss_answer),
+    }
     tok = load_tokenizer(cfg.tokenizer)
     fcache = cache / "features" if d.feature_cache else None
     mem = max(1, cfg.train.batch_size)
@@ -189,7 +193,7 @@ def prepare_data(cfg: Config, log=print) -> DataSetup:
         window_seconds=d.window_seconds,
         cache_dir=fcache,
         memory_cache=mem,
-        **recall,
+        **targets,
     )
     val = (
         StreamDataset(
@@ -200,7 +204,7 @@ def prepare_data(cfg: Config, log=print) -> DataSetup:
             window_seconds=None,
             cache_dir=fcache,
             memory_cache=1,
-            **recall,
+            **targets,
         )
         if val_streams
         else None

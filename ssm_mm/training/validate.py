@@ -21,7 +21,7 @@ def validate(model: MultimodalSSM, dataset: StreamDataset, batch_size: int = 8, 
     preds, trues = [], []
     heads = model.active_heads()
     sums = {k: 0.0 for k in heads}
-    counts = {k: 0 for k in heads}
+    counts = {k: 0.0 for k in heads}
     speak_hits = speak_pos = 0
     count_hits = count_n = 0
     order_hits = order_n = 0
@@ -33,7 +33,7 @@ def validate(model: MultimodalSSM, dataset: StreamDataset, batch_size: int = 8, 
         s, n = model.loss_sums(out, batch)
         for k in sums:
             sums[k] += float(s[k])
-            counts[k] += int(n[k])
+            counts[k] += float(n[k])
         th = model.tick_hidden(out.hidden, batch.summary_pos)
         tv = batch.tick_valid
         preds.append(model.event_head(th[tv]).argmax(-1).cpu())

@@ -291,6 +291,18 @@ def test_dataset_indexing_memory_cache_and_pickling(monkeypatch):
         StreamDataset(specs, CFG, TOK, window_seconds=1.25)
     with pytest.raises(IndexError):
         ds[7]
+    # answer weights reach the windows and the batch: the count answer "2" (its token and EOT) weighs 4
+    weighted = StreamDataset(specs, CFG, TOK, window_seconds=None, answer_weights={"count": 4.0})
+    wb = weighted.collate([weighted[0], weighted[2]])
+    assert wb.lm_weight.shape == wb.lm_target.shape
+    assert torch.equal(b.lm_weight, torch.ones_like(b.lm_weight))  # none given: every weight is 1
+    for r, n_answer in enumerate([2, 0]):  # stream "c" ends (4.0 s) before the question (4.1 s)
+        sup = wb.lm_target[r] != IGNORE_INDEX
+        answer = sup & (wb.turn[r] == 4)
+        assert int(answer.sum()) == n_answer and torch.all(wb.lm_weight[r][answer] == 4.0)
+        assert torch.all(wb.lm_weight[r][sup & ~answer] == 1.0)
+    with pytest.raises(ValueError, match="answer_weights must be finite and >= 0"):
+        StreamDataset(specs, CFG, TOK, answer_weights={"count": -2.0})
 
 
 def _fake_media(monkeypatch, calls):

@@ -19,6 +19,7 @@ from ssm_mm.data.interleave import (
     encode_dialogue,
     interleave,
     lm_targets,
+    lm_weights,
     num_ticks,
     place_text_time,
     proactive_flags,
@@ -43,6 +44,7 @@ class Turn:  # the fields of a manifest Turn that the interleaver reads
     t: float
     role: str
     text: str
+    type: str | None = None
 
 
 @dataclass
@@ -371,3 +373,26 @@ def test_lm_targets_supervise_assistant_content_and_eot():
     # the supervised target at position i is the input token at i + 1
     sup = torch.nonzero(y != IGNORE_INDEX).squeeze(1)
     assert torch.equal(y[sup], x.src[sup + 1])
+
+
+def test_lm_weights_weigh_the_answer_to_each_question_type():
+    dialogue = [
+        Turn(0.5, "user", "q", "count"),
+        Turn(0.5, "assistant", "2"),  # answers the count question
+        Turn(0.9, "assistant", "x"),  # proactive: follows an assistant turn
+        Turn(1.2, "user", "r", "color"),
+        Turn(1.2, "assistant", "red"),  # answers a color question
+        Turn(1.6, "user", "s"),  # untyped
+        Turn(1.6, "assistant", "ok"),
+    ]
+    x = interleave(torch.tensor([0.0, 1.0]), None, encode_dialogue(dialogue, TOK), CFG)
+    assert torch.equal(lm_weights(x, dialogue, {}), torch.ones(len(x)))  # no weights: all ones
+    w = lm_weights(x, dialogue, {"count": 4.0, "color": 0.0, "order": 9.0})
+    expect = {0: 1.0, 1: 4.0, 2: 1.0, 3: 1.0, 4: 0.0, 5: 1.0, 6: 1.0}  # per dialogue turn
+    for i, want in expect.items():
+        assert torch.all(w[(x.kind == TEXT) & (x.turn == i)] == want), i
+    assert torch.all(w[x.kind != TEXT] == 1.0)
+    # every supervised position of the count answer (its content token and EOT) weighs 4
+    y = lm_targets(x, TOK)
+    answer = (y != IGNORE_INDEX) & (x.turn == 1)
+    assert int(answer.sum()) == 2 and torch.all(w[answer] == 4.0)

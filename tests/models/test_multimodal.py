@@ -6,6 +6,7 @@ import math
 import pytest
 import support
 import torch
+import torch.nn.functional as F
 from support import tiny_model_config
 
 from ssm_mm.config import TemporalConfig, load_config
@@ -248,6 +249,30 @@ def test_video_head_trains_and_round_trips(tmp_path, make_dataset):
     assert plain.video_head is None and c2["video"] == 0 and float(s2["video"]) == 0.0
     with pytest.raises(ValueError, match="video_target"):
         tiny_model(video_target=-1)
+
+
+def test_lm_loss_is_the_weighted_mean_over_answer_weights(make_dataset):
+    """``train.loss_answer``: with every weight 1 the LM loss is the plain mean over supervised
+    tokens; with weights it is their weighted mean, and a weight of 0 removes those answers."""
+    ds = make_dataset(None)
+    batch = ds.collate([ds[0], ds[1]])
+    model = tiny_model().eval()
+    with torch.no_grad():
+        out = model.forward_batch(batch)
+        sup = batch.lm_target != IGNORE_INDEX
+        ce = F.cross_entropy(model.lm_head(out.hidden[sup]).float(), batch.lm_target[sup], reduction="none")
+        assert torch.allclose(model.losses(out, batch)["lm"], ce.mean(), atol=1e-6)
+        w = torch.rand(sup.shape) * 3
+        w[0] = 0.0  # the first window's answers do not count
+        batch.lm_weight = w
+        sums, counts = model.loss_sums(out, batch)
+        assert counts["lm"] == pytest.approx(float(w[sup].sum()), rel=1e-6)
+        assert float(sums["lm"]) == pytest.approx(float((ce * w[sup]).sum()), rel=1e-5)
+        ce1 = ce[int(sup[0].sum()) :]  # window 1's supervised tokens (boolean indexing is row-major)
+        assert len(ce1) > 0
+        assert float(model.losses(out, batch)["lm"]) == pytest.approx(
+            float((ce1 * w[1][sup[1]]).sum() / w[1][sup[1]].sum()), rel=1e-5
+        )
 
 
 def check_head_trains_and_round_trips(tmp_path, model, batch, name: str, loss, frontend) -> None:
