@@ -311,7 +311,7 @@ def build_example(
         event_label=tick_event_labels(spec.segments, labels, n_ticks, cfg.tick_seconds, stream_id=spec.id),
         speak=speak_targets(spec.dialogue, n_ticks, cfg.tick_seconds, stream_id=spec.id),
         lm_target=lm_targets(tokens, tokenizer),
-        lm_weight=lm_weights(tokens, spec.dialogue, answer_weights or {}),
+        lm_weight=lm_weights(tokens, spec.dialogue, answer_weights or {}, cfg.tick_seconds),
         event_count=tick_event_counts(spec.segments, labels, n_ticks, cfg.tick_seconds, stream_id=spec.id),
         first_rank=tick_first_ranks(spec.segments, labels, n_ticks, cfg.tick_seconds, stream_id=spec.id),
         recall_frame=nearest_frames(

@@ -579,24 +579,27 @@ def lm_targets(tokens: TimedTokens, tokenizer: TurnTokenizer) -> Tensor:
     return out
 
 
-def lm_weights(tokens: TimedTokens, dialogue: Sequence[_TurnLike], weights: Mapping[str, float]) -> Tensor:
-    """Per-position weight of the LM loss, (L,) float32: ``weights[type]`` on the tokens of an assistant
-    turn that answers a user turn of that ``type`` (the assistant turn directly after it in
-    ``dialogue``), 1 everywhere else (and where ``weights`` has no entry for the type).
+def lm_weights(
+    tokens: TimedTokens, dialogue: Sequence[_TurnLike], weights: Mapping[str, float], tick_seconds: float
+) -> Tensor:
+    """Per-position weight of the LM loss, (L,) float32: ``weights[type]`` on the tokens of the answer
+    to a user turn of that ``type``, 1 everywhere else (and for types ``weights`` does not name).
 
-    ``tokens.turn`` indexes ``dialogue`` (:func:`encode_dialogue`). Only the positions
+    The answer to a user turn is the assistant turn directly after it in ``dialogue``, if that turn
+    is an answer and not a proactive response (:func:`proactive_flags`: placed at the question's
+    tick end). ``tokens.turn`` indexes ``dialogue`` (:func:`encode_dialogue`). Only the positions
     :func:`lm_targets` supervises are read by the loss.
     """
     out = torch.ones(len(tokens), dtype=torch.float32)
     if not weights:
         return out
     per_turn = [1.0] * len(dialogue)
+    proactive = proactive_flags(dialogue, tick_seconds)
     for i in range(1, len(dialogue)):
         q, a = dialogue[i - 1], dialogue[i]
-        if a.role == "assistant" and q.role == "user" and q.type in weights:
+        if q.role == "user" and a.role == "assistant" and not proactive[i] and q.type in weights:
             per_turn[i] = float(weights[q.type])
     assistant = (tokens.kind == TEXT) & (tokens.role == ROLES.index("assistant"))
     if bool(assistant.any()):
-        table = torch.tensor(per_turn, dtype=torch.float32)
-        out[assistant] = table[tokens.turn[assistant]]
+        out[assistant] = torch.tensor(per_turn, dtype=torch.float32)[tokens.turn[assistant]]
     return out

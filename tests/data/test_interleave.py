@@ -384,11 +384,13 @@ def test_lm_weights_weigh_the_answer_to_each_question_type():
         Turn(1.2, "assistant", "red"),  # answers a color question
         Turn(1.6, "user", "s"),  # untyped
         Turn(1.6, "assistant", "ok"),
+        Turn(2.1, "user", "u", "count"),
+        Turn(2.9, "assistant", "3"),  # a later tick: a proactive response, not the answer
     ]
-    x = interleave(torch.tensor([0.0, 1.0]), None, encode_dialogue(dialogue, TOK), CFG)
-    assert torch.equal(lm_weights(x, dialogue, {}), torch.ones(len(x)))  # no weights: all ones
-    w = lm_weights(x, dialogue, {"count": 4.0, "color": 0.0, "order": 9.0})
-    expect = {0: 1.0, 1: 4.0, 2: 1.0, 3: 1.0, 4: 0.0, 5: 1.0, 6: 1.0}  # per dialogue turn
+    x = interleave(torch.tensor([0.0, 1.0, 2.0]), None, encode_dialogue(dialogue, TOK), CFG)
+    assert torch.equal(lm_weights(x, dialogue, {}, CFG.tick_seconds), torch.ones(len(x)))  # none given
+    w = lm_weights(x, dialogue, {"count": 4.0, "color": 0.0, "order": 9.0}, CFG.tick_seconds)
+    expect = {0: 1.0, 1: 4.0, 2: 1.0, 3: 1.0, 4: 0.0, 5: 1.0, 6: 1.0, 7: 1.0, 8: 1.0}  # per dialogue turn
     for i, want in expect.items():
         assert torch.all(w[(x.kind == TEXT) & (x.turn == i)] == want), i
     assert torch.all(w[x.kind != TEXT] == 1.0)
