@@ -193,8 +193,8 @@ class TrainConfig:
     loss_recall: float = 1.0  # only with model.recall_head > 0
     loss_attribute: float = 1.0  # only with model.recall_attribute
     # LM-loss weight of the answers to each question type (a user turn's manifest "type"; the answer is
-    # the assistant turn directly after it), e.g. {count: 4.0}; every other LM token weighs 1 and the
-    # LM loss is the weighted mean (validation too)
+    # the assistant turn directly after it unless that is a proactive response: interleave.lm_weights),
+    # e.g. {count: 4.0}; every other LM token weighs 1 and the LM loss is the weighted mean (validation too)
     loss_answer: dict[str, float] = field(default_factory=dict)
     ckpt_every: int = 100
     keep_last: int = 2
