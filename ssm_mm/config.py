@@ -15,7 +15,6 @@ only collected here.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -377,7 +376,9 @@ def validate_config(cfg: Config) -> None:
         m.layer_windows()
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    bad = {k: v for k, v in cfg.train.loss_answer.items() if not (math.isfinite(v) and v >= 0)}
+    from ssm_mm.data.interleave import bad_answer_weights
+
+    bad = bad_answer_weights(cfg.train.loss_answer)
     if bad:
         raise ConfigError(f"train.loss_answer={bad}: weights must be finite and >= 0")
     if cfg.train.parallel not in ("ddp", "fsdp"):

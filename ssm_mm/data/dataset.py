@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -39,6 +38,7 @@ from ssm_mm.data.interleave import (
     TEXT,
     VIDEO,
     TimedTokens,
+    bad_answer_weights,
     encode_dialogue,
     interleave,
     lm_targets,
@@ -718,7 +718,7 @@ class StreamDataset(torch.utils.data.Dataset):
     ):
         cfg.validate()
         self.answer_weights = dict(answer_weights or {})
-        bad = {k: v for k, v in self.answer_weights.items() if not (math.isfinite(v) and v >= 0)}
+        bad = bad_answer_weights(self.answer_weights)
         if bad:
             raise ValueError(f"answer_weights must be finite and >= 0, got {bad}")
         self.recall_attribute = recall_attribute or None

@@ -66,6 +66,7 @@ __all__ = [
     "speak_targets",
     "lm_targets",
     "lm_weights",
+    "bad_answer_weights",
 ]
 
 VIDEO, AUDIO, TEXT = 0, 1, 2
@@ -577,6 +578,11 @@ def lm_targets(tokens: TimedTokens, tokenizer: TurnTokenizer) -> Tensor:
             )
         out[p[1:-1]] = ids[2:]
     return out
+
+
+def bad_answer_weights(weights: Mapping[str, float]) -> dict[str, float]:
+    """The entries of an answer-weight table (:func:`lm_weights`) that are not finite and >= 0."""
+    return {k: v for k, v in weights.items() if not (math.isfinite(v) and v >= 0)}
 
 
 def lm_weights(

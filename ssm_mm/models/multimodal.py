@@ -335,7 +335,7 @@ class MultimodalSSM(nn.Module):
         """(R, 3 N^2) recall-head targets: frames (R, 3, S, S) average-pooled to N x N, flattened."""
         return F.adaptive_avg_pool2d(frames, self.cfg.recall_head).flatten(1)
 
-    def loss_sums(self, out: ModelOutput, batch) -> tuple[dict[str, Tensor], dict[str, int]]:
+    def loss_sums(self, out: ModelOutput, batch) -> tuple[dict[str, Tensor], dict[str, float]]:
         """Per-head loss *sums* and the number of supervised items, for a Batch.
 
         lm: cross-entropy over supervised text positions, each weighted by ``batch.lm_weight``
