@@ -62,7 +62,7 @@ import numpy as np
 
 from ssm_mm.data.manifest import Segment, StreamSpec, Turn, write_manifest
 
-GENERATOR_VERSION = 3  # bump when the output for a given config changes (invalidates caches)
+GENERATOR_VERSION = 4  # bump when the output for a given config changes (invalidates caches)
 
 
 @dataclass(frozen=True)
@@ -505,6 +505,25 @@ def _pick(rng, weights: list[float] | int) -> int | None:
     return int(rng.choice(len(p), p=p / p.sum())) if p.any() else None
 
 
+def visible_throughout(scene: Scene, e: AVEvent) -> list[Shape]:
+    """The shapes on screen for the whole of AV event ``e`` (its own shape among them): those a
+    ``color``/``kind`` question about ``e`` may ask for."""
+    return [s for s in scene.shapes if s.start <= e.start and s.end >= e.end]
+
+
+def event_attributes(scene: Scene, e: AVEvent) -> dict[str, str]:
+    """The segment attributes of AV event ``e``: ``color``/``shape``, the look of its own shape, and
+    for every shape on screen throughout it, ``color_of_<kind>`` (its colour) and
+    ``shape_of_<colour>`` (its kind) — the answers to every ``color``/``kind`` question about ``e``
+    (visible shapes have distinct kinds and colours, so each key has one value)."""
+    own = scene.shapes[e.shape]
+    out = {"color": own.color, "shape": own.kind}
+    for s in visible_throughout(scene, e):
+        out[f"color_of_{s.kind}"] = s.color
+        out[f"shape_of_{s.color}"] = s.kind
+    return out
+
+
 def _question(
     rng, scene: Scene, events: list[AVEvent], classes, t: float, mix: tuple = ()
 ) -> tuple[str, str, str] | None:
@@ -524,7 +543,7 @@ def _question(
     if done:
         cname = sorted(done)[int(rng.integers(len(done)))]
         e = done[cname]
-        during = [s for s in scene.shapes if s.start <= e.start and s.end >= e.end]  # visible throughout
+        during = visible_throughout(scene, e)
         if during:
             s = during[int(rng.integers(len(during)))]
             cl = _cls(cname)
@@ -748,10 +767,9 @@ def generate_stream(cfg: AVWorldConfig, i: int, out_dir: Path) -> tuple[StreamSp
                 )
                 fi += 1
 
-    segments = [  # each AV event with its shape's look: the targets of model.recall_attribute
-        Segment(
-            e.start, e.end, e.cls, {"color": scene.shapes[e.shape].color, "shape": scene.shapes[e.shape].kind}
-        )
+    # each AV event with the look of the screen during it: the targets of model.recall_attributes
+    segments = [
+        Segment(e.start, e.end, e.cls, event_attributes(scene, e))
         for e in sorted(scene.events, key=lambda e: e.start)
     ]
     spec = StreamSpec(

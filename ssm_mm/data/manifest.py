@@ -18,7 +18,8 @@ Fields:
   ``t`` in ``[0, duration]``; ``type`` is an optional question type ("count", "color", "order", ...).
 * ``segments`` (optional): ``{"start", "end", "label"}`` with ``0 <= start < end <= duration``, and
   optionally ``"attributes"``: string values describing the event (AVWorld: ``{"color": "red",
-  "shape": "circle"}``, its shape), targets of the recall-attribute head (``model.recall_attribute``).
+  "shape": "circle", "color_of_circle": "red", "shape_of_red": "circle", ...}``, its shape and every
+  shape on screen throughout it), targets of the recall-attribute head (``model.recall_attribute(s)``).
 * Other keys are kept in :attr:`StreamSpec.extra` and written back unchanged.
 
 Every problem raises :class:`ManifestError` naming the manifest file, the line, the stream id and the

@@ -184,7 +184,7 @@ def test_segments_match_measured_audio_and_video(decoded):
     assert checked > 150
     assert audio_only > 0 and video_only > 0  # distractors exist and are background
     # each segment's attributes are its shape's look, measured in the frame nearest its middle
-    looks = 0
+    looks = others = 0
     for spec, video, _ in items:
         ts = video.timestamps.numpy()
         for s in spec.segments:
@@ -192,8 +192,20 @@ def test_segments_match_measured_audio_and_video(decoded):
             assert s.attributes["shape"] == cls.shape, (spec.id, s)
             seen = measure_shapes(video.frames.numpy()[int(np.argmin(np.abs(ts - (s.start + s.end) / 2)))])
             assert seen.get(cls.shape) == s.attributes["color"], (spec.id, s, seen)
+            # every shape on screen then, by kind and by colour (it is on screen throughout the event)
+            of_kind = {
+                k.removeprefix("color_of_"): v for k, v in s.attributes.items() if k.startswith("color_of_")
+            }
+            of_color = {
+                k.removeprefix("shape_of_"): v for k, v in s.attributes.items() if k.startswith("shape_of_")
+            }
+            assert of_kind[cls.shape] == s.attributes["color"] and of_color == {
+                c: k for k, c in of_kind.items()
+            }
+            assert all(seen.get(k) == c for k, c in of_kind.items()), (spec.id, s, seen)
             looks += 1
-    assert looks >= 10
+            others += len(of_kind) - 1
+    assert looks >= 10 and others >= 1
 
 
 def test_dialogue_is_consistent_with_segments_and_frames(decoded):
@@ -244,13 +256,17 @@ def test_dialogue_is_consistent_with_segments_and_frames(decoded):
                 cls = q.text.split("when the ")[1].split()[0]
                 seg = [s for s in before if s.label == cls][-1]  # the last one: "when the X last ..."
                 inside = [k for k, tt in enumerate(ts) if seg.start + 0.05 < tt < seg.end - 0.05]
+                if q.type == "color":  # the segment's attributes hold the answer (recall_attributes)
+                    kind = q.text.split("was the ")[1].split()[0]
+                    assert seg.attributes[f"color_of_{kind}"] == a.text, (q.text, seg.attributes)
+                else:
+                    color = q.text.split("which shape was ")[1].split()[0]
+                    assert seg.attributes[f"shape_of_{color}"] == a.text, (q.text, seg.attributes)
                 for k in inside:
                     seen = measure_shapes(frames[k])
                     if q.type == "color":
-                        kind = q.text.split("was the ")[1].split()[0]
                         assert seen.get(kind) == a.text, (q.text, a.text, seen)
                     else:
-                        color = q.text.split("which shape was ")[1].split()[0]
                         assert {c: k_ for k_, c in seen.items()}.get(color) == a.text, (q.text, seen)
             elif q.type == "now":
                 seen = measure_shapes(frames[np.nonzero(ts <= t + 1e-9)[0][-1]])  # the frame shown at t
@@ -412,8 +428,8 @@ def test_timing_spreads_vary_streams_within_bounds_and_keep_the_world(tmp_path):
         assert make_scene(d, 0) == make_scene(base, 0)  # the same world, rendered with other timing
     assert len({(d.jitter, d.drop, d.offset) for d in drawn}) == 40
     # the default key is pinned: the spreads at 0 leave it as it was before they existed; only
-    # GENERATOR_VERSION moves it (3: segments carry their shape's attributes). A spread is another dataset
-    assert cache_key(AVWorldConfig()) == "avworld-0498885e9a77057f"
+    # GENERATOR_VERSION moves it (4: segments carry every visible shape's look). A spread is another dataset
+    assert cache_key(AVWorldConfig()) == "avworld-4c7b1f760e75ce12"
     assert cache_key(cfg) != cache_key(base)
     assert nominal_knobs(dataclasses.asdict(cfg)) == {
         "jitter_spread": 0.0,
