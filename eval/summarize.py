@@ -7,7 +7,10 @@ train.py's final evaluation): the tables in README.md are printed by this script
 
 One row per (result file, model, dataset): tick accuracy with the majority-class rate beside it,
 event macro-F1, QA exact match (with ``--types`` one column per question type; with ``--now`` the
-"now" questions split by what they ask for: a colour, a count or a shape), proactive precision /
+"now" questions split by what they ask for: a colour, a count or a shape; with ``--shapes`` the AVWorld
+"color"/"kind" questions split by whether they ask about the event's own shape — "what color was the
+square when the buzz last played?", the buzz being the square's class — or another shape on screen
+then), proactive precision /
 recall / F1. A row is named by the result file's folder (and the model and dataset when
 a file holds several). ``--sweep KNOB`` prints instead one row per model and sweep point with each
 score as a share of the model's score at the in-distribution point (``--base VALUE``).
@@ -19,10 +22,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from pathlib import Path
 
-from ssm_mm.data.avworld import COLORS
+from ssm_mm.data.avworld import CLASSES, COLORS
 from ssm_mm.evaluation.report import markdown_table, read_json
 
 HEADLINE = (
@@ -77,37 +81,71 @@ def rows(paths: list[str], dataset: str | None = None) -> list[tuple[str, dict]]
             name = Path(path).parent.name
             if several:
                 name += f" · {r['model']} · {r['dataset']}"
-            out.append((name, {**r["metrics"], "now_split": _now_split(r)}))
+            out.append((name, {**r["metrics"], "now_split": _now_split(r), "shape_split": _shape_split(r)}))
     if not out:
         raise SummaryError(f"no results{f' for dataset {dataset!r}' if dataset else ''} in {paths}")
     return out
 
 
-def _now_split(result: dict) -> dict[str, dict]:
-    """QA of the "now" questions by what they ask for — a colour, a count or a shape (told apart by the
-    reference answer) — from the per-question records of a result: {kind: {"accuracy", "n"}}."""
+def _split(result: dict, group) -> dict[str, dict]:
+    """QA of a result's per-question records grouped by ``group(record)`` (None: left out):
+    {group: {"accuracy", "n"}}."""
     hits: dict[str, list[bool]] = {}
     for s in result.get("streams", []):
         for q in s.get("qa", []):
-            if q.get("type") != "now":
-                continue
-            ref = str(q.get("reference", ""))
-            kind = "count" if ref.isdigit() else "color" if ref in COLORS else "shape"
-            hits.setdefault(kind, []).append(bool(q.get("correct")))
+            g = group(q)
+            if g is not None:
+                hits.setdefault(g, []).append(bool(q.get("correct")))
     return {k: {"accuracy": sum(v) / len(v), "n": len(v)} for k, v in sorted(hits.items())}
 
 
-def table(paths: list[str], dataset: str | None = None, types: bool = False, now: bool = False) -> str:
+def _now_split(result: dict) -> dict[str, dict]:
+    """The "now" questions by what they ask for: a colour, a count or a shape (told apart by the
+    reference answer)."""
+
+    def group(q: dict) -> str | None:
+        if q.get("type") != "now":
+            return None
+        ref = str(q.get("reference", ""))
+        return "count" if ref.isdigit() else "color" if ref in COLORS else "shape"
+
+    return _split(result, group)
+
+
+_OWN_SHAPE = {c.name: c.shape for c in CLASSES}  # AVWorld: each event class's shape kind
+_ABOUT = re.compile(r"what color was the (\w+) when the (\w+) last|which shape was \w+ when the (\w+) last")
+
+
+def _shape_split(result: dict) -> dict[str, dict]:
+    """The AVWorld "color"/"kind" questions by the shape they ask about: ``<type> own`` when it is the
+    event's own shape (the asked kind, or for "kind" the answer, is the event class's shape), ``<type>
+    other`` when it is another shape on screen then; questions of another wording are left out."""
+
+    def group(q: dict) -> str | None:
+        m = _ABOUT.match(str(q.get("question", ""))) if q.get("type") in ("color", "kind") else None
+        if m is None:
+            return None
+        kind, cls = (m[1], m[2]) if m[1] else (str(q.get("reference", "")).strip(), m[3])
+        return f"{q['type']} {'own' if _OWN_SHAPE.get(cls) == kind else 'other'}"
+
+    return _split(result, group)
+
+
+def table(
+    paths: list[str], dataset: str | None = None, types: bool = False, now: bool = False, shapes: bool = False
+) -> str:
     data = rows(paths, dataset)
     qtypes = sorted({t for _, m in data for t in m["qa"]["per_type"]}) if types else []
     nows = sorted({k for _, m in data for k in m["now_split"]}) if now else []
+    about = sorted({k for _, m in data for k in m["shape_split"]}) if shapes else []
     head = ["run", "streams", *(h for h, _ in HEADLINE), *(f"QA {t}" for t in qtypes)]
-    head += [f"QA now {k}" for k in nows]
+    head += [f"QA now {k}" for k in nows] + [f"QA {k}" for k in about]
     body = []
     for name, m in data:
         cells = [name, str(m["n_streams"])]
         cells += [_fmt(h, _get(m, p)) for h, p in HEADLINE]
-        for pt in [m["qa"]["per_type"].get(t) for t in qtypes] + [m["now_split"].get(k) for k in nows]:
+        splits = [m["now_split"].get(k) for k in nows] + [m["shape_split"].get(k) for k in about]
+        for pt in [m["qa"]["per_type"].get(t) for t in qtypes] + splits:
             cells.append("–" if pt is None else f"{_pct(pt['accuracy'])} ({pt['n']})")
         body.append(cells)
     return "\n".join(markdown_table(head, body))
@@ -147,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help='"now" questions split by what they ask: a colour, a count, a shape',
     )
+    ap.add_argument(
+        "--shapes",
+        action="store_true",
+        help='AVWorld "color"/"kind" questions split: about the event\'s own shape or another one',
+    )
     ap.add_argument("--sweep", help="knob: print the sweep table instead")
     ap.add_argument("--base", type=float, help="the knob's in-distribution value (with --sweep)")
     a = ap.parse_args(argv)
@@ -156,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SummaryError("--sweep needs --base (the in-distribution value of the knob)")
             print(sweep_table(a.results, a.sweep, a.base))
         else:
-            print(table(a.results, a.dataset, a.types, a.now))
+            print(table(a.results, a.dataset, a.types, a.now, a.shapes))
     except (SummaryError, KeyError, TypeError) as e:
         print(f"summarize: {e}", file=sys.stderr)
         return 2

@@ -71,6 +71,27 @@ def test_now_questions_split_by_what_they_ask(tmp_path, capsys):
     assert row.endswith("| 50.0% (2) | 100.0% (1) | 100.0% (1) |")
 
 
+def test_colour_and_kind_questions_split_by_the_shape_they_ask_about(tmp_path, capsys):
+    q = "what color was the {} when the buzz last played?"
+    qa = [  # the buzz's shape is the square, the bell's the circle
+        {"type": "color", "question": q.format("square"), "correct": True},
+        {"type": "color", "question": q.format("circle"), "correct": False},
+        {"type": "kind", "question": "which shape was red when the bell last rang?", "reference": "circle",
+         "correct": True},
+        {"type": "kind", "question": "which shape was red when the bell last rang?", "reference": "cross",
+         "correct": False},
+        {"type": "kind", "question": "which shape was blue when the bell last rang?", "reference": "square",
+         "correct": True},
+        {"type": "now", "question": "what color is the square now?", "reference": "red", "correct": True},
+    ]  # fmt: skip
+    r = {"model": "m", "dataset": "val", "metrics": _metrics(0.9, {}), "streams": [{"qa": qa}]}
+    summ = load_script("summarize")
+    assert summ.main([_write(tmp_path / "run" / "results.json", [r]), "--shapes"]) == 0
+    head, _, row = capsys.readouterr().out.strip().splitlines()
+    assert head.endswith("| QA color other | QA color own | QA kind other | QA kind own |")
+    assert row.endswith("| 0.0% (1) | 100.0% (1) | 50.0% (2) | 100.0% (1) |")
+
+
 def test_sweep_table_is_relative_to_the_base_point(tmp_path, capsys):
     res = [
         {"model": "m", "dataset": f"fps={v:g}", "knob": "fps", "value": v, "metrics": _metrics(acc, {})}
