@@ -1,7 +1,8 @@
 """How far back do the recall heads remember? For a model trained with the recall-attribute head
-(``model.recall_attribute``) or the recall head (``model.recall_head``), read the head at every tick
+(``model.recall_attribute(s)``) or the recall head (``model.recall_head``), read the head at every tick
 of held-out streams for every event label that has happened, and score it by the seconds since that
-label's last segment ended (the age of the memory asked for).
+label's last segment ended (the age of the memory asked for). A head that reads several attributes
+is scored over all of them, each known (tick, label, attribute) one item.
 
     python eval/recall_heads.py runs/avworld_1h_colour_recall/final --manifest VAL/manifest.jsonl
     python eval/recall_heads.py MODEL --manifest M --ages 1,3,6,9,13 --streams 64 --out recall.json
@@ -48,10 +49,12 @@ def bucket_names(edges: list[float]) -> list[str]:
 @torch.no_grad()
 def read_heads(model, ds: StreamDataset) -> dict[str, np.ndarray]:
     """Every (tick, label) item of ``ds`` whose label has happened, over whole streams: ``age`` (s since
-    the label's last segment ended, at the tick's end), ``label``; with the attribute head ``value``
-    (target index, −1 unknown) and ``pred``; with the recall head ``frame_pred`` and ``frame`` (3 N²)."""
+    the label's last segment ended, at the tick's end), ``label``; with the attribute head, per item and
+    attribute, ``value`` (target index, −1 unknown), ``pred`` and ``value_age`` (the item's age); with
+    the recall head ``frame_pred`` and ``frame`` (3 N²)."""
     tau = ds.cfg.tick_seconds
-    cols: dict[str, list] = {k: [] for k in ("age", "label", "value", "pred", "frame_pred", "frame")}
+    names = ("age", "label", "value", "pred", "value_age", "frame_pred", "frame")
+    cols: dict[str, list] = {k: [] for k in names}
     for s in range(len(ds.streams)):
         if ds.windows_per_stream[s] != 1:
             raise ProbeError("the dataset must hold whole streams (window_seconds=None)")
@@ -66,8 +69,9 @@ def read_heads(model, ds: StreamDataset) -> dict[str, np.ndarray]:
         cols["age"].append(age[item])
         cols["label"].append(np.nonzero(item)[1])
         if model.attribute_head is not None:
-            cols["value"].append(b.recall_value[0].numpy()[item])
-            cols["pred"].append(model.attribute_logits(th).argmax(-1).numpy()[item])
+            cols["value"].append(b.recall_value[0].numpy()[item].reshape(-1))  # (n, A) -> n A
+            cols["pred"].append(model.attribute_logits(th).argmax(-1).numpy()[item].reshape(-1))
+            cols["value_age"].append(np.repeat(age[item], b.recall_value.shape[-1]))
         if model.recall_head is not None:
             idx = torch.from_numpy(w.recall_index.numpy()[item])
             known = idx >= 0
@@ -84,7 +88,7 @@ def attribute_rows(items: dict[str, np.ndarray], edges: list[float]) -> list[dic
     rows = []
     known = items["value"] >= 0
     for name, lo, hi in zip(bucket_names(edges), edges, edges[1:]):
-        m = known & (items["age"] >= lo) & (items["age"] < hi)
+        m = known & (items["value_age"] >= lo) & (items["value_age"] < hi)
         v = items["value"][m]
         rows.append(
             {
@@ -144,18 +148,19 @@ def main(argv: list[str] | None = None) -> int:
         if model.attribute_head is None and model.recall_head is None:
             raise ProbeError(
                 f"{a.model}: the model has neither a recall head (model.recall_head) nor a recall-attribute "
-                "head (model.recall_attribute)"
+                "head (model.recall_attribute(s))"
             )
         streams = read_manifest(manifest).streams[: a.streams]
-        attr = model.cfg.recall_attribute or None
-        if attr and not any(attr in g.attributes for spec in streams for g in spec.segments):
-            raise ProbeError(f"{manifest}: no segment has the attribute {attr!r} the model's head reads")
+        attrs = model.attribute_names
+        missing = [x for x in attrs if not any(x in g.attributes for spec in streams for g in spec.segments)]
+        if missing:
+            raise ProbeError(f"{manifest}: no segment has the attribute(s) {missing} the model's head reads")
         ds = StreamDataset(
             streams,
             model.features,
             model.tokenizer,
             model.labels,
-            recall_attribute=attr,
+            recall_attributes=attrs,
             recall_values=model.cfg.recall_values,
         )
         items = read_heads(model, ds)
@@ -165,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     out: dict = {"model": str(a.model), "manifest": str(manifest), "streams": len(streams)}
     if model.attribute_head is not None:
         rows = attribute_rows(items, edges)
-        out["attribute"] = {"name": attr, "values": list(model.cfg.recall_values), "rows": rows}
-        print(f"attribute head ({attr!r}), by seconds since the label's last segment ended:")
+        out["attribute"] = {"names": attrs, "values": list(model.cfg.recall_values), "rows": rows}
+        print(f"attribute head ({', '.join(attrs)}), by seconds since the label's last segment ended:")
         cells = [
             [r["age"], fraction_cell(r["right"], r["n"]), fraction_cell(r["majority"], r["n"])] for r in rows
         ]

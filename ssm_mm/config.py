@@ -102,7 +102,23 @@ class ModelConfig:
     # training streams when empty; train.loss_attribute weighs it): the binding the recall head asks
     # for from pixels, asked directly
     recall_attribute: str = ""
+    # more segment attributes read by the same head, each a class over the shared recall_values
+    # (AVWorld: color_of_<kind> / shape_of_<colour>, the colour of each shape kind and the kind of each
+    # colour on screen throughout the event: what "color"/"kind" questions about a shape other than the
+    # event's own need); recall_attribute, if set, is the first
+    recall_attributes: list[str] = field(default_factory=list)
     recall_values: list[str] = field(default_factory=list)
+
+    def attribute_names(self) -> list[str]:
+        """The segment attributes the attribute head reads, in order: ``recall_attribute`` (if set), then
+        ``recall_attributes`` (ValueError on an empty or repeated name)."""
+        names = ([self.recall_attribute] if self.recall_attribute else []) + list(self.recall_attributes)
+        if any(not n for n in names) or len(set(names)) != len(names):
+            raise ValueError(
+                f"model.recall_attribute={self.recall_attribute!r} + model.recall_attributes="
+                f"{list(self.recall_attributes)}: attribute names must be non-empty and distinct"
+            )
+        return names
 
     def layer_windows(self) -> list[int | None]:
         """The attention window of each "A" in ``pattern``, in order (ValueError if ``attn_windows`` does
@@ -190,7 +206,7 @@ class TrainConfig:
     loss_count: float = 1.0  # only with model.count_head > 0
     loss_order: float = 1.0  # only with model.order_head
     loss_recall: float = 1.0  # only with model.recall_head > 0
-    loss_attribute: float = 1.0  # only with model.recall_attribute
+    loss_attribute: float = 1.0  # only with model.recall_attribute(s)
     # LM-loss weight of the answers to each question type (a user turn's manifest "type"; the answer is
     # the assistant turn directly after it unless that is a proactive response: interleave.lm_weights),
     # e.g. {count: 4.0}; every other LM token weighs 1 and the LM loss is the weighted mean (validation too)
@@ -374,6 +390,7 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError(f"model.attn_window={m.attn_window} must be >= 1 or null (full attention)")
     try:
         m.layer_windows()
+        m.attribute_names()
     except ValueError as e:
         raise ConfigError(str(e)) from None
     from ssm_mm.data.interleave import bad_answer_weights

@@ -58,6 +58,12 @@ def test_wrong_type_and_bad_values():
     with pytest.raises(ConfigError, match="loss_answer"):
         load_config(None, ["train.loss_answer={count: nan}"])
     assert load_config(None, ["train.loss_answer={count: 4}"]).train.loss_answer == {"count": 4.0}
+    with pytest.raises(ConfigError, match=r"recall_attributes=\['color'\].*distinct"):
+        load_config(None, ["model.recall_attribute=color", "model.recall_attributes=[color]"])
+    with pytest.raises(ConfigError, match="non-empty"):
+        load_config(None, ["model.recall_attributes=[color_of_circle, '']"])
+    m = load_config(None, ["model.recall_attribute=color", "model.recall_attributes=[shape_of_red]"]).model
+    assert m.attribute_names() == ["color", "shape_of_red"]
     with pytest.raises(ConfigError, match="key=value"):
         load_config(None, ["model.d_model"])
     with pytest.raises(ConfigError, match="not found"):

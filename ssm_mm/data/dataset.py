@@ -235,9 +235,10 @@ class StreamExample:
     recall_frame: (n_ticks, C) int64 stream frame shown when each event label last happened, seen
                  from each tick (the frame nearest the midpoint of the label's last finished segment,
                  :func:`~ssm_mm.data.interleave.tick_recall_times`); −1 while none has, or without video.
-    recall_value: (n_ticks, C) int64 index into the dataset's ``recall_values`` of that segment's
-                 ``recall_attribute`` (:func:`~ssm_mm.data.interleave.tick_recall_values`); −1 while
-                 none has happened, where the segment lacks it, or when the dataset names no attribute.
+    recall_value: (n_ticks, C, A) int64 index into the dataset's ``recall_values`` of that segment's
+                 ``recall_attributes`` (A of them, 1 when none is named;
+                 :func:`~ssm_mm.data.interleave.tick_recall_values`); −1 while none has happened,
+                 where the segment lacks the attribute, or when the dataset names no attribute.
     """
 
     stream_id: str
@@ -279,12 +280,12 @@ def build_example(
     labels: Sequence[str],
     cfg: FeaturizerConfig,
     stream_index: int = 0,
-    recall_attribute: str | None = None,
+    recall_attributes: Sequence[str] = (),
     recall_values: Sequence[str] = (),
     answer_weights: Mapping[str, float] | None = None,
 ) -> StreamExample:
     """Interleave one stream's features and dialogue and build its targets (``spec``: a StreamSpec;
-    ``recall_attribute``/``recall_values``: the segment attribute and value vocabulary of
+    ``recall_attributes``/``recall_values``: the segment attributes and value vocabulary of
     ``recall_value``; ``answer_weights``: LM-loss weight of the answers to each question type,
     :func:`~ssm_mm.data.interleave.lm_weights`)."""
     t0 = float(spec.t0)
@@ -324,12 +325,12 @@ def build_example(
                 labels,
                 n_ticks,
                 cfg.tick_seconds,
-                recall_attribute,
+                recall_attributes,
                 recall_values,
                 stream_id=spec.id,
             )
-            if recall_attribute
-            else torch.full((n_ticks, len(labels) - 1), -1, dtype=torch.int64)
+            if recall_attributes
+            else torch.full((n_ticks, len(labels) - 1, 1), -1, dtype=torch.int64)
         ),
     )
 
@@ -355,7 +356,7 @@ class Window:
                   may lie before the window: the recall head looks back across windows).
     recall_index: (K, C) int64 row of ``recall_video`` shown when each event label last happened,
                   seen from each tick; −1 while none has.
-    recall_value: (K, C) int64 what each event label looked like then (see StreamExample), −1 = none.
+    recall_value: (K, C, A) int64 what each event label looked like then (see StreamExample), −1 = none.
     summary_pos:  (K,) int64 position in ``tokens`` of each tick's last media token, −1 when the
                   tick has no media token (then it has no prediction and no loss).
     patches_per_frame: video tokens per frame (to re-base video ``src`` when batching).
@@ -493,8 +494,9 @@ class Batch:
       recall_index (B, K, C) int64 row of ``recall_video`` shown when each event label last happened
                    (window ``recall_index`` re-based), −1 while none has and where not ``tick_valid``.
       recall_video (R, 3, S, S) float32 the windows' recall frames, window by window.
-      recall_value (B, K, C) int64 index into the dataset's ``recall_values`` of what each event label
-                   looked like when it last happened, ``IGNORE_INDEX`` where unknown or not ``tick_valid``.
+      recall_value (B, K, C, A) int64 index into the dataset's ``recall_values`` of what each event
+                   label looked like when it last happened (A = attributes), ``IGNORE_INDEX`` where
+                   unknown or not ``tick_valid``.
     Per row, (B,):
       stream_index, window_index, n_windows, tick_start  int64.
       is_first  bool  first window of its stream (start from a fresh state).
@@ -593,7 +595,10 @@ def collate(windows: Sequence[Window], pad_id: int) -> Batch:
     event_count = full((B, K, n_count.pop()), IGNORE_INDEX, torch.int64)
     first_rank = full(event_count.shape, IGNORE_INDEX, torch.int64)
     recall_index = full(event_count.shape, -1, torch.int64)
-    recall_value = full(event_count.shape, IGNORE_INDEX, torch.int64)
+    n_attr = {w.recall_value.shape[-1] for w in windows}
+    if len(n_attr) > 1:
+        raise ValueError(f"collate: windows disagree on the number of recall attributes ({sorted(n_attr)})")
+    recall_value = full((*event_count.shape, n_attr.pop()), IGNORE_INDEX, torch.int64)
 
     f_off = a_off = r_off = 0
     for b, w in enumerate(windows):
@@ -618,7 +623,9 @@ def collate(windows: Sequence[Window], pad_id: int) -> Batch:
         event_count[b, :k] = torch.where(has[:, None], w.event_count, IGNORE_INDEX)
         first_rank[b, :k] = torch.where(has[:, None], w.first_rank, IGNORE_INDEX)
         recall_index[b, :k] = torch.where(has[:, None] & (w.recall_index >= 0), w.recall_index + r_off, -1)
-        recall_value[b, :k] = torch.where(has[:, None] & (w.recall_value >= 0), w.recall_value, IGNORE_INDEX)
+        recall_value[b, :k] = torch.where(
+            has[:, None, None] & (w.recall_value >= 0), w.recall_value, IGNORE_INDEX
+        )
         r_off += w.recall_video.shape[0]
         f_off += w.video.shape[0]
         a_off += w.audio.shape[0]
@@ -692,8 +699,8 @@ class StreamDataset(torch.utils.data.Dataset):
         cache_dir: optional on-disk feature cache (see :func:`load_features`).
         memory_cache: how many decoded streams each process keeps in memory (consecutive windows of
             one stream decode it once); 0 disables. Not pickled: DataLoader workers start empty.
-        recall_attribute, recall_values: the segment attribute (e.g. "color") whose value at each
-            label's last segment is the ``recall_value`` target, and its value vocabulary.
+        recall_attributes, recall_values: the segment attributes (e.g. ["color"]) whose values at each
+            label's last segment are the ``recall_value`` targets, and their shared value vocabulary.
         answer_weights: LM-loss weight of the answer to each question type (a user turn's ``type``),
             e.g. ``{"count": 4.0}``; other supervised tokens weigh 1 (:func:`lm_weights`).
 
@@ -712,7 +719,7 @@ class StreamDataset(torch.utils.data.Dataset):
         window_seconds: float | None = None,
         cache_dir: str | Path | None = None,
         memory_cache: int = 1,
-        recall_attribute: str | None = None,
+        recall_attributes: Sequence[str] = (),
         recall_values: Sequence[str] = (),
         answer_weights: Mapping[str, float] | None = None,
     ):
@@ -721,10 +728,14 @@ class StreamDataset(torch.utils.data.Dataset):
         bad = bad_answer_weights(self.answer_weights)
         if bad:
             raise ValueError(f"answer_weights must be finite and >= 0, got {bad}")
-        self.recall_attribute = recall_attribute or None
+        if isinstance(recall_attributes, str):
+            raise TypeError(
+                f"recall_attributes must be a sequence of names, got the string {recall_attributes!r}"
+            )
+        self.recall_attributes = list(recall_attributes)
         self.recall_values = list(recall_values)
-        if self.recall_attribute and not self.recall_values:
-            raise ValueError(f"recall_attribute={recall_attribute!r} needs a non-empty recall_values")
+        if self.recall_attributes and not self.recall_values:
+            raise ValueError(f"recall_attributes={self.recall_attributes} needs a non-empty recall_values")
         manifest_labels = getattr(streams, "labels", None)
         self.streams = list(getattr(streams, "streams", streams))
         self.cfg = cfg
@@ -783,7 +794,7 @@ class StreamDataset(torch.utils.data.Dataset):
             self.labels,
             self.cfg,
             stream_index=s,
-            recall_attribute=self.recall_attribute,
+            recall_attributes=self.recall_attributes,
             recall_values=self.recall_values,
             answer_weights=self.answer_weights,
         )

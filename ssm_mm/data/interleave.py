@@ -497,20 +497,25 @@ def tick_recall_values(
     labels: Sequence[str],
     n_ticks: int,
     tick_seconds: float,
-    attribute: str,
+    attributes: Sequence[str],
     values: Sequence[str],
     *,
     stream_id: str = "?",
 ) -> Tensor:
     """What each event label looked like when it last happened, seen from each tick: (n_ticks,
-    len(labels) - 1) int64 index into ``values`` of the segment attribute ``attribute`` of the label's
-    last finished segment (the one :func:`tick_recall_times` points at); −1 while none is over, or
-    when that segment lacks the attribute or has a value outside ``values``. The targets of the
-    recall-attribute head (``model.recall_attribute``)."""
+    len(labels) - 1, len(attributes)) int64 index into ``values`` of each segment attribute of
+    ``attributes`` of the label's last finished segment (the one :func:`tick_recall_times` points
+    at); −1 while none is over, or when that segment lacks the attribute or has a value outside
+    ``values``. The targets of the recall-attribute head (``model.recall_attribute(s)``)."""
+    if isinstance(attributes, str):
+        raise TypeError(f"attributes must be a sequence of names, got the string {attributes!r}")
     last = tick_last_segments(segments, labels, n_ticks, tick_seconds, stream_id)
     where = {v: i for i, v in enumerate(values)}
-    per_segment = [where.get(getattr(s, "attributes", {}).get(attribute), -1) for s in segments]
-    return torch.from_numpy(np.array(per_segment + [-1], dtype=np.int64)[last])
+    per_segment = [[where.get(getattr(s, "attributes", {}).get(a), -1) for a in attributes] for s in segments]
+    table = np.array(per_segment + [[-1] * len(attributes)], dtype=np.int64).reshape(
+        len(segments) + 1, len(attributes)
+    )
+    return torch.from_numpy(table[last])
 
 
 def proactive_flags(dialogue: Sequence[_TurnLike], tick_seconds: float) -> list[bool]:

@@ -10,7 +10,7 @@ One early-fusion model over the interleaved timed tokens of :mod:`ssm_mm.data.in
            count_head (each event label's running count at a tick's summary position),
            order_head (the rank of each event label's first occurrence, at the same position),
            recall_head (each event label's frame when it last happened, pooled, at the same position)
-           and attribute_head (a segment attribute of each event label's last segment, there too).
+           and attribute_head (segment attributes of each event label's last segment, there too).
 
 Time enters twice: the temporal embedding (bounded features of the gaps and of t, see
 :mod:`ssm_mm.layers.temporal`) and the SSM decay, which advances by ``gap`` real seconds (SPEC §6).
@@ -165,10 +165,11 @@ class MultimodalSSM(nn.Module):
         if n < 0 or n > fc.frame_size:
             raise ValueError(f"model.recall_head={n} must be in [0, frame_size={fc.frame_size}] (0 = none)")
         self.recall_head = nn.Linear(d, n_events * 3 * n * n) if n else None
-        if cfg.recall_attribute and not cfg.recall_values:
-            raise ValueError(f"model.recall_attribute={cfg.recall_attribute!r} needs model.recall_values")
-        n = len(cfg.recall_values)
-        self.attribute_head = nn.Linear(d, n_events * n) if cfg.recall_attribute else None
+        self.attribute_names = cfg.attribute_names()  # ValueError on an empty or repeated name
+        if self.attribute_names and not cfg.recall_values:
+            raise ValueError(f"model.recall_attribute(s)={self.attribute_names} needs model.recall_values")
+        n = len(self.attribute_names) * len(cfg.recall_values)
+        self.attribute_head = nn.Linear(d, n_events * n) if self.attribute_names else None
 
     # ------------------------------------------------------------------------------- state
 
@@ -327,9 +328,10 @@ class MultimodalSSM(nn.Module):
         return self.recall_head(tick_hidden).unflatten(-1, (len(self.labels) - 1, -1))
 
     def attribute_logits(self, tick_hidden: Tensor) -> Tensor:
-        """(..., C, V) attribute-head logits from tick hidden states (..., d); C = event labels,
-        V = ``len(model.recall_values)``."""
-        return self.attribute_head(tick_hidden).unflatten(-1, (len(self.labels) - 1, -1))
+        """(..., C, A, V) attribute-head logits from tick hidden states (..., d); C = event labels,
+        A = attributes (``cfg.attribute_names()``), V = ``len(model.recall_values)``."""
+        C, A = len(self.labels) - 1, len(self.attribute_names)
+        return self.attribute_head(tick_hidden).unflatten(-1, (C, A, -1))
 
     def recall_targets(self, frames: Tensor) -> Tensor:
         """(R, 3 N^2) recall-head targets: frames (R, 3, S, S) average-pooled to N x N, flattened."""
@@ -348,8 +350,8 @@ class MultimodalSSM(nn.Module):
         (or "not begun"), over the same ticks and labels;
         recall (with ``model.recall_head`` = N): squared error of each event label's frame when it
         last happened, pooled to N x N x 3, averaged over its values (one item per tick and label
-        that has happened); attribute (with ``model.recall_attribute``): cross-entropy of the attribute
-        value of each event label's last segment, over the ticks and labels where it is known.
+        that has happened); attribute (with ``model.recall_attribute(s)``): cross-entropy of each attribute
+        value of each event label's last segment, over the ticks, labels and attributes where it is known.
         Sums (not means) so that data-parallel ranks can normalise by the global count. A head with
         nothing to supervise contributes an exact zero that still depends on its weights (so every
         parameter takes part in every step, as DDP requires).
@@ -391,11 +393,11 @@ class MultimodalSSM(nn.Module):
                     target = self.recall_targets(batch.recall_video)[index[seen]].float()
                     sums["recall"] = (pred - target).pow(2).mean(-1).sum() + zero["recall"]
             if self.attribute_head is not None:
-                target = batch.recall_value[tv]  # (T, C), IGNORE_INDEX where unknown
+                target = batch.recall_value[tv]  # (T, C, A), IGNORE_INDEX where unknown
                 if (target >= 0).any():
-                    logits = self.attribute_logits(th[tv]).float()  # (T, C, V)
+                    logits = self.attribute_logits(th[tv]).float()  # (T, C, A, V)
                     sums["attribute"] = F.cross_entropy(
-                        logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+                        logits.flatten(0, 2), target.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
                     )
         counts = self.supervised_counts(batch)
         if counts["video"] and batch.video is not None:

@@ -165,20 +165,19 @@ def prepare_data(cfg: Config, log=print) -> DataSetup:
 
         labels = [c.name for c in CLASSES[: d.avworld.classes]]
     labels = ["background"] + [x for x in labels if x != "background"]
-    attr = cfg.model.recall_attribute
-    if (
-        attr and not cfg.model.recall_values
-    ):  # the value vocabulary of the training streams (pinned in the model)
-        cfg.model.recall_values = sorted(
-            {s.attributes[attr] for st in train_streams for s in st.segments if attr in s.attributes}
+    attrs = cfg.model.attribute_names()
+    missing = [a for a in attrs if not any(a in s.attributes for st in train_streams for s in st.segments)]
+    if missing:
+        raise ValueError(
+            f"model.recall_attribute(s) {missing}: no segment of the training streams ({train_m}) has that "
+            'attribute (manifest segments\' "attributes")'
         )
-        if not cfg.model.recall_values:
-            raise ValueError(
-                f"model.recall_attribute={attr!r}: no segment of the training streams ({train_m}) has that "
-                'attribute (manifest segments\' "attributes")'
-            )
+    if attrs and not cfg.model.recall_values:  # the values of the training streams (pinned in the model)
+        cfg.model.recall_values = sorted(
+            {s.attributes[a] for st in train_streams for s in st.segments for a in attrs if a in s.attributes}
+        )
     targets = {  # what StreamDataset builds beyond the defaults
-        "recall_attribute": attr or None,
+        "recall_attributes": attrs,
         "recall_values": list(cfg.model.recall_values),
         "answer_weights": dict(cfg.train.loss_answer),
     }

@@ -333,11 +333,20 @@ def test_recall_times_point_at_the_last_finished_segment():
     # the same segments' attribute: its value's index, -1 while none is over / missing / unknown value
     looks = [{"color": "red"}, {"color": "blue"}, {"color": "blue"}, {"shape": "x"}, {"color": "red"}]
     coloured = [Segment(s.start, s.end, s.label, a) for s, a in zip(segs, looks)]
-    val = tick_recall_values(coloured, LABELS, 9, 0.5, "color", ["blue", "red"])
-    assert val.dtype == torch.int64 and val[:, 0].tolist() == [1, 1, -1, -1, -1, 0, 0, 0, 0]
-    assert val[:, 1].tolist() == [-1, -1, 0, 0, 0, 0, 0, 0, 0]
-    assert (tick_recall_values(coloured, LABELS, 9, 0.5, "color", ["green"]) == -1).all()
-    assert (tick_recall_values(segs, LABELS, 9, 0.5, "color", ["red"]) == -1).all()  # no attributes at all
+    val = tick_recall_values(coloured, LABELS, 9, 0.5, ["color"], ["blue", "red"])
+    assert val.dtype == torch.int64 and val.shape == (9, 2, 1)
+    assert val[:, 0, 0].tolist() == [1, 1, -1, -1, -1, 0, 0, 0, 0]
+    assert val[:, 1, 0].tolist() == [-1, -1, 0, 0, 0, 0, 0, 0, 0]
+    assert (tick_recall_values(coloured, LABELS, 9, 0.5, ["color"], ["green"]) == -1).all()
+    assert (tick_recall_values(segs, LABELS, 9, 0.5, ["color"], ["red"]) == -1).all()  # no attributes at all
+    # several attributes share the value vocabulary; each is looked up on its own, -1 where missing
+    both = tick_recall_values(coloured, LABELS, 9, 0.5, ["shape", "color"], ["blue", "red", "x"])
+    assert both.shape == (9, 2, 2) and torch.equal(both[..., 1], val[..., 0])
+    assert both[:, 0, 0].tolist() == [-1, -1, 2, 2, 2, -1, -1, -1, -1]  # segment 3 has a shape, no colour
+    assert both[:, 1, 0].tolist() == [-1] * 9
+    assert tick_recall_values(coloured, LABELS, 9, 0.5, [], ["red"]).shape == (9, 2, 0)
+    with pytest.raises(TypeError, match="string 'color'"):
+        tick_recall_values(coloured, LABELS, 9, 0.5, "color", ["red"])
     with pytest.raises(ValueError, match=r"stream s7: segments\[0\].label='gong'"):
         tick_recall_times([Segment(0, 1, "gong")], LABELS, 4, 0.5, stream_id="s7")
 

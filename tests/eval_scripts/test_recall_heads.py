@@ -33,12 +33,12 @@ def test_every_item_is_scored_once_by_age(world, both_heads, tmp_path, capsys):
     assert rh.main([str(both_heads), "--manifest", str(world), "--ages", "1,3", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     printed = capsys.readouterr().out
-    assert "attribute head ('color')" in printed and "recall head" in printed and "≥ 3 s" in printed
+    assert "attribute head (color)" in printed and "recall head" in printed and "≥ 3 s" in printed
     # the items: every (tick with media, label that has happened) of every stream, counted independently
     man = read_manifest(world)
     model = MultimodalSSM.from_pretrained(both_heads)
     ds = StreamDataset(
-        man, model.features, model.tokenizer, LABELS, recall_attribute="color", recall_values=VALUES
+        man, model.features, model.tokenizer, LABELS, recall_attributes=["color"], recall_values=VALUES
     )
     n_known = n_seen = 0
     for s in range(len(man.streams)):
@@ -57,7 +57,7 @@ def test_every_item_is_scored_once_by_age(world, both_heads, tmp_path, capsys):
 def test_scores_on_planted_items():
     age = np.array([0.5, 0.5, 2.0, 2.0, 2.0, 7.0, -1.0 + 1.5])
     items = {
-        "age": age,
+        "value_age": age,  # one (tick, label, attribute) item each
         "label": np.array([0, 1, 0, 1, 1, 0, 1]),
         "value": np.array([2, 2, 1, 1, -1, 3, 0]),  # -1: unknown, left out
         "pred": np.array([2, 0, 1, 1, 1, 0, 0]),
@@ -85,7 +85,7 @@ def test_scores_on_planted_items():
         ("missing", "no such file"),
         ("ages_order", "positive and increasing"),
         ("ages_text", "comma-separated"),
-        ("no_attribute", "no segment has the attribute 'color'"),
+        ("no_attribute", "no segment has the attribute(s) ['color']"),
     ],
 )
 def test_bad_input_names_what_is_wrong(world, both_heads, model_dir, tmp_path, capsys, case, words):

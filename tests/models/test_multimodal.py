@@ -367,7 +367,7 @@ def test_attribute_head_reads_each_events_colour_and_round_trips(tmp_path, avwor
     manifest = read_manifest(avworld_manifest)
     ds = StreamDataset(
         manifest, FeaturizerConfig(), ByteTokenizer(), LABELS, window_seconds=2.0,
-        recall_attribute="color", recall_values=values,
+        recall_attributes=["color"], recall_values=values,
     )  # fmt: skip
     batch = ds.collate([ds[1], ds[3], ds[6]])
     tv = batch.tick_valid
@@ -384,14 +384,15 @@ def test_attribute_head_reads_each_events_colour_and_round_trips(tmp_path, avwor
                 over = [g for g in spec.segments if g.label == name and g.end <= end + 1e-9]
                 last = max(over, key=lambda g: (g.end, g.start)) if over else None
                 expect = values.index(last.attributes["color"]) if last else IGNORE_INDEX
-                assert target[r, j, c].item() == expect, (spec.id, j, name)
+                assert target[r, j, c, 0].item() == expect, (spec.id, j, name)
     model = tiny_model(recall_attribute="color", recall_values=values).train()
+    assert model.attribute_head.out_features == (len(LABELS) - 1) * len(values)  # the one-attribute layout
     out = model.forward_batch(batch)
     sums, counts = model.loss_sums(out, batch)
     known = target[tv] >= 0
     assert counts["attribute"] == int(known.sum()) and sums["attribute"] > 0
-    logits = model.attribute_logits(model.tick_hidden(out.hidden, batch.summary_pos)[tv])  # (T, C, V)
-    assert logits.shape[1:] == (len(LABELS) - 1, len(values))
+    logits = model.attribute_logits(model.tick_hidden(out.hidden, batch.summary_pos)[tv])  # (T, C, 1, V)
+    assert logits.shape[1:] == (len(LABELS) - 1, 1, len(values))
     manual = torch.nn.functional.cross_entropy(logits[known], target[tv][known], reduction="sum")
     torch.testing.assert_close(sums["attribute"], manual)
     check_head_trains_and_round_trips(
@@ -401,4 +402,50 @@ def test_attribute_head_reads_each_events_colour_and_round_trips(tmp_path, avwor
     with pytest.raises(ValueError, match="recall_values"):
         tiny_model(recall_attribute="color")
     with pytest.raises(ValueError, match="recall_values"):
-        StreamDataset(manifest, FeaturizerConfig(), ByteTokenizer(), LABELS, recall_attribute="color")
+        StreamDataset(manifest, FeaturizerConfig(), ByteTokenizer(), LABELS, recall_attributes=["color"])
+    with pytest.raises(TypeError, match="recall_attributes"):
+        StreamDataset(manifest, FeaturizerConfig(), ByteTokenizer(), LABELS, recall_attributes="color")
+    with pytest.raises(ValueError, match="distinct"):
+        tiny_model(recall_attribute="color", recall_attributes=["color"], recall_values=values)
+
+
+def test_attribute_head_reads_several_attributes(tmp_path, avworld_manifest):
+    """recall_attributes: one head, (C, A, V) logits over the shared values, each (tick, label,
+    attribute) with a known value one cross-entropy item; AVWorld segments carry the look of every
+    shape on screen throughout them (color_of_<kind>, shape_of_<colour>)."""
+    manifest = read_manifest(avworld_manifest)
+    names = ["color", "color_of_triangle", "shape_of_blue"]
+    values = ["blue", "circle", "cross", "cyan", "green", "purple", "red", "square", "triangle", "yellow"]
+    ds = StreamDataset(
+        manifest, FeaturizerConfig(), ByteTokenizer(), LABELS, window_seconds=2.0,
+        recall_attributes=names, recall_values=values,
+    )  # fmt: skip
+    items = [ds[i] for i in range(len(ds))]
+    batch = ds.collate(items)
+    tv, target = batch.tick_valid, batch.recall_value  # (B, K, C, A)
+    assert target.shape[-1] == len(names) and bool((target[~tv] == IGNORE_INDEX).all())
+    for r, w in enumerate(items):  # each attribute of each label's last finished segment, or unknown
+        spec = manifest.streams[w.stream_index]
+        for j in range(w.tick_end - w.tick_start):
+            if not tv[r, j]:
+                continue
+            end = (w.tick_start + j + 1) * ds.cfg.tick_seconds
+            for c, name in enumerate(LABELS[1:]):
+                over = [g for g in spec.segments if g.label == name and g.end <= end + 1e-9]
+                last = max(over, key=lambda g: (g.end, g.start)) if over else None
+                for a, attr in enumerate(names):
+                    v = last.attributes.get(attr) if last else None
+                    assert target[r, j, c, a].item() == (values.index(v) if v else IGNORE_INDEX)
+    known = target[tv] >= 0  # (T, C, A)
+    assert all(int(known[..., a].sum()) > 0 for a in range(len(names)))  # every attribute is supervised
+    model = tiny_model(recall_attributes=names, recall_values=values).train()
+    out = model.forward_batch(batch)
+    sums, counts = model.loss_sums(out, batch)
+    logits = model.attribute_logits(model.tick_hidden(out.hidden, batch.summary_pos)[tv])
+    assert logits.shape[1:] == (len(LABELS) - 1, len(names), len(values))
+    assert counts["attribute"] == int(known.sum())
+    manual = torch.nn.functional.cross_entropy(logits[known], target[tv][known], reduction="sum")
+    torch.testing.assert_close(sums["attribute"], manual)
+    model.save_pretrained(tmp_path / "m")
+    again = MultimodalSSM.from_pretrained(tmp_path / "m")
+    assert again.attribute_names == names and again.cfg.recall_values == values

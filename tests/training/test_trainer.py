@@ -104,6 +104,7 @@ def test_bad_stream_is_skipped_and_counted(tmp_path, tiny_world, capsys, run):
         ("order_head", True, "order", [" order ", "order accuracy"]),
         ("recall_head", 2, "recall", [" recall "]),
         ("recall_attribute", "color", "attribute", [" attribute ", "attribute accuracy"]),
+        ("recall_attributes", ["color", "shape"], "attribute", [" attribute ", "attribute accuracy"]),
     ],
 )
 def test_optional_head_adds_its_weighted_loss(tmp_path, tiny_world, run, capsys, knob, value, head, printed):
@@ -120,10 +121,21 @@ def test_optional_head_adds_its_weighted_loss(tmp_path, tiny_world, run, capsys,
     final = MultimodalSSM.from_pretrained(tmp_path / "run" / "final").cfg
     assert getattr(final, knob) == value
     if head == "attribute":  # the value vocabulary of the training streams, pinned in the model
-        assert set(final.recall_values) <= {"red", "green", "blue", "yellow", "cyan", "purple"}
-        assert len(final.recall_values) >= 2
+        colours = {"red", "green", "blue", "yellow", "cyan", "purple"}
+        if knob == "recall_attributes":  # one vocabulary: the values of all its attributes
+            kinds = {"circle", "square", "triangle", "cross", "diamond", "bar"}
+            assert colours & set(final.recall_values) and set(final.recall_values) - colours <= kinds
+            assert set(final.recall_values) - colours
+        else:
+            assert set(final.recall_values) <= colours and len(final.recall_values) >= 2
     out = capsys.readouterr().out
     assert all(p in out for p in printed)  # in the step and validation lines
+
+
+def test_recall_attribute_missing_from_the_training_streams_is_named(tmp_path, tiny_world, run):
+    with pytest.raises(ValueError, match=r"\['nope'\]: no segment of the training streams"):
+        run(tmp_path, tiny_world, "model.recall_attributes=[color, nope]", "train.max_steps=1")
+    assert not (tmp_path / "run" / "final").exists()
 
 
 def test_slot_schedule_ranks_partition_the_single_process_batch():
