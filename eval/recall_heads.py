@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ssm_mm.data.dataset import StreamDataset
-from ssm_mm.data.interleave import tick_last_segments
+from ssm_mm.data.interleave import missing_attributes, tick_last_segments
 from ssm_mm.data.manifest import read_manifest
 from ssm_mm.evaluation.probes import ProbeError
 from ssm_mm.evaluation.report import fraction_cell, markdown_table, write_json
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         streams = read_manifest(manifest).streams[: a.streams]
         attrs = model.attribute_names
-        missing = [x for x in attrs if not any(x in g.attributes for spec in streams for g in spec.segments)]
+        missing = missing_attributes(streams, attrs)
         if missing:
             raise ProbeError(f"{manifest}: no segment has the attribute(s) {missing} the model's head reads")
         ds = StreamDataset(

@@ -62,6 +62,7 @@ __all__ = [
     "tick_last_segments",
     "tick_recall_times",
     "tick_recall_values",
+    "missing_attributes",
     "proactive_flags",
     "speak_targets",
     "lm_targets",
@@ -490,6 +491,13 @@ def tick_recall_times(
     last = tick_last_segments(segments, labels, n_ticks, tick_seconds, stream_id)
     mids = np.array([(float(s.start) + float(s.end)) / 2.0 for s in segments] + [np.nan], dtype=np.float64)
     return torch.from_numpy(mids[last])  # index -1 -> the trailing NaN
+
+
+def missing_attributes(streams: Sequence, names: Sequence[str]) -> list[str]:
+    """The names of ``names`` that no segment of ``streams`` (StreamSpecs) carries among its
+    ``attributes``: recall-attribute targets those streams cannot supply."""
+    have = {a for st in streams for s in st.segments for a in getattr(s, "attributes", {})}
+    return [n for n in names if n not in have]
 
 
 def tick_recall_values(

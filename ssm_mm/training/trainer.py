@@ -40,6 +40,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from ssm_mm.config import Config, save_config, to_dict
 from ssm_mm.data.dataset import StreamDataset, load_features
+from ssm_mm.data.interleave import missing_attributes
 from ssm_mm.data.manifest import read_manifest
 from ssm_mm.data.tokenizer import load_tokenizer
 from ssm_mm.models.multimodal import HEADS, ModelState, MultimodalSSM
@@ -166,7 +167,7 @@ def prepare_data(cfg: Config, log=print) -> DataSetup:
         labels = [c.name for c in CLASSES[: d.avworld.classes]]
     labels = ["background"] + [x for x in labels if x != "background"]
     attrs = cfg.model.attribute_names()
-    missing = [a for a in attrs if not any(a in s.attributes for st in train_streams for s in st.segments)]
+    missing = missing_attributes(train_streams, attrs)
     if missing:
         raise ValueError(
             f"model.recall_attribute(s) {missing}: no segment of the training streams ({train_m}) has that "

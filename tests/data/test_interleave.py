@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from ssm_mm.data.interleave import (
     interleave,
     lm_targets,
     lm_weights,
+    missing_attributes,
     num_ticks,
     place_text_time,
     proactive_flags,
@@ -347,6 +349,10 @@ def test_recall_times_point_at_the_last_finished_segment():
     assert tick_recall_values(coloured, LABELS, 9, 0.5, [], ["red"]).shape == (9, 2, 0)
     with pytest.raises(TypeError, match="string 'color'"):
         tick_recall_values(coloured, LABELS, 9, 0.5, "color", ["red"])
+    spec = SimpleNamespace(segments=coloured)
+    assert missing_attributes([spec], ["shape", "color", "size"]) == ["size"]
+    bare = SimpleNamespace(segments=segs)  # no attributes at all
+    assert missing_attributes([bare], ["color"]) == ["color"]
     with pytest.raises(ValueError, match=r"stream s7: segments\[0\].label='gong'"):
         tick_recall_times([Segment(0, 1, "gong")], LABELS, 4, 0.5, stream_id="s7")
 
