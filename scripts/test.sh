@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev
-.venv/bin/ruff check ssm_mm tests eval $(ls train.py 2>/dev/null)
+.venv/bin/ruff check ssm_mm tests eval research $(ls train.py 2>/dev/null)
 if [ "$#" -eq 0 ]; then set -- -m "not slow"; fi
 exec .venv/bin/python -m pytest -q "$@"

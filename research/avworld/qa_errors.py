@@ -1,8 +1,8 @@
 """Where AVWorld colour answers go wrong: the per-question records of a result file read against the
 generator's ground truth (``scenes.jsonl`` next to the evaluated manifest).
 
-    python eval/qa_errors.py results/avworld/colour_set/results.json.gz
-    python eval/qa_errors.py runs/eval/X/results.json --scenes DIR/scenes.jsonl --confusion
+    python research/avworld/qa_errors.py results/avworld/colour_set/hours.json.gz
+    python research/avworld/qa_errors.py runs/eval/X/results.json --scenes DIR/scenes.jsonl --confusion
 
 One row per (model, dataset):
 

@@ -1,4 +1,4 @@
-"""eval/recall_heads.py: the recall heads scored by the age of the memory they are asked for; bad input."""
+"""recall_heads.py: the recall heads scored by the age of the memory they are asked for; bad input."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from probe_support import load_script
 from support import tiny_model
-from test_benchmarks import load_script
 
 from ssm_mm.data.avworld import CLASSES, COLORS
 from ssm_mm.data.dataset import StreamDataset

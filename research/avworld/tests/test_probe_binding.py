@@ -1,4 +1,4 @@
-"""eval/probe_binding.py: per-tick targets against a hand-made scene, the probe's scoring on planted
+"""probe_binding.py: per-tick targets against a hand-made scene, the probe's scoring on planted
 features, a run on a tiny model and world, clear errors on bad input."""
 
 from __future__ import annotations
@@ -7,9 +7,8 @@ import json
 
 import pytest
 import torch
-from probe_support import BAD_PROBE_CASES, bad_probe_args
+from probe_support import BAD_PROBE_CASES, bad_probe_args, load_script
 from support import tiny_model
-from test_benchmarks import load_script
 
 MOD = load_script("probe_binding")
 

@@ -1,6 +1,21 @@
-"""Bad-input cases shared by the probe scripts' tests (fixtures: conftest.py)."""
+"""Helpers shared by the probe scripts' tests: loading a script, bad-input cases (fixtures: conftest.py)."""
 
 from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+RESEARCH = Path(__file__).resolve().parents[1]  # research/avworld/: a folder of scripts, not a package
+
+
+def load_script(name: str):
+    """Import ``research/avworld/<name>.py`` as a module."""
+    spec = importlib.util.spec_from_file_location(f"research_avworld_{name}", RESEARCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def bad_probe_args(world, tmp_path, case: str) -> tuple[str, list[str]]:

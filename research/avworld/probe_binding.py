@@ -6,8 +6,8 @@ streams, for three targets of rising difficulty:
 * ``bound``: the colour a shape kind had during the last audio-visual event of an event class, i.e.
   the answer to "what color was the <kind> when the <class> last <sounded>?" asked at the tick's end.
 
-    python eval/probe_binding.py results/avworld/1h/model --manifest DIR/manifest.jsonl --streams 64
-    python eval/probe_binding.py results/avworld/1h/model --manifest DIR/manifest.jsonl --state
+    python research/avworld/probe_binding.py MODEL --manifest DIR/manifest.jsonl --streams 64
+    python research/avworld/probe_binding.py MODEL --manifest DIR/manifest.jsonl --state
 
 Each stream runs through the model offline from a fresh state; at each tick's summary position (where
 the event and count heads read, after the tick's last media token) the residual stream is read after

@@ -1,7 +1,7 @@
 """Linear probes on video patch tokens of AVWorld streams: how decodable is the colour and the kind
 of the shape in a patch, from the video frontend's output and after every backbone block?
 
-    python eval/probe_patches.py results/avworld/1h/model --manifest DIR/manifest.jsonl --streams 24
+    python research/avworld/probe_patches.py MODEL --manifest DIR/manifest.jsonl --streams 24
 
 The manifest must be an AVWorld one (``scenes.jsonl`` beside it says which shape sits in which
 quadrant when). Each stream runs through the model offline from a fresh state; at every video patch

@@ -1,4 +1,4 @@
-"""eval/count_probe.py: the count head read at each count question, beside the LM's answer; bad input."""
+"""count_probe.py: the count head read at each count question, beside the LM's answer; bad input."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import support
 import torch
-from test_benchmarks import load_script
+from probe_support import load_script
 
 from ssm_mm.data.avworld import CLASSES, generate
 from ssm_mm.data.dataset import StreamDataset

@@ -1,11 +1,11 @@
-"""eval/qa_errors.py: colour answers read against the generator's scenes, and clear errors on bad files."""
+"""qa_errors.py: colour answers read against the generator's scenes, and clear errors on bad files."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from test_benchmarks import load_script
+from probe_support import load_script
 
 SCENE = {
     "id": "s0",

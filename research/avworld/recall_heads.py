@@ -4,8 +4,8 @@ of held-out streams for every event label that has happened, and score it by the
 label's last segment ended (the age of the memory asked for). A head that reads several attributes
 is scored over all of them, each known (tick, label, attribute) one item.
 
-    python eval/recall_heads.py runs/avworld_1h_colour_recall/final --manifest VAL/manifest.jsonl
-    python eval/recall_heads.py MODEL --manifest M --ages 1,3,6,9,13 --streams 64 --out recall.json
+    python research/avworld/recall_heads.py runs/avworld_1h_colour_recall/final --manifest VAL/manifest.jsonl
+    python research/avworld/recall_heads.py MODEL --manifest M --ages 1,3,6,9,13 --out recall.json
 
 Attribute head: accuracy per age bucket beside the bucket's majority rate (its most frequent value).
 Recall head: squared error per value of the pooled frame, beside two floors measured on the same items:

@@ -2,8 +2,8 @@
 (``model.count_head=N``), read at every "how many times did the X ...?" question of a results file
 what the count head says about X at the tick that ends at the question, beside the LM's answer.
 
-    python eval/count_probe.py runs/proxy/final runs/proxy/eval/results.json
-    python eval/count_probe.py MODEL results.json --dataset val --manifest DIR/manifest.jsonl
+    python research/avworld/count_probe.py runs/proxy/final runs/proxy/eval/results.json
+    python research/avworld/count_probe.py MODEL results.json --dataset val --manifest DIR/manifest.jsonl
 
 The count head reads each event label's running count from the hidden state at a tick's summary
 position, the state the answer is generated from (only the question's tokens come between). Where

@@ -1,12 +1,11 @@
-"""eval/probe_patches.py: probes at every depth on a tiny model and world; clear errors on bad input."""
+"""probe_patches.py: probes at every depth on a tiny model and world; clear errors on bad input."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from probe_support import BAD_PROBE_CASES, bad_probe_args
-from test_benchmarks import load_script
+from probe_support import BAD_PROBE_CASES, bad_probe_args, load_script
 
 
 def test_probe_reports_every_depth_and_writes_json(world, model_dir, tmp_path):
