@@ -20,7 +20,23 @@ Fields:
   optionally ``"attributes"``: string values describing the event (AVWorld: ``{"color": "red",
   "shape": "circle", "color_of_circle": "red", "shape_of_red": "circle", ...}``, its shape and every
   shape on screen throughout it), targets of the recall-attribute head (``model.recall_attribute(s)``).
-* Other keys are kept in :attr:`StreamSpec.extra` and written back unchanged.
+
+Keys the format does not define (the rule, so that a typo never silently drops data while users can
+still carry their own metadata):
+
+* A key that looks like a misspelling of a defined key *missing from the same object* is an error
+  (bad input, so skipped under ``on_error="skip"``): ``"segmnets"`` without ``"segments"``,
+  ``"dialog"``, ``"tpye"`` in a dialogue turn, ``"attributs"`` in a segment. "Looks like" means a
+  :mod:`difflib` similarity of at least 0.8 (case-insensitive) or two adjacent letters swapped. A
+  key near one that *is* present (``"uid"`` beside ``"id"``) cannot have lost anything: it is
+  metadata.
+* Any other unknown key is allowed: top-level ones are kept in :attr:`StreamSpec.extra` and written
+  back unchanged, ones inside dialogue turns and segments are ignored. Each such key is listed once
+  per manifest, with the first line using it, in one :class:`ManifestWarning` (and in
+  :attr:`Manifest.unknown_keys`). Free-form ``attributes`` values are never checked.
+
+The file must be UTF-8 (a byte-order mark at its start is accepted); a line that is not is a bad
+line whose error names the offending byte and its 1-based offset in the line.
 
 Every problem raises :class:`ManifestError` naming the manifest file, the line, the stream id and the
 field; ``on_error="skip"`` drops bad streams and lists them in :attr:`Manifest.skipped` instead.
@@ -29,15 +45,20 @@ With ``check_media`` each media file is probed (opened and one packet demuxed, n
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 ROLES = ("user", "assistant")
-_KNOWN_KEYS = frozenset({"id", "video", "audio", "duration", "t0", "dialogue", "segments"})
+_KNOWN_KEYS = ("id", "video", "audio", "duration", "t0", "dialogue", "segments")
+_TURN_KEYS = ("t", "role", "text", "type")
+_SEGMENT_KEYS = ("start", "end", "label", "attributes")
+_SIMILAR = 0.8  # difflib ratio from which an unknown key is taken for a misspelt one
 
 
 class ManifestError(ValueError):
@@ -60,6 +81,10 @@ class ManifestError(ValueError):
         sid = f"stream {stream_id!r}" if stream_id is not None else "stream <unknown id>"
         fld = f", field {field!r}" if field is not None else ""
         super().__init__(f"{where}: {sid}{fld}: {reason}")
+
+
+class ManifestWarning(UserWarning):
+    """A manifest keeps keys that SPEC §4 does not define (said once per manifest)."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +144,8 @@ class Manifest:
     streams: list[StreamSpec]
     skipped: list[tuple[int, str | None, str]] = field(default_factory=list)
     labels: list[str] = field(default_factory=list)
+    # keys SPEC §4 does not define -> the first line using them ("dialogue[].KEY" / "segments[].KEY")
+    unknown_keys: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.streams)
@@ -140,9 +167,21 @@ class _Line:
 
     def __init__(self, path: Path, line: int):
         self.path, self.line, self.id = path, line, None
+        self.unknown: list[str] = []  # unknown keys this line uses (metadata, not misspellings)
 
-    def fail(self, fld: str | None, reason: str):
+    def fail(self, fld: str | None, reason: str) -> NoReturn:
         raise ManifestError(self.path, self.line, self.id, fld, reason)
+
+    def keys(self, obj: dict, known: tuple[str, ...], prefix: str = "", where: str = "") -> None:
+        """Fail on a key of ``obj`` that looks like a misspelt ``known`` key missing from ``obj``;
+        note the other unknown keys (``where`` + key, e.g. ``"dialogue[].speaker"``)."""
+        for key in obj:
+            if key in known:
+                continue
+            near = _misspelt(key, [k for k in known if k not in obj])
+            if near is not None:
+                self.fail(f"{prefix}{key}", f"unknown key {key!r} (did you mean {near!r}?)")
+            self.unknown.append(f"{where}{key}")
 
     def number(self, obj: dict, key: str, fld: str, *, required: bool = True, default: float = 0.0) -> float:
         if key not in obj or obj[key] is None:
@@ -175,6 +214,39 @@ class _Line:
         return t
 
 
+def _misspelt(key: str, candidates: list[str]) -> str | None:
+    """The candidate that ``key`` most likely misspells, or None (rule in the module docstring)."""
+    if not candidates:
+        return None
+    low = key.lower()
+    for c in candidates:  # a swap of two adjacent letters ("tpye") scores low in difflib's ratio
+        if len(c) == len(low) and low != c and sorted(low) == sorted(c):
+            diff = [i for i in range(len(c)) if low[i] != c[i]]
+            if len(diff) == 2 and diff[1] == diff[0] + 1:
+                return c
+    close = difflib.get_close_matches(low, candidates, n=1, cutoff=_SIMILAR)  # candidates are lowercase
+    return close[0] if close else None
+
+
+def _decode_line(raw: bytes, ctx: _Line) -> str:
+    """``raw`` as text, or a ManifestError naming the first byte that is not UTF-8 (and, when the line
+    still parses with that byte replaced, the stream id)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        try:
+            obj = json.loads(raw.decode("utf-8", errors="replace"))
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+            ctx.id = obj["id"]  # the id as far as it can be read (U+FFFD for the bad bytes)
+        ctx.fail(
+            None,
+            f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the line): "
+            "save the manifest as UTF-8",
+        )
+
+
 def _resolve(base: Path, p: str) -> Path:
     q = Path(p).expanduser()
     return q if q.is_absolute() else base / q
@@ -185,6 +257,9 @@ def _parse_line(obj: Any, ctx: _Line, base: Path) -> StreamSpec:
     if not isinstance(obj, dict):
         ctx.fail(None, f"a line must be a JSON object, got {type(obj).__name__}")
     sid = obj.get("id")
+    if isinstance(sid, str) and sid.strip():
+        ctx.id = sid  # named in the errors below
+    ctx.keys(obj, _KNOWN_KEYS)  # before "missing": "Duration" is better told as a misspelling
     if sid is None:
         ctx.fail("id", "missing")
     if not isinstance(sid, str) or not sid.strip():
@@ -221,6 +296,7 @@ def _parse_line(obj: Any, ctx: _Line, base: Path) -> StreamSpec:
         f = f"dialogue[{i}]"
         if not isinstance(turn, dict):
             ctx.fail(f, f"must be an object, got {turn!r}")
+        ctx.keys(turn, _TURN_KEYS, f"{f}.", "dialogue[].")
         t = ctx.time(turn, "t", f"{f}.t", duration)
         role = turn.get("role")
         if role not in ROLES:
@@ -243,6 +319,7 @@ def _parse_line(obj: Any, ctx: _Line, base: Path) -> StreamSpec:
         f = f"segments[{i}]"
         if not isinstance(seg, dict):
             ctx.fail(f, f"must be an object, got {seg!r}")
+        ctx.keys(seg, _SEGMENT_KEYS, f"{f}.", "segments[].")
         start = ctx.time(seg, "start", f"{f}.start", duration)
         end = ctx.time(seg, "end", f"{f}.end", duration)
         if start >= end:
@@ -309,7 +386,9 @@ def read_manifest(path: str | Path, on_error: str = "raise", check_media: bool =
             leaves bad lines out and records ``(line, id, message)`` in :attr:`Manifest.skipped`.
         check_media: probe every media file (exists, non-empty, opens, has the needed streams).
 
-    Blank lines are ignored. Duplicate ids are errors (the later line is the bad one).
+    Blank lines are ignored. Duplicate ids are errors (the later line is the bad one). A line that
+    is not UTF-8 and a misspelt key are bad lines; other unknown keys are allowed and named in one
+    :class:`ManifestWarning` per call (module docstring).
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -321,14 +400,19 @@ def read_manifest(path: str | Path, on_error: str = "raise", check_media: bool =
     skipped: list[tuple[int, str | None, str]] = []
     seen: dict[str, int] = {}
     cache: dict = {}
-    with open(path, encoding="utf-8-sig") as f:  # -sig: tolerate a BOM written by some editors
+    unknown: dict[str, int] = {}
+    # bytes, decoded line by line, so that a bad byte is one bad line (named, skippable), not the file
+    with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a BOM written by some editors
+                raw = raw[3:]
             if not raw.strip():
                 continue
             ctx = _Line(path, lineno)
             try:
+                text = _decode_line(raw, ctx)
                 try:
-                    obj = json.loads(raw)
+                    obj = json.loads(text)
                 except json.JSONDecodeError as e:
                     ctx.fail(None, f"malformed JSON ({e.msg} at column {e.colno})")
                 spec = _parse_line(obj, ctx, base)
@@ -343,8 +427,25 @@ def read_manifest(path: str | Path, on_error: str = "raise", check_media: bool =
                 continue
             seen[spec.id] = lineno
             streams.append(spec)
+            for key in ctx.unknown:
+                unknown.setdefault(key, lineno)
+    if unknown:
+        _warn_unknown(path, unknown, stacklevel=3)
     labels = sorted({s.label for spec in streams for s in spec.segments})
-    return Manifest(path=path, streams=streams, skipped=skipped, labels=labels)
+    return Manifest(path=path, streams=streams, skipped=skipped, labels=labels, unknown_keys=unknown)
+
+
+def _warn_unknown(path: Path, unknown: dict[str, int], stacklevel: int, limit: int = 10) -> None:
+    """One warning naming every key SPEC §4 does not define (the first ``limit``) and its first line."""
+    keys = [f"{k!r} (line {line})" for k, line in unknown.items()]
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    warnings.warn(
+        f"{path}: keys not defined by the manifest format (kept as metadata at the top level, ignored "
+        f"in dialogue turns and segments; a misspelt key would have been an error): "
+        f"{', '.join(keys[:limit])}{more}",
+        ManifestWarning,
+        stacklevel=stacklevel,
+    )
 
 
 # ----------------------------------------------------------------------------------------------

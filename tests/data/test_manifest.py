@@ -8,6 +8,7 @@ import pytest
 
 from ssm_mm.data.manifest import (
     ManifestError,
+    ManifestWarning,
     Segment,
     StreamSpec,
     Turn,
@@ -76,7 +77,8 @@ def test_reads_a_good_manifest_with_real_media(media):
             ),
         ],
     )
-    m = read_manifest(path)
+    with pytest.warns(ManifestWarning, match="'extra_field' \\(line 4\\)"):  # kept, but said once
+        m = read_manifest(path)
     assert [s.id for s in m] == ["s1", "s2", "s3", "s4"] and m.skipped == []
     s1, s2, s3, s4 = m.streams
     assert s1.video == media / "av.mp4" and s1.audio_from_video and s1.audio_path == s1.video
@@ -113,7 +115,8 @@ def test_write_then_read_round_trips(tmp_path, media):
     first = json.loads(path.read_text().splitlines()[0])
     assert not Path(first["video"]).is_absolute()  # written relative to the manifest's folder
     assert first["segments"][0]["attributes"] == {"color": "red"} and "attributes" not in first["segments"][1]
-    back = read_manifest(path)
+    with pytest.warns(ManifestWarning, match="'source'"):  # user metadata: kept and written back
+        back = read_manifest(path)
     for a, b in zip(specs, back.streams):
         assert (a.id, a.video, a.audio, a.audio_from_video, a.duration, a.t0) == (
             b.id,
@@ -253,3 +256,113 @@ def test_missing_manifest_and_bom(tmp_path, media):
     path = media / "bom.jsonl"
     path.write_bytes(("\ufeff" + json.dumps(_line()) + "\r\n").encode())
     assert read_manifest(path).streams[0].id == "s1"
+
+
+# ----------------------------------------------------------------------------------------------
+# Undecodable bytes and unknown keys (issue 29, cases 11 and 13)
+# ----------------------------------------------------------------------------------------------
+
+
+def _write_bytes(folder: Path, lines: list[bytes], name: str) -> Path:
+    path = folder / name
+    path.write_bytes(b"".join(x + b"\n" for x in lines))
+    return path
+
+
+def test_non_utf8_byte_names_file_line_and_byte(media):
+    good = json.dumps(_line(id="good")).encode()
+    bad = b'{"id": "x\xff", "video": "av.mp4", "duration": 10.0}'
+    path = _write_bytes(media, [good, bad, json.dumps(_line(id="after")).encode()], "latin.jsonl")
+    with pytest.raises(ManifestError) as e:
+        read_manifest(path)
+    msg = str(e.value)
+    assert e.value.line == 2 and msg.startswith(f"{path}:2: ")
+    assert "not valid UTF-8" in msg and "0xff" in msg and "byte 10" in msg  # 1-based offset in the line
+    assert e.value.stream_id == "x\ufffd"  # named as well as it can be (the id holds the bad byte)
+    m = read_manifest(path, on_error="skip")  # skipped and counted like any other bad line
+    assert [s.id for s in m] == ["good", "after"]
+    assert [(line, sid) for line, sid, _ in m.skipped] == [(2, "x\ufffd")] and "UTF-8" in m.skipped[0][2]
+
+
+def test_non_utf8_byte_before_the_id_is_still_located(media):
+    path = _write_bytes(media, [b"\xc3\x28 garbage"], "lead.jsonl")
+    with pytest.raises(
+        ManifestError, match=r"lead\.jsonl:1: stream <unknown id>: not valid UTF-8 \(byte 0xc3 at byte 1"
+    ):
+        read_manifest(path)
+
+
+def _renamed(key: str, typo: str) -> dict:
+    """The default line with ``key`` written as ``typo``."""
+    line = _line()
+    line[typo] = line.pop(key)
+    return line
+
+
+# (line, field named in the error, suggested key)
+MISSPELT = {
+    "segmnets": (_renamed("segments", "segmnets"), "segmnets", "segments"),  # would train on background
+    "dialog": (_renamed("dialogue", "dialog"), "dialog", "dialogue"),
+    "Duration": (_renamed("duration", "Duration"), "Duration", "duration"),  # said before "missing"
+    "turn_tpye": (
+        _line(dialogue=[{"t": 1.0, "role": "user", "text": "a", "tpye": "count"}]),
+        "dialogue[0].tpye",
+        "type",
+    ),
+    "segment_attributs": (
+        _line(segments=[{"start": 1.0, "end": 2.0, "label": "x", "attributs": {"color": "red"}}]),
+        "segments[0].attributs",
+        "attributes",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MISSPELT))
+def test_misspelt_key_is_an_error_naming_line_key_and_suggestion(media, case):
+    line, fld, suggestion = MISSPELT[case]
+    path = _write(media, [_line(id="ok0"), line], name=f"typo_{case}.jsonl")
+    with pytest.raises(ManifestError) as e:
+        read_manifest(path)
+    assert e.value.line == 2 and e.value.field == fld and e.value.stream_id == "s1"
+    assert f"{path}:2:" in str(e.value) and f"did you mean {suggestion!r}" in str(e.value)
+    m = read_manifest(path, on_error="skip")
+    assert [s.id for s in m] == ["ok0"] and m.skipped[0][:2] == (2, "s1")
+
+
+def test_other_unknown_keys_are_kept_and_warned_once_per_manifest(media):
+    lines = [
+        _line(id="a", source="youtube", uid=17),  # "uid" is near "id", but "id" is there: metadata
+        _line(id="b", source="youtube", dialogue=[{"t": 1.0, "role": "user", "text": "a", "speaker": "ann"}]),
+        _line(id="c", segments=[{"start": 1.0, "end": 2.0, "label": "x", "confidence": 0.9}]),
+    ]
+    path = _write(media, lines, name="meta.jsonl")
+    with pytest.warns(UserWarning) as rec:
+        m = read_manifest(path)
+    msgs = [str(w.message) for w in rec if issubclass(w.category, ManifestWarning)]
+    assert len(msgs) == 1, msgs  # one warning for the whole manifest, not one per line
+    msg = msgs[0]
+    assert str(path) in msg
+    for key, line in (("source", 1), ("uid", 1), ("dialogue[].speaker", 2), ("segments[].confidence", 3)):
+        assert f"{key!r} (line {line})" in msg, (key, msg)
+    assert m.streams[0].extra == {"source": "youtube", "uid": 17} and m.streams[2].extra == {}
+    assert m.unknown_keys == {"source": 1, "uid": 1, "dialogue[].speaker": 2, "segments[].confidence": 3}
+
+
+def test_manifests_we_write_read_without_warnings(tmp_path):
+    """AVWorld and the AVE / MUSIC-AVQA converters write nothing a reader would warn about."""
+    import warnings
+
+    from ssm_mm.data.avworld import generate
+    from ssm_mm.data.convert import convert_ave, convert_music_avqa
+
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures"
+    paths = [generate(tmp_path / "w", streams=1, seconds=4.0, seed=3)]
+    ave, _ = convert_ave(fixtures / "ave" / "Annotations.txt", media_dir=tmp_path / "ave")
+    paths.append(write_manifest(ave, tmp_path / "ave.jsonl"))
+    avqa, _ = convert_music_avqa(fixtures / "music_avqa" / "avqa-mini.json", media_dir=tmp_path / "avqa")
+    paths.append(write_manifest(avqa, tmp_path / "avqa.jsonl"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for p in paths:
+            m = read_manifest(p, check_media=p == paths[0])
+            assert len(m) > 0 and m.unknown_keys == {}
