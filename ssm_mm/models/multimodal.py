@@ -21,6 +21,7 @@ times of the last token (overall and per modality), so chunked == full forward e
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -44,6 +45,85 @@ N_KINDS = 3
 # the training losses (video / count / order / recall / attribute: only with model.video_target /
 # count_head / order_head / recall_head / recall_attribute)
 HEADS = ("lm", "event", "speak", "video", "count", "order", "recall", "attribute")
+
+
+WEIGHTS_FILE = "model.safetensors"
+_HASH_BLOCK = 1 << 20  # bytes read at a time while hashing a weights file
+
+
+class WeightsError(ValueError):
+    """A model folder's weights file is damaged: it does not match its recorded checksum, or it is not
+    a readable safetensors file. The message names the file."""
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in blocks (memory stays bounded for any file size)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_record(path: str | Path) -> dict:
+    """What ``config.json`` records about a weights file: ``{"file", "bytes", "sha256"}``."""
+    p = Path(path)
+    return {"file": WEIGHTS_FILE, "bytes": p.stat().st_size, "sha256": file_sha256(p)}
+
+
+def _check_weights_record(path: Path, record) -> None:
+    """Verify ``path`` against a ``config.json`` ``weights`` record (None: nothing recorded)."""
+    if record is None:
+        return
+    where = path.parent / "config.json"
+    if not isinstance(record, dict) or not isinstance(record.get("sha256"), str):
+        raise WeightsError(f"{where}: 'weights' must be a dict with a 'sha256' hex digest, got {record!r}")
+    want = record["sha256"].lower()
+    if len(want) != 64 or any(c not in "0123456789abcdef" for c in want):
+        raise WeightsError(f"{where}: weights.sha256 is not a sha256 hex digest: {record['sha256']!r}")
+    size = path.stat().st_size
+    if isinstance(record.get("bytes"), int) and size != record["bytes"]:
+        raise WeightsError(
+            f"{path}: {size} bytes but config.json records {record['bytes']} (truncated or replaced); the "
+            f"checksum cannot match"
+        )
+    got = file_sha256(path)
+    if got != want:
+        raise WeightsError(
+            f"{path}: sha256 checksum {got[:16]}... does not match config.json's {want[:16]}... (the file is "
+            f"damaged or belongs to another model)"
+        )
+
+
+def _load_weights(path: Path, record, map_location) -> dict[str, Tensor]:
+    """A model folder's tensors, verified against its ``config.json`` record when there is one."""
+    from safetensors import SafetensorError
+
+    _check_weights_record(path, record)
+    try:
+        return load_file(str(path), device=str(map_location))
+    except SafetensorError as e:
+        raise WeightsError(f"{path}: not a readable safetensors file ({e})") from None
+
+
+def record_weights_checksum(directory: str | Path) -> dict:
+    """Converter for folders saved before checksums were recorded: add the ``weights`` record (size,
+    sha256) of ``model.safetensors`` to ``config.json``, leaving the weights untouched. The folder
+    must load first (so a damaged file is not vouched for); a folder that already has a record is
+    verified and left as it is. Returns the record. Usage::
+
+        python -c "from ssm_mm.models.multimodal import record_weights_checksum as r; r('path/to/model')"
+    """
+    d = Path(directory)
+    MultimodalSSM.from_pretrained(d)  # loads (and verifies an existing record), or raises
+    cfg = json.loads((d / "config.json").read_text())
+    if cfg.get("weights") is not None:
+        return cfg["weights"]
+    cfg["weights"] = weights_record(d / WEIGHTS_FILE)
+    tmp = d / "config.json.tmp"
+    tmp.write_text(json.dumps(cfg, indent=2) + "\n")
+    tmp.replace(d / "config.json")
+    return cfg["weights"]
 
 
 @dataclass
@@ -483,7 +563,12 @@ class MultimodalSSM(nn.Module):
         }
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` into ``directory`` (created)."""
+        """Write ``config.json`` + ``model.safetensors`` into ``directory`` (created).
+
+        ``config.json`` also records the weights file's size and sha256 (key ``weights``), which
+        :meth:`from_pretrained` verifies. Both files are written to a temporary name and renamed, the
+        weights first, so an interrupted save never leaves a config that vouches for other bytes.
+        """
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
@@ -491,8 +576,11 @@ class MultimodalSSM(nn.Module):
             tensors.pop("lm_head.weight", None)  # shared with text_in.embed.weight
         tmp = d / "model.safetensors.tmp"
         save_file(tensors, str(tmp), metadata={"format_version": str(FORMAT_VERSION)})
-        tmp.replace(d / "model.safetensors")
-        (d / "config.json").write_text(json.dumps(self.config_dict(), indent=2) + "\n")
+        record = weights_record(tmp)
+        tmp.replace(d / WEIGHTS_FILE)
+        cfg_tmp = d / "config.json.tmp"
+        cfg_tmp.write_text(json.dumps({**self.config_dict(), "weights": record}, indent=2) + "\n")
+        cfg_tmp.replace(d / "config.json")
         return d
 
     @classmethod
@@ -517,17 +605,22 @@ class MultimodalSSM(nn.Module):
         ``model.safetensors``), a training checkpoint file (``step_*.pt``, read with
         ``weights_only=True``), or a run / checkpoint folder, from which the newest usable checkpoint
         is taken.
+
+        A folder's weights are checked against the size and sha256 its ``config.json`` records
+        (folders saved before checksums existed have none and load unchecked); a mismatch, or a
+        weights file safetensors cannot read, raises :class:`WeightsError` (a ``ValueError``) naming
+        the file.
         """
         p = Path(path)
         if p.is_dir() and (p / "config.json").exists():
-            if not (p / "model.safetensors").is_file():
-                raise FileNotFoundError(f"{p}: has config.json but no model.safetensors")
+            if not (p / WEIGHTS_FILE).is_file():
+                raise FileNotFoundError(f"{p}: has config.json but no {WEIGHTS_FILE}")
             try:
                 cfg = json.loads((p / "config.json").read_text())
             except json.JSONDecodeError as e:
                 raise ValueError(f"{p / 'config.json'}: not valid JSON ({e})") from None
             model = cls.from_config_dict(cfg)
-            tensors = load_file(str(p / "model.safetensors"), device=str(map_location))
+            tensors = _load_weights(p / WEIGHTS_FILE, cfg.get("weights"), map_location)
             if model.cfg.tie_embeddings:
                 tensors["lm_head.weight"] = tensors["text_in.embed.weight"]
             where = p

@@ -1,6 +1,8 @@
 """MultimodalSSM on real decoded AVWorld streams: parity, save/load, real-time properties, learning."""
 
 import copy
+import hashlib
+import json
 import math
 
 import pytest
@@ -99,6 +101,83 @@ def test_bad_config_json_is_refused(tmp_path):
     )
     with pytest.raises(ValueError, match="format_version"):
         MultimodalSSM.from_pretrained(d)
+
+
+def _flip_middle(path, n: int = 8) -> None:
+    """Invert ``n`` bytes in the middle of a file (inside the tensor data of a safetensors file, so the
+    header still parses and the damage shows only in the values)."""
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + n] = bytes(b ^ 0xFF for b in data[mid : mid + n])
+    path.write_bytes(bytes(data))
+
+
+def test_from_pretrained_verifies_the_recorded_checksum(tmp_path):
+    """Reliability case 5: a byte-flipped model.safetensors is refused, naming the file."""
+    d = tiny_model().save_pretrained(tmp_path / "m")
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["weights"]["file"] == "model.safetensors"
+    assert cfg["weights"]["sha256"] == hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest()
+    MultimodalSSM.from_pretrained(d)  # intact: loads
+    _flip_middle(d / "model.safetensors")
+    with pytest.raises(ValueError, match=r"model\.safetensors.*checksum") as err:
+        MultimodalSSM.from_pretrained(d)
+    assert str(d / "model.safetensors") in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("with_checksum", [True, False])
+def test_truncated_weights_give_one_clear_error(tmp_path, with_checksum):
+    """Reliability case 6: a truncated model.safetensors (with or without a recorded checksum) raises
+    a ValueError naming the file, not safetensors' bare SafetensorError."""
+    d = tiny_model().save_pretrained(tmp_path / "m")
+    if not with_checksum:
+        cfg = json.loads((d / "config.json").read_text())
+        del cfg["weights"]
+        (d / "config.json").write_text(json.dumps(cfg))
+    f = d / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:3000])
+    with pytest.raises(ValueError, match=r"model\.safetensors") as err:
+        MultimodalSSM.from_pretrained(d)
+    assert str(f) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_bad_checksum_record_is_refused(tmp_path):
+    d = tiny_model().save_pretrained(tmp_path / "m")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["weights"]["sha256"] = "not a digest"
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="weights.sha256"):
+        MultimodalSSM.from_pretrained(d)
+
+
+def test_folder_without_checksum_still_loads_bit_identically(tmp_path, make_dataset):
+    """Folders saved before checksums were recorded load as before (the checksum is optional)."""
+    model = tiny_model(seed=2)
+    d = model.save_pretrained(tmp_path / "m")
+    cfg = json.loads((d / "config.json").read_text())
+    del cfg["weights"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    batch = make_dataset(None).collate([make_dataset(None)[0]])
+    with torch.no_grad():
+        assert torch.equal(
+            MultimodalSSM.from_pretrained(d).forward_batch(batch).hidden, model.forward_batch(batch).hidden
+        )
+
+
+def test_shipped_model_is_verified_and_loads_its_exact_weights():
+    """The shipped hour model has a checksum in its config.json that matches its (unchanged) weights,
+    and from_pretrained gives exactly the tensors stored in the file."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    d = Path(__file__).resolve().parents[2] / "results" / "avworld" / "1h_scene_count4_speak3" / "model"
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["weights"]["sha256"] == hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest()
+    model = MultimodalSSM.from_pretrained(d)
+    stored = load_file(str(d / "model.safetensors"))
+    got = model.state_dict()
+    assert stored and all(torch.equal(got[k], v) for k, v in stored.items())
 
 
 def _decay_over_one_second(fps: float, time_aware: bool) -> torch.Tensor:
