@@ -119,14 +119,14 @@ def run(args: argparse.Namespace, out=None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args.realtime and not args.speed > 0:
-        raise SystemExit("--speed must be > 0")
+        raise ValueError(f"--speed must be > 0, got {args.speed}")
     model = MultimodalSSM.from_pretrained(args.model)
     cfg = model.features
     info = probe_media(args.media)
     use_video = info.has_video and not args.no_video
     audio_src = args.audio or (args.media if info.has_audio and not args.no_audio else None)
     if not use_video and audio_src is None:
-        raise SystemExit(f"{args.media}: nothing to stream (no video track used and no audio)")
+        raise ValueError(f"{args.media}: nothing to stream (no video track used and no audio)")
 
     t0 = float(args.t0)
     # video at the model's fps (the frames training sees); audio at the file's own rate (the session
@@ -161,14 +161,18 @@ def run(args: argparse.Namespace, out=None) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None, out=None) -> int:
+def main(argv: list[str] | None = None, out=None, err=None) -> int:
+    """Run the demo; returns the exit status: 0 done, 2 bad input (arguments, media, model files: one
+    line on ``err``, stderr by default, no traceback). argparse's own usage errors exit 2 as well."""
     args = build_parser().parse_args(argv)
-    if not Path(args.model).exists():
-        raise SystemExit(f"model folder not found: {args.model}")
     try:
+        if not Path(args.model).exists():
+            raise FileNotFoundError(f"model folder not found: {args.model}")
         return run(args, out)
-    except (ValueError, FileNotFoundError) as e:  # MediaError, StreamingError, a bad model folder
-        raise SystemExit(f"error: {e}") from e
+    except (ValueError, FileNotFoundError) as e:  # MediaError, StreamingError, WeightsError, bad folder
+        msg = " ".join(str(e).split())  # one line, whatever the exception's text holds
+        print(f"python -m ssm_mm.streaming: error: {msg}", file=sys.stderr if err is None else err)
+        return 2
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import math
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,10 +89,56 @@ def test_cli_video_only_and_audio_only(files):
     assert times == list(np.arange(len(times)) * 0.5)  # one label per tick, in order
 
 
+def _fails(argv) -> str:
+    """Run the CLI expecting bad input: exit status 2; returns the one error line it printed."""
+    err = io.StringIO()
+    assert main(argv, out=io.StringIO(), err=err) == 2
+    lines = err.getvalue().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
 def test_cli_rejects_bad_arguments(files):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exc:  # argparse: usage error, status 2
         main([str(files["model"]), str(files["wav"]), "--ask", "soon:what?"])
-    with pytest.raises(SystemExit, match="nothing to stream"):
-        main([str(files["model"]), str(files["wav"]), "--no-audio"])
-    with pytest.raises(SystemExit, match="error: .*missing.mp4.*file not found"):
-        main([str(files["model"]), str(files["wav"]).replace("audio.wav", "missing.mp4")])
+    assert exc.value.code == 2
+    assert "nothing to stream" in _fails([str(files["model"]), str(files["wav"]), "--no-audio"])
+    line = _fails([str(files["model"]), str(files["wav"]).replace("audio.wav", "missing.mp4")])
+    assert re.search("error: .*missing.mp4.*file not found", line)
+    assert "model folder not found" in _fails([str(files["model"]) + "_missing", str(files["wav"])])
+
+
+def _damaged_model(src, dst, how: str):
+    """A copy of the model folder ``src`` at ``dst`` whose weights are truncated or byte-flipped."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    f = dst / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    if how == "truncated":
+        data = data[:3000]
+    else:
+        mid = len(data) // 2
+        data[mid : mid + 8] = bytes(b ^ 0xFF for b in data[mid : mid + 8])
+    f.write_bytes(bytes(data))
+    return dst
+
+
+@pytest.mark.parametrize("how", ["truncated", "flipped"])
+def test_clis_refuse_damaged_model_files_in_one_line(files, tmp_path, how):
+    """Reliability cases 5/6: the streaming CLI and eval/run.py name the damaged weights file in one
+    line and exit 2 (no traceback)."""
+    bad = _damaged_model(files["model"], tmp_path / "bad", how)
+    line = _fails([str(bad), str(files["wav"])])
+    assert str(bad / "model.safetensors") in line
+    root = Path(__file__).resolve().parents[2]
+    res = subprocess.run(
+        [sys.executable, str(root / "eval" / "run.py"), f"model={bad}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr and str(bad / "model.safetensors") in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
