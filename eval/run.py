@@ -17,7 +17,10 @@ sweep point. Writes ``results.json`` (schema: ``ssm_mm/evaluation/report.py``) a
 ``eval.out_dir`` (default ``runs/eval/<date-time>``) and prints a table.
 
 Exit status 2 with a message naming the problem on bad input (unknown key, missing model folder,
-manifest line with missing media, ...).
+manifest line with missing media, a stream whose media fail to decode, ...). With
+``data.on_error=skip`` bad manifest lines and streams whose media fail to decode are left out (for
+every model), named as they are dropped, counted at the end (``skipped streams: N``, as train.py
+does) and listed in ``results.json``.
 """
 
 from __future__ import annotations
@@ -124,6 +127,11 @@ def run(argv: list[str] | None = None, out=None) -> dict:
     )
     log("")
     log(format_table(res["results"]))
+    skipped = [(ds.manifest, *s) for ds in datasets for s in ds.skipped]
+    if skipped:
+        log(f"\nskipped streams: {len(skipped)} (data.on_error=skip)")
+        for manifest, line, sid, _ in skipped:
+            log(f"  {manifest}:{line}: stream {sid!r}" if sid is not None else f"  {manifest}:{line}")
     dt = time.perf_counter() - start
     log(f"\nwrote {out_dir / 'results.json'} and {len(res['plots'])} plots in {dt:.1f} s")
     return res

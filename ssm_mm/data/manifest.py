@@ -440,9 +440,8 @@ def _warn_unknown(path: Path, unknown: dict[str, int], stacklevel: int, limit: i
     keys = [f"{k!r} (line {line})" for k, line in unknown.items()]
     more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
     warnings.warn(
-        f"{path}: keys not defined by the manifest format (kept as metadata at the top level, ignored "
-        f"in dialogue turns and segments; a misspelt key would have been an error): "
-        f"{', '.join(keys[:limit])}{more}",
+        f"{path}: keys the manifest format does not define (kept as metadata at the top level, "
+        f"ignored in dialogue turns and segments): {', '.join(keys[:limit])}{more}",
         ManifestWarning,
         stacklevel=stacklevel,
     )

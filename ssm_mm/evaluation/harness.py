@@ -39,7 +39,15 @@ from ssm_mm.metrics import event_metrics, latency_summary, proactive_metrics, qa
 from ssm_mm.models.multimodal import MultimodalSSM
 from ssm_mm.streaming.drive import StreamMedia, decode_stream_media, drive_many
 
-__all__ = ["EvalError", "EvalOptions", "ModelEval", "eval_labels", "decode_streams", "evaluate"]
+__all__ = [
+    "EvalError",
+    "EvalOptions",
+    "ModelEval",
+    "eval_labels",
+    "decode_each",
+    "decode_streams",
+    "evaluate",
+]
 
 
 class EvalError(ValueError):
@@ -104,15 +112,38 @@ def eval_labels(model_labels: list[str], specs: list[StreamSpec]) -> tuple[list[
     return list(model_labels) + unknown, unknown
 
 
-def decode_streams(specs: list[StreamSpec], fps: float) -> tuple[list[StreamMedia], float]:
-    """Decode every stream's media at video rate ``fps``; returns (media, seconds it took)."""
+def _decode(spec: StreamSpec, fps: float, source) -> StreamMedia:
+    """One stream's media at video rate ``fps``; EvalError naming the manifest line, stream and file."""
+    try:
+        return decode_stream_media(spec.video, spec.audio_path, fps=fps, t0=spec.t0)
+    except ValueError as e:  # MediaError names the file and what is wrong with it; add the stream
+        where = f"{source}:{spec.line}" if source is not None else f"line {spec.line}"
+        raise EvalError(f"{where}: stream {spec.id!r}: {e}") from e
+
+
+def decode_streams(specs: list[StreamSpec], fps: float, source=None) -> tuple[list[StreamMedia], float]:
+    """Decode every stream's media at video rate ``fps``; returns (media, seconds it took).
+
+    Raises :class:`EvalError` at the first stream that cannot be decoded, naming ``source`` (the
+    manifest) and the stream's line, its id and the media file.
+    """
     start = time.perf_counter()
-    out = []
+    out = [_decode(spec, fps, source) for spec in specs]
+    return out, time.perf_counter() - start
+
+
+def decode_each(
+    specs: list[StreamSpec], fps: float, source=None
+) -> tuple[list[StreamMedia | EvalError], float]:
+    """As :func:`decode_streams`, but a stream that cannot be decoded is given as its
+    :class:`EvalError` instead of stopping (for ``data.on_error=skip``); returns (items, seconds)."""
+    start = time.perf_counter()
+    out: list[StreamMedia | EvalError] = []
     for spec in specs:
         try:
-            out.append(decode_stream_media(spec.video, spec.audio_path, fps=fps, t0=spec.t0))
-        except ValueError as e:  # MediaError: name the stream too
-            raise EvalError(f"stream {spec.id!r} (line {spec.line}): {e}") from e
+            out.append(_decode(spec, fps, source))
+        except EvalError as e:
+            out.append(e)
     return out, time.perf_counter() - start
 
 

@@ -8,7 +8,8 @@
       "options": {"tolerance", "max_answer_tokens", "speak_threshold", "span_seconds",
                   "batch_streams", "threads"},
       "models":   {NAME: {"path", "parameters", "pattern", "d_model", "labels", "fps", "tick_seconds"}},
-      "datasets": {NAME: {"manifest", "streams", "knob", "value"}},      # knob/value: sweep points
+      "datasets": {NAME: {"manifest", "streams", "knob", "value",         # knob/value: sweep points
+                          "skipped": [{"line", "id", "reason"}, ...]}},   # bad streams left out
       "results": [                                                         # one per (model, dataset)
         {"model": NAME, "dataset": NAME, "knob": str|null, "value": float|null,
          "metrics": {

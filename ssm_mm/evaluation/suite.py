@@ -8,6 +8,12 @@
 Each dataset's media is decoded once per video rate and shared by every model; each model is then
 run in streaming mode (:func:`ssm_mm.evaluation.harness.evaluate`). ``out_dir`` receives
 ``results.json`` (schema in :mod:`ssm_mm.evaluation.report`) and the PNG plots.
+
+Bad streams follow ``data.on_error`` as in training: a manifest line that fails validation, or a
+stream whose media fail to decode (a file cut off mid-data passes validation, which only probes the
+header), stops the run with an error naming the manifest line, stream and file under ``"raise"``;
+under ``"skip"`` it is left out for every model and listed in :attr:`Dataset.skipped` and
+``results.json``.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from pathlib import Path
 
 from ssm_mm.data.manifest import StreamSpec, read_manifest
 from ssm_mm.evaluation import report
-from ssm_mm.evaluation.harness import EvalError, EvalOptions, decode_streams, evaluate
+from ssm_mm.evaluation.harness import EvalError, EvalOptions, decode_each, decode_streams, evaluate
 from ssm_mm.evaluation.sweeps import ensure_point, sweep_points, sweep_spec
 from ssm_mm.models.multimodal import MultimodalSSM
 
@@ -34,7 +40,11 @@ __all__ = [
 
 @dataclass
 class Dataset:
-    """Streams to evaluate on: a manifest, or one sweep point (``knob = value``)."""
+    """Streams to evaluate on: a manifest, or one sweep point (``knob = value``).
+
+    ``skipped``: ``(line, id, message)`` of the bad streams left out (``on_error="skip"``): the
+    manifest's bad lines, then (added by :func:`run_suite`) the streams whose media fail to decode.
+    """
 
     name: str
     specs: list[StreamSpec]
@@ -42,6 +52,7 @@ class Dataset:
     knob: str | None = None
     value: float | None = None
     skipped: list[tuple] = field(default_factory=list)
+    on_error: str = "raise"  # "raise" | "skip": what a stream whose media fail to decode does
 
 
 def load_dataset(
@@ -51,14 +62,16 @@ def load_dataset(
 
     Raises :class:`~ssm_mm.data.manifest.ManifestError` naming the file, line, stream and field of
     a bad line (a missing media file included) unless ``on_error="skip"``; :class:`EvalError` when no
-    stream is left.
+    stream is left. ``on_error`` also decides, in :func:`run_suite`, what media that fail to decode do.
     """
     m = read_manifest(path, on_error=on_error)
     specs = m.streams[:streams] if streams > 0 else m.streams
     if not specs:
         why = f" ({len(m.skipped)} bad streams skipped)" if m.skipped else ""
         raise EvalError(f"{path}: no stream to evaluate{why}")
-    return Dataset(name or Path(path).stem, specs, Path(path), skipped=list(m.skipped), **point)
+    return Dataset(
+        name or Path(path).stem, specs, Path(path), skipped=list(m.skipped), on_error=on_error, **point
+    )
 
 
 def model_classes(models: dict[str, MultimodalSSM]) -> int | None:
@@ -192,6 +205,8 @@ def run_suite(
 
     Returns the results dict (the ``results.json`` schema of :mod:`ssm_mm.evaluation.report`, with
     NaN where ``results.json`` has null). ``paths``: where each model was loaded from (recorded).
+    Streams whose media fail to decode raise :class:`EvalError`, or, for a dataset with
+    ``on_error="skip"``, are removed from its ``specs`` and added to its ``skipped`` (logged).
     """
     if not models:
         raise EvalError("no model to evaluate")
@@ -203,14 +218,13 @@ def run_suite(
         out.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
     plot_files: list[str] = []
+    rates = sorted({float(m.features.fps) for m in models.values()})
     for ds in datasets:
-        media_by_fps: dict[float, tuple[list, float]] = {}
+        # every rate decoded before any model runs: a stream skipped at one rate is skipped for all
+        media_by_fps = _decode_dataset(ds, rates, log)
         per_model: dict[str, dict] = {}
         for name, model in models.items():
-            fps = float(model.features.fps)
-            if fps not in media_by_fps:
-                media_by_fps[fps] = decode_streams(ds.specs, fps)
-            media, decode_s = media_by_fps[fps]
+            media, decode_s = media_by_fps[float(model.features.fps)]
             log(f"{name} on {ds.name}: {len(ds.specs)} streams")
             ev = evaluate(model, ds.specs, opt, media=media)
             ev.metrics["speed"]["decode_seconds"] = decode_s
@@ -267,6 +281,7 @@ def run_suite(
                 "streams": len(ds.specs),
                 "knob": ds.knob,
                 "value": ds.value,
+                "skipped": [{"line": line, "id": sid, "reason": why} for line, sid, why in ds.skipped],
             }
             for ds in datasets
         },
@@ -277,6 +292,36 @@ def run_suite(
     if out is not None:
         report.write_json(res, out / "results.json")
     return res
+
+
+def _decode_dataset(ds: Dataset, rates: list[float], log) -> dict[float, tuple[list, float]]:
+    """``{fps: (media, decode seconds)}`` for the streams of ``ds`` at every video rate in ``rates``.
+
+    With ``ds.on_error == "skip"`` a stream that fails to decode at any rate is dropped from
+    ``ds.specs`` (so every model sees the same streams) and recorded in ``ds.skipped``; otherwise the
+    first failure raises :class:`EvalError` (naming the manifest line, the stream and the file).
+    """
+    if ds.on_error != "skip":
+        return {fps: decode_streams(ds.specs, fps, source=ds.manifest) for fps in rates}
+    decoded = {fps: decode_each(ds.specs, fps, source=ds.manifest) for fps in rates}
+    bad: dict[int, EvalError] = {}
+    for items, _ in decoded.values():
+        for i, item in enumerate(items):
+            if isinstance(item, EvalError):
+                bad.setdefault(i, item)
+    if not bad:
+        return decoded
+    for i in sorted(bad):
+        ds.skipped.append((ds.specs[i].line, ds.specs[i].id, str(bad[i])))
+        log(f"skipped (data.on_error=skip): {bad[i]}")
+    ds.skipped.sort(key=lambda x: (x[0] is None, x[0] or 0))  # manifest order
+    keep = [i for i in range(len(ds.specs)) if i not in bad]
+    ds.specs = [ds.specs[i] for i in keep]
+    if not ds.specs:
+        raise EvalError(
+            f"{ds.manifest or ds.name}: no stream to evaluate ({len(ds.skipped)} bad streams skipped)"
+        )
+    return {fps: ([items[i] for i in keep], secs) for fps, (items, secs) in decoded.items()}
 
 
 def _dataset_plots(out: Path, ds: Dataset, per_model: dict[str, dict], plot_streams: int) -> list[str]:

@@ -9,6 +9,7 @@ them to the stream's time base, giving the presentation timestamps as stored in 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -186,6 +187,18 @@ def resize_frames(frames: Tensor, size: int | tuple[int, int]) -> Tensor:
     return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()  # (T, h, w, 3)
 
 
+_DECORD_LOG = re.compile(r"^\[[\d:]+\]\s+\S+:\d+:\s+(Error:\s*)?")  # "[12:00:00] src/x.cc:486: Error: "
+
+
+def _decord_reason(e: Exception) -> str:
+    """decord's error message without its log prefix (time, C++ source file and line), and said
+    plainly when the demuxer met invalid data, as in a file cut off partway through its data."""
+    msg = _DECORD_LOG.sub("", str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    if "av_read_frame failed" in msg:
+        return f"the data ends or is damaged partway, e.g. a file cut off: {msg}"
+    return msg
+
+
 def decode_video(
     path: str | Path,
     fps: float | None = None,
@@ -221,7 +234,7 @@ def decode_video(
     try:
         vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=num_threads)
     except (decord.DECORDError, RuntimeError) as e:
-        raise MediaError(path, f"corrupt or undecodable video ({e})") from e
+        raise MediaError(path, f"corrupt or undecodable video ({_decord_reason(e)})") from e
     n = len(vr)
     if n == 0:
         raise MediaError(path, "empty video stream: no frames")
@@ -245,7 +258,7 @@ def decode_video(
             try:
                 batch = vr.get_batch(idx[i : i + chunk].tolist()).asnumpy()  # (t, H, W, 3) uint8
             except (decord.DECORDError, RuntimeError) as e:
-                raise MediaError(path, f"corrupt video: decoding failed ({e})") from e
+                raise MediaError(path, f"corrupt video: decoding failed ({_decord_reason(e)})") from e
             piece = torch.from_numpy(np.ascontiguousarray(batch))
             pieces.append(resize_frames(piece, out_size) if out_size is not None else piece)
         frames = pieces[0] if len(pieces) == 1 else torch.cat(pieces)

@@ -97,3 +97,27 @@ def check_results(path, n_models: int, datasets: list[str]) -> dict:
         assert f.suffix == ".png" and f.stat().st_size > 1000, name
         assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     return res
+
+
+def truncated_mp4(src, dst, keep: float = 0.5):
+    """``src`` (an mp4) remuxed with its index (moov) first, then cut to ``keep`` of its bytes: the
+    header is intact, so the file probes (and passes manifest validation), but decoding fails
+    mid-data, as with an interrupted download. Returns ``dst``."""
+    from pathlib import Path
+
+    import av
+
+    dst = Path(dst)
+    full = dst.with_name(dst.stem + ".full.mp4")
+    with av.open(str(src)) as inp, av.open(str(full), "w", options={"movflags": "+faststart"}) as out:
+        streams = {s.index: out.add_stream_from_template(s) for s in inp.streams}
+        for packet in inp.demux():
+            if packet.dts is None:  # the demuxer's flush packets
+                continue
+            packet.stream = streams[packet.stream.index]
+            out.mux(packet)
+    data = full.read_bytes()
+    full.unlink()
+    assert data.find(b"moov") < data.find(b"mdat"), "the index must come first"
+    dst.write_bytes(data[: int(len(data) * keep)])
+    return dst
