@@ -234,17 +234,17 @@ def _decode_line(raw: bytes, ctx: _Line) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        try:
-            obj = json.loads(raw.decode("utf-8", errors="replace"))
-        except ValueError:
-            obj = None
-        if isinstance(obj, dict) and isinstance(obj.get("id"), str):
-            ctx.id = obj["id"]  # the id as far as it can be read (U+FFFD for the bad bytes)
-        ctx.fail(
-            None,
-            f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the line): "
-            "save the manifest as UTF-8",
-        )
+        at = e.start  # failed outside this block: the message says it all, no chained traceback
+    try:
+        obj = json.loads(raw.decode("utf-8", errors="replace"))
+    except ValueError:
+        obj = None
+    if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+        ctx.id = obj["id"]  # the id as far as it can be read (U+FFFD for the bad bytes)
+    ctx.fail(
+        None,
+        f"not valid UTF-8 (byte 0x{raw[at]:02x} at byte {at + 1} of the line): save the manifest as UTF-8",
+    )
 
 
 def _resolve(base: Path, p: str) -> Path:
