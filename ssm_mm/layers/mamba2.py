@@ -29,6 +29,12 @@ from ssm_mm.ops.conv import causal_conv1d, causal_conv1d_update
 from ssm_mm.ops.ssd import ssd_scan, ssd_step
 from ssm_mm.streaming.state import SSMState
 
+# Floor on the per-token log-decay A·λ. exp(x) is exactly 0 in float32 for x <= -104, so the floor
+# changes no float32 decay, but it keeps a long time jump (an hour, an epoch-clock reset: A·λ ~ -1e9)
+# from swamping the in-chunk cumulative sums the chunked scans difference (cs_i − cs_j): without it
+# every token after the jump in the same chunk gets a wrong decay.
+LOG_DECAY_FLOOR = -104.0
+
 
 def _inv_softplus(y: Tensor) -> Tensor:
     return y + torch.log(-torch.expm1(-y))
@@ -109,7 +115,7 @@ class Mamba2Mixer(nn.Module):
             lam = rate * dt_bt.float().unsqueeze(-1)  # (B, L, H)
         else:
             lam = gain = F.softplus(g_bth)
-        return A * lam, gain
+        return (A * lam).clamp(min=LOG_DECAY_FLOOR), gain
 
     def forward(
         self, u: Tensor, dt: Tensor | None = None, state: SSMState | None = None, valid: Tensor | None = None

@@ -43,15 +43,35 @@ Decisions (docs/design.md gives the tick rules these follow):
   push's); another rate later is an error. Resampling looks ahead up to
   :attr:`StreamingResampler.lookahead_seconds` (0 at the model's own rate, ~10 ms for 44.1 kHz), so
   audio up to ``t`` is complete once input up to ``t + lookahead`` arrived (or at :meth:`close`).
-* **Gaps and overlaps.** A push starting after the end of the previous audio leaves a gap that is
-  filled with silence (zeros at the input rate), as :func:`ssm_mm.media.decode_audio` fills holes in
-  a track, so audio tokens stay on one time grid (a long gap costs what that much audio costs).
-  ``advance_to(t)`` fills started audio the same way up to ``t``; before the first audio push it only
-  records that audio starts at or after ``t``. A push that starts before the end of the previous audio
-  (by half an input sample or more), or before a time declared by ``advance_to``, is an overlap:
-  :class:`StreamingError`. Video timestamps must be non-decreasing across pushes and not before an
-  ``advance_to`` time; frames are used as pushed (any rate; decode at ``model.features.fps`` to match
-  training, as the CLI does) and resized by the featurizer.
+* **Gaps and overlaps.** A push starting after the end of the previous audio leaves a gap. A gap of
+  at most ``max_gap_seconds`` (option, default 5 s) is filled with silence (zeros at the input rate),
+  as :func:`ssm_mm.media.decode_audio` fills holes in a track, so audio tokens stay on one time grid
+  and the result equals pushing the zeros. ``advance_to(t)`` fills started audio the same way up to
+  ``t``; before the first audio push it only records that audio starts at or after ``t``. A push that
+  starts before the end of the previous audio (by half an input sample or more), or before a time
+  declared by ``advance_to``, is an overlap: :class:`StreamingError`. Video timestamps must be
+  non-decreasing across pushes and not before an ``advance_to`` time; frames are used as pushed (any
+  rate; decode at ``model.features.fps`` to match training, as the CLI does) and resized by the
+  featurizer.
+* **Time jumps cost O(1).** Clocks jump (an epoch-style clock after a reset, a camera paused for an
+  hour); no gap is processed tick by tick or sample by sample:
+
+  - *Audio gap longer than* ``max_gap_seconds``: a discontinuity. The audio before it gets
+    ``max_gap_seconds`` of silence (at least one audio token plus the resampler look-ahead, so it
+    ends exactly as with silence), then the audio stops and restarts at its next push like a first
+    push: resampler and featurizer start fresh (zeros before the new start) and the token grid is
+    re-anchored at the new ``t0``. No tokens exist inside the rest of the gap, which is what an
+    offline pass over the two recordings featurized separately gives (a test checks exactly that).
+  - *The recurrence* sees the real elapsed time once: the next token's Δt is the whole gap, so each
+    SSM head decays by ``exp(A·λ)`` with ``λ = softplus(·)·Δt`` in one step (state forgotten after a
+    long jump, partly kept by slow heads after a short one); the temporal embedding's gap features
+    saturate at ``model.temporal.max_gap``.
+  - *Ticks without media* (the gap) repeat the last label with ``has_media=False`` and never speak,
+    as before; a run of ``n`` of them is emitted in O(min(n, max_pending)): only the labels the
+    ``max_pending`` cap would keep are built, the others are counted in ``dropped["labels"]`` exactly
+    as undrained labels are. The tick clock (:attr:`StreamingSession.time`) jumps with the media.
+
+  Memory stays bounded by the buffers and carries whatever the gap (tests: 1.7e9 s and 3600 s jumps).
 * **Buffers and memory.** Featurized media of ticks that are not complete yet are buffered; their
   bytes are capped by ``max_buffer_bytes`` (a push that would exceed it raises and leaves the session
   unchanged). :meth:`StreamingSession.memory_bytes` counts every tensor storage the session keeps
@@ -65,7 +85,13 @@ Decisions (docs/design.md gives the tick rules these follow):
   shallow copy.
 * **Snapshots.** :meth:`StreamingSession.state_dict` is a plain dict of tensors, numbers, strings and
   lists (``torch.save`` / ``torch.load(weights_only=True)`` round-trip it); ``model.stream(state=...)``
-  resumes exactly, and sessions forked from one snapshot share nothing.
+  resumes exactly, and sessions forked from one snapshot share nothing. A snapshot records digests of
+  the model's configuration and of its weights (:func:`weights_digest`, cached per model): a model
+  with another configuration or other weights refuses it. A snapshot missing a key, or holding a
+  value of the wrong kind, raises :class:`StreamingError` naming the key path (``cursor.next_tick``).
+* **Questions** longer than ``max_question_chars`` characters or ``max_question_tokens`` content
+  tokens (options, default 512 each) are refused (:class:`StreamingError`, session unchanged): text
+  far longer than the training questions only derails the state for the rest of the session.
 
 Sessions are not thread-safe; run one session (or one :func:`step_sessions` call) at a time.
 """
@@ -78,6 +104,7 @@ import functools
 import hashlib
 import json
 import math
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -111,10 +138,12 @@ __all__ = [
     "StreamingResampler",
     "StreamingSession",
     "step_sessions",
+    "weights_digest",
 ]
 
 STATE_FORMAT = "ssm_mm.StreamingSession"
-STATE_VERSION = 1
+# 2: snapshots record the weights digest (version 1 recorded the configuration only)
+STATE_VERSION = 2
 MODALITIES = ("video", "audio")
 # Input pieces processed at once inside one push: bounds the transient memory of a long push or a
 # long silence fill, and lets ticks complete (and buffers drain) while a long push is ingested.
@@ -196,6 +225,11 @@ class SessionOptions:
     max_pending:       cap on undrained labels and on undrained events (oldest dropped, counted).
     auto_step:         process completed ticks inside push/advance calls (False: step_sessions does).
     record:            keep the transcript (:meth:`StreamingSession.transcript`); grows with turns.
+    max_gap_seconds:   an audio gap up to this long is silence; a longer one is a discontinuity
+                       (module docstring, "Gaps and time jumps"): it costs O(1), not O(gap).
+    max_question_chars / max_question_tokens: caps on an ``ask()`` question (characters before
+                       encoding, content tokens after); longer questions raise. Training questions
+                       are a few dozen tokens: far longer text only derails the state.
     """
 
     modalities: tuple[str, ...] = MODALITIES
@@ -206,6 +240,9 @@ class SessionOptions:
     max_pending: int = 4096
     auto_step: bool = True
     record: bool = False
+    max_gap_seconds: float = 5.0
+    max_question_chars: int = 512
+    max_question_tokens: int = 512
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> StreamingError:
@@ -227,7 +264,9 @@ class SessionOptions:
         if not _is_real(self.speak_threshold) or not 0.0 <= self.speak_threshold <= 1.0:
             raise bad("speak_threshold", "must be a probability in [0, 1]")
         object.__setattr__(self, "speak_threshold", float(self.speak_threshold))
-        for name, lo in (("max_answer_tokens", 1), ("max_buffer_bytes", 0), ("max_pending", 1)):
+        caps = (("max_answer_tokens", 1), ("max_buffer_bytes", 0), ("max_pending", 1))
+        caps += (("max_question_chars", 1), ("max_question_tokens", 1))
+        for name, lo in caps:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
                 raise bad(name, f"must be an integer >= {lo}")
@@ -235,6 +274,10 @@ class SessionOptions:
         for name in ("auto_step", "record"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be True or False")
+        g = self.max_gap_seconds
+        if not _is_real(g) or not math.isfinite(g) or g < 0:
+            raise bad("max_gap_seconds", "must be a finite number of seconds >= 0")
+        object.__setattr__(self, "max_gap_seconds", float(g))
 
     @classmethod
     def build(cls, base: SessionOptions | None = None, **opts) -> SessionOptions:
@@ -520,8 +563,75 @@ def _resampler(orig_sr: int, new_sr: int) -> StreamingResampler:
 
 
 def _model_digest(model: MultimodalSSM) -> str:
+    """Digest of the model's configuration (architecture, features, labels, tokenizer)."""
     blob = json.dumps(model.config_dict(), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# model -> (version key, digest); weak, so a cached digest never keeps a model alive
+_WEIGHTS_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _weights_key(model: torch.nn.Module) -> tuple:
+    """What identifies the current weights without reading them: every parameter/buffer's storage,
+    dtype and in-place version counter (optimizer steps, ``load_state_dict`` and ``.to()`` all change
+    it). O(number of tensors)."""
+    return tuple(
+        (name, t.data_ptr(), t.dtype, tuple(t.shape), t._version)
+        for name, t in model.state_dict(keep_vars=True).items()
+    )
+
+
+def weights_digest(model: torch.nn.Module, refresh: bool = False) -> str:
+    """sha256 (hex) of the model's weights: every state_dict tensor's name, dtype, shape and bytes, in
+    name order, read on the CPU (so the digest does not depend on the device).
+
+    Computed once per model and cached; the cache is invalidated when any parameter or buffer is
+    replaced or modified in place through autograd-visible ops (optimizer steps, ``load_state_dict``,
+    ``.to()``). Writes through ``param.data`` bypass PyTorch's version counter: after those, pass
+    ``refresh=True``.
+    """
+    key = _weights_key(model)
+    hit = _WEIGHTS_DIGESTS.get(model)
+    if hit is not None and hit[0] == key and not refresh:
+        return hit[1]
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, t in sorted(model.state_dict().items()):
+            t = t.detach().to("cpu").contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)};".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    digest = h.hexdigest()
+    _WEIGHTS_DIGESTS[model] = (key, digest)
+    return digest
+
+
+class _Snapshot:
+    """Read access to a snapshot dict that turns a missing key into a :class:`StreamingError` naming
+    its full path (``cursor.next_tick``), instead of a bare KeyError; sub-dicts are wrapped too."""
+
+    def __init__(self, d, path: str = ""):
+        if not isinstance(d, dict):
+            raise StreamingError(
+                f"snapshot {path or 'state'} must be a dict, got {type(d).__name__} (not a "
+                f"StreamingSession.state_dict() snapshot, or a damaged one)"
+            )
+        self.d, self.path = d, path
+
+    def __getitem__(self, key: str):
+        where = f"{self.path}.{key}" if self.path else key
+        if key not in self.d:
+            raise StreamingError(
+                f"snapshot has no {where!r} (damaged, or not written by StreamingSession.state_dict())"
+            )
+        v = self.d[key]
+        return _Snapshot(v, where) if isinstance(v, dict) else v
+
+    def plain(self, *keys: str) -> dict:
+        """The underlying dict, after checking that ``keys`` are present."""
+        for k in keys:
+            self[k]
+        return self.d
 
 
 # ------------------------------------------------------------------------------------------ session
@@ -631,15 +741,21 @@ class StreamingSession:
     @torch.no_grad()
     def push_audio(self, samples, sample_rate, t0) -> None:
         """Push audio ``(N,)`` or ``(C, N)`` float (numpy or torch) at ``sample_rate`` Hz whose first
-        sample is at stream time ``t0``. A gap after the previous push is filled with silence; an
-        overlap (or a start before an ``advance_to`` time) raises. One input rate per session."""
+        sample is at stream time ``t0``. A gap after the previous push is filled with silence, or, when
+        longer than ``max_gap_seconds``, is a discontinuity (module docstring); an overlap (or a start
+        before an ``advance_to`` time) raises. One input rate per session."""
         self._check_open("push_audio")
         self._check_declared("audio")
         x = _as_audio(samples)
         sr = _as_rate(sample_rate)
         t0 = _as_time(t0, "audio t0")
         st = self._st
-        if st.audio_t0 is None:
+        if st.audio_rate and sr != st.audio_rate:
+            raise StreamingError(
+                f"sample_rate {sr} Hz differs from this session's audio input rate {st.audio_rate} Hz "
+                f"(one input rate per session)"
+            )
+        if st.audio_t0 is None:  # the first push, or the first after a discontinuity
             if t0 < self.t0:
                 raise StreamingError(f"audio t0={t0} is before the stream start t0={self.t0}")
             if t0 < st.audio_until:
@@ -650,11 +766,6 @@ class StreamingSession:
             self._resampler(sr)  # rejects impossible rate pairs before anything changes
             gap = 0
         else:
-            if sr != st.audio_rate:
-                raise StreamingError(
-                    f"sample_rate {sr} Hz differs from this session's audio input rate {st.audio_rate} Hz "
-                    f"(one input rate per session)"
-                )
             gap = round((t0 - st.audio_t0) * sr) - st.audio_in
             if gap < 0:
                 end = st.audio_t0 + st.audio_in / sr
@@ -665,15 +776,17 @@ class StreamingSession:
         if x.shape[0] == 0 and gap == 0:
             return
         with self._transaction():
+            if gap:
+                self._audio_gap(t0)  # silence, or a discontinuity that stops the audio
             if self._st.audio_t0 is None:
                 self._start_audio(t0, sr)
-            self._feed_audio(torch.zeros(gap, dtype=torch.float32))
             self._feed_audio(x)
 
     @torch.no_grad()
     def advance_to(self, t) -> None:
         """Declare that no media will arrive before stream time ``t``: ticks ending before ``t`` can
-        complete. Started audio is filled with silence up to ``t``. An earlier ``t`` is a no-op."""
+        complete. Started audio is filled with silence up to ``t`` (a gap longer than
+        ``max_gap_seconds`` is a discontinuity, as in :meth:`push_audio`). An earlier ``t`` is a no-op."""
         self._check_open("advance_to")
         t = _as_time(t, "advance_to time")
         with self._transaction():
@@ -684,9 +797,7 @@ class StreamingSession:
                 if st.audio_t0 is None:
                     st.audio_until = max(st.audio_until, t)
                 else:
-                    gap = round((t - st.audio_t0) * st.audio_rate) - st.audio_in
-                    if gap > 0:
-                        self._feed_audio(torch.zeros(gap, dtype=torch.float32))
+                    self._audio_gap(t)
             self._after_ingest()
 
     @torch.no_grad()
@@ -720,6 +831,19 @@ class StreamingSession:
             raise StreamingError(f"question must be a str, got {type(text).__name__}")
         if not text.strip():
             raise StreamingError("question text is empty")
+        opts, tok = self.options, self.model.tokenizer
+        if len(text) > opts.max_question_chars:
+            raise StreamingError(
+                f"question has {len(text)} characters > max_question_chars={opts.max_question_chars} "
+                f"(a session option)"
+            )
+        q_ids = tok.encode_turn("user", text)  # [BOT, ROLE, content..., EOT]
+        n_content = len(q_ids) - 3
+        if n_content > opts.max_question_tokens:
+            raise StreamingError(
+                f"question has {n_content} tokens > max_question_tokens={opts.max_question_tokens} "
+                f"(a session option)"
+            )
         if self._st.next_tick == 0 and self._complete_until() == 0:
             raise StreamingError(
                 "ask() before the first tick completed: there is no stream time to ask at yet (text at "
@@ -728,9 +852,7 @@ class StreamingSession:
             )
         with self._transaction():
             self._advance(force=True)
-            tok = self.model.tokenizer
             t = self.time
-            q_ids = tok.encode_turn("user", text)
             dev = self._device
             kind = torch.full((1, len(q_ids)), TEXT, dtype=torch.int64, device=dev)
             times = torch.full((1, len(q_ids)), t, dtype=torch.float64, device=dev)
@@ -814,6 +936,7 @@ class StreamingSession:
             "format": STATE_FORMAT,
             "format_version": STATE_VERSION,
             "model_digest": self._digest,
+            "weights_digest": weights_digest(self.model),
             "options": self.options.to_dict(),
             "model_state": {k: cpu(v) for k, v in st.model.to_dict().items()},
             "cursor": {
@@ -851,18 +974,34 @@ class StreamingSession:
 
     def _load(self, sd: dict, modalities, options: dict) -> None:
         if not isinstance(sd, dict) or sd.get("format") != STATE_FORMAT:
-            raise StreamingError("state is not a StreamingSession.state_dict() snapshot")
+            why = "not a dict" if not isinstance(sd, dict) else f"its 'format' is {sd.get('format')!r}"
+            raise StreamingError(f"state is not a StreamingSession.state_dict() snapshot ({why})")
         if sd.get("format_version") != STATE_VERSION:
             raise StreamingError(
                 f"snapshot format_version {sd.get('format_version')!r} is not supported (this ssm_mm reads "
-                f"{STATE_VERSION})"
+                f"{STATE_VERSION}; version 1 snapshots do not record the weights they were taken with)"
             )
-        if sd["model_digest"] != self._digest:
+        snap = _Snapshot(sd)
+        if snap["model_digest"] != self._digest:
             raise StreamingError(
                 "snapshot was taken with a model of another configuration (config digest "
-                f"{sd['model_digest']} != {self._digest})"
+                f"{snap['model_digest']} != {self._digest})"
             )
-        saved = dict(sd["options"])
+        mine = weights_digest(self.model)
+        if snap["weights_digest"] != mine:
+            raise StreamingError(
+                "snapshot was taken with a model of the same configuration but other weights (weights "
+                f"digest {str(snap['weights_digest'])[:16]}... != {mine[:16]}...)"
+            )
+        try:
+            self._load_checked(snap, modalities, options)
+        except StreamingError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+            raise StreamingError(f"snapshot is damaged: {type(e).__name__}: {e}") from None
+
+    def _load_checked(self, sd: _Snapshot, modalities, options: dict) -> None:
+        saved = dict(sd["options"].plain(*(f.name for f in dataclasses.fields(SessionOptions))))
         saved["modalities"] = tuple(saved["modalities"])
         base = SessionOptions.build(**saved)
         if modalities is not None:
@@ -874,11 +1013,19 @@ class StreamingSession:
                     raise StreamingError(
                         f"cannot change {name} of a resumed session ({getattr(base, name)!r} in the snapshot)"
                     )
-        self.options = SessionOptions.build(base, **options)
+        options = SessionOptions.build(base, **options)
         dev = self._device
         c, v, a = sd["cursor"], sd["video"], sd["audio"]
-        model_state = ModelState.from_dict({k: t.to(dev) for k, t in sd["model_state"].items()})
-        fz = a["featurizer"]
+        ms = sd["model_state"].plain()
+        want = set(self.model.init_state(1).to_dict())
+        if set(ms) != want:
+            missing, extra = sorted(want - set(ms)), sorted(set(ms) - want)
+            raise StreamingError(
+                f"snapshot model_state does not match this model's state: missing {missing}, "
+                f"unexpected {extra}"
+            )
+        model_state = ModelState.from_dict({k: t.to(dev) for k, t in ms.items()})
+        fz, rs = a["featurizer"], a["resampler"]
         st = _State(
             model=_compact_model_state(model_state),
             next_tick=int(c["next_tick"]),
@@ -894,8 +1041,10 @@ class StreamingSession:
             audio_t0=None if a["t0"] is None else float(a["t0"]),
             audio_rate=int(a["rate"]),
             audio_in=int(a["n_in"]),
-            resampler=None if a["resampler"] is None else ResamplerState.from_dict(a["resampler"]),
-            featurizer=None if fz is None else AudioFeaturizerState.from_dict(fz),
+            resampler=None if rs is None else ResamplerState.from_dict(rs.plain("carry", "n_in", "n_out")),
+            featurizer=None
+            if fz is None
+            else AudioFeaturizerState.from_dict(fz.plain("tail", "pending", "n_samples", "t0")),
             last_label=int(c["last_label"]),
             last_score=float(c["last_score"]),
             n_turns=int(c["n_turns"]),
@@ -904,10 +1053,10 @@ class StreamingSession:
             dropped_labels=int(c["dropped_labels"]),
             dropped_events=int(c["dropped_events"]),
         )
-        if self.options.record:
-            saved_tr = sd.get("transcript") or []
-            st.transcript = [TranscriptTurn(**{**x, "ids": tuple(x["ids"])}) for x in saved_tr]
-        self._st = st
+        saved_tr = sd["transcript"]
+        if options.record:
+            st.transcript = [TranscriptTurn(**{**x, "ids": tuple(x["ids"])}) for x in saved_tr or []]
+        self.options, self._st = options, st
 
     # ------------------------------------------------------------------------------- internals
 
@@ -979,6 +1128,37 @@ class StreamingSession:
             self._featurize_audio(y)
             self._after_ingest()
 
+    def _feed_silence(self, n: int) -> None:
+        """``n`` input-rate zeros through :meth:`_feed_audio`, allocated one piece at a time."""
+        piece = max(1, int(_AUDIO_PIECE_SECONDS * self._st.audio_rate))
+        for i in range(0, n, piece):
+            self._feed_audio(torch.zeros(min(piece, n - i), dtype=torch.float32))
+
+    def _audio_gap(self, t: float) -> None:
+        """Started audio up to stream time ``t`` (the next push's start, or an ``advance_to`` time).
+
+        A gap of up to ``max_gap_seconds`` is silence, sample by sample (as ``decode_audio`` fills a
+        hole). A longer gap is a discontinuity: ``max_gap_seconds`` of silence (at least one audio
+        token plus the resampler look-ahead, so the audio before the gap ends exactly as with
+        silence), then the audio stops: resampler and featurizer are dropped and the audio restarts
+        at its next push, at or after ``t``, as a first push does. The cost is bounded by
+        ``max_gap_seconds`` whatever the gap.
+        """
+        st = self._st
+        sr = st.audio_rate
+        gap = round((t - st.audio_t0) * sr) - st.audio_in
+        if gap <= 0:
+            return
+        tail = math.ceil((self.cfg.audio_token_seconds + self._resampler(sr).lookahead_seconds) * sr) + 1
+        fill = max(round(self.options.max_gap_seconds * sr), tail)
+        if gap <= fill:
+            self._feed_silence(gap)
+            return
+        self._feed_silence(fill)
+        st = self._st
+        st.audio_t0, st.audio_in, st.resampler, st.featurizer = None, 0, None, None
+        st.audio_until = t  # like before a first push: audio resumes at or after t
+
     def _featurize_audio(self, y: Tensor) -> None:
         st = self._st
         if y.shape[0] == 0:
@@ -1043,6 +1223,38 @@ class StreamingSession:
         st.audio_feats, st.audio_times = _compact(st.audio_feats[na:]), _compact(st.audio_times[na:])
         return out
 
+    def _skip_empty_ticks(self, k: int) -> None:
+        """Ticks ``k, k+1, ...`` up to the next tick with buffered media (or the first incomplete one)
+        have no media: each repeats the last label (``has_media=False``). A run of ``n`` such ticks
+        costs O(min(n, max_pending)): only the labels the ``max_pending`` cap would keep are built,
+        the rest are counted in ``dropped["labels"]``, exactly as if they had been queued one by one."""
+        st = self._st
+        end = self._complete_until()
+        for times in (st.video_times, st.audio_times):
+            if times.shape[0]:
+                end = min(end, int(tick_of(float(times[0]) - self.t0, self.tau)))
+        end = max(end, k + 1)
+        cap = self.options.max_pending
+        first = max(k, end - cap)  # ticks before it would be dropped by the cap anyway
+        name = self.model.labels[st.last_label]
+        new = [
+            TickLabel(
+                tick=j,
+                start=self.t0 + j * self.tau,
+                end=tick_end_time(j, self.tau, self.t0),
+                label=name,
+                index=st.last_label,
+                score=st.last_score,
+                speak=0.0,
+                has_media=False,
+            )
+            for j in range(first, end)
+        ]
+        labels = st.labels + new
+        st.dropped_labels += (first - k) + max(0, len(labels) - cap)
+        st.labels = labels[-cap:]
+        st.next_tick = end
+
     def _push_label(self, label: TickLabel) -> None:
         st = self._st
         st.labels.append(label)
@@ -1081,20 +1293,7 @@ def _step_round(sessions: list[StreamingSession]) -> None:
         k = s._st.next_tick
         vf, vt, af, at = s._take_tick()
         if vt.shape[0] == 0 and at.shape[0] == 0:  # no media: no prediction, repeat the last label
-            st = s._st
-            s._push_label(
-                TickLabel(
-                    tick=k,
-                    start=s.t0 + k * s.tau,
-                    end=tick_end_time(k, s.tau, s.t0),
-                    label=model.labels[st.last_label],
-                    index=st.last_label,
-                    score=st.last_score,
-                    speak=0.0,
-                    has_media=False,
-                )
-            )
-            st.next_tick = k + 1
+            s._skip_empty_ticks(k)  # the whole run of media-less ticks at once (a time jump is O(1))
             continue
         tokens = interleave(vt, at, [], cfg, t0=s.t0)  # (L_i,) this tick's media in training order
         work.append(_TickWork(s, k, tokens, vf, af))
@@ -1197,15 +1396,13 @@ def step_sessions(sessions: Sequence[StreamingSession]) -> list[int]:
     model = sessions[0].model
     if any(s.model is not model for s in sessions):
         raise StreamingError("step_sessions: every session must run on the same model object")
-    counts = [0] * len(sessions)
+    start = [s.ticks_done for s in sessions]
     with contextlib.ExitStack() as stack:
         for s in sessions:
             stack.enter_context(s._transaction())
         while True:
-            ready = [i for i, s in enumerate(sessions) if s._ready()]
+            ready = [s for s in sessions if s._ready()]
             if not ready:
                 break
-            _step_round([sessions[i] for i in ready])
-            for i in ready:
-                counts[i] += 1
-    return counts
+            _step_round(ready)  # one tick per session, or a whole run of media-less ticks
+    return [s.ticks_done - k for s, k in zip(sessions, start)]
