@@ -14,7 +14,10 @@ pushed; ``margin`` (at least 1 ms) covers the audio resampler's look-ahead, so t
 round ``k`` as soon as its media is in. ``advance_to`` is only called while the audio track still has
 samples after ``c``: past the end of the audio it would fill silence that the offline path does not
 have (declaring the end of a finished video track is harmless: no frame will come). The ticks after
-the end of the audio complete at ``close()``.
+the end of the audio complete at ``close()``. Over a gap in the media (a clock jump in a file's
+timestamps) the rounds that would push nothing are skipped: the next round is the one before the next
+media's tick (or a pending question's tick), and the session emits the gap's empty ticks at once, so a
+gap of any length costs O(1) rounds.
 
 Questions: a question at media time ``T`` is placed at the end of the tick holding ``T`` (where
 training puts text, :func:`ssm_mm.data.interleave.place_text_time`) and asked once the session's
@@ -46,7 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ssm_mm.data.interleave import place_text_time
+from ssm_mm.data.interleave import place_text_time, tick_of
 from ssm_mm.streaming.session import StreamEvent, StreamingSession, TickLabel, step_sessions
 
 __all__ = [
@@ -201,7 +204,9 @@ class DriveResult:
     labels: list[TickLabel] = field(default_factory=list)
     events: list[StreamEvent] = field(default_factory=list)
     answers: list[AskRecord] = field(default_factory=list)
-    tick_latency: list[float] = field(default_factory=list)  # seconds per processed tick
+    # seconds per processed tick, one entry per tick (at most _MAX_LATENCY_ENTRIES per round: a round
+    # that skips a gap's media-less ticks must not grow this list with the gap)
+    tick_latency: list[float] = field(default_factory=list)
     ticks: int = 0  # ticks processed
     stream_seconds: float = 0.0  # ticks · τ
     wall: float = 0.0  # seconds from the first push to the last answer (shared by a batch)
@@ -209,6 +214,10 @@ class DriveResult:
 
 # Called after every round with what the session emitted in it: (labels, events, new answers).
 RoundCallback = Callable[[int, list[TickLabel], list[StreamEvent], list[AskRecord]], None]
+
+
+# Latency entries one round may add (a round processes one tick, or a whole gap of empty ones at once).
+_MAX_LATENCY_ENTRIES = 1024
 
 
 class _Feeder:
@@ -257,6 +266,24 @@ class _Feeder:
         if c < self.safe_end:
             s.advance_to(c)
         self.k += 1
+        self._skip_gap()
+
+    def _skip_gap(self) -> None:
+        """Over a gap in the media (a clock jump in the file's timestamps), go straight to the round
+        before the next media or the next question's tick: the rounds in between would push nothing,
+        and the session emits the gap's empty ticks at once, so any gap costs O(1) rounds."""
+        m, t0 = self.m, self.s.t0
+        nxt = []
+        if self.fi < len(m.frame_times):
+            nxt.append(float(m.frame_times[self.fi]))
+        if self.ai < m.samples.shape[0]:
+            nxt.append(m.audio_t0 + self.ai / m.sample_rate)
+        if not nxt:
+            return
+        k = int(tick_of(min(nxt) - t0, self.tau)) - 1  # the round whose cut first reaches that media
+        if self.asks:  # never step past a question's tick (it is asked where it is placed)
+            k = min(k, int(tick_of(self.asks[0][0] - t0, self.tau)))
+        self.k = max(self.k, k)
 
     def ask_due(self, final: bool = False) -> list[AskRecord]:
         """Ask the questions whose placed time the session reached (all of them when ``final``)."""
@@ -341,7 +368,7 @@ def drive_many(
         n_max = max(done)
         for i, n in zip(active, done):
             if n:
-                feeders[i].result.tick_latency += [dt / n_max] * n
+                feeders[i].result.tick_latency += [dt / n_max] * min(n, _MAX_LATENCY_ENTRIES)
         for i in active:
             emit(i, rnd, feeders[i].ask_due())
         for i in [i for i in active if feeders[i].media_done]:
@@ -351,7 +378,7 @@ def drive_many(
             f.s.close()
             n = f.s.ticks_done - before_close
             if n:
-                f.result.tick_latency += [(time.perf_counter() - start) / n] * n
+                f.result.tick_latency += [(time.perf_counter() - start) / n] * min(n, _MAX_LATENCY_ENTRIES)
             f.closed = True
             emit(i, rnd, f.ask_due(final=True))
         active = [i for i in active if not feeders[i].closed]

@@ -257,3 +257,32 @@ def test_overlong_question_is_refused_and_later_questions_are_answered():
     for bad in ({"max_question_chars": 0}, {"max_question_tokens": -1}, {"max_gap_seconds": -1.0}):
         with pytest.raises(StreamingError, match=next(iter(bad))):
             model.stream(**bad)
+
+
+@pytest.mark.timeout(60)
+def test_driver_fast_forwards_over_a_gap_in_the_media():
+    """The CLI / evaluation driver pushes one tick per round; over a gap in a file's timestamps it
+    jumps to the round of the next media (or of the next question) instead of looping over the gap."""
+    from ssm_mm.streaming.drive import Question, StreamMedia, drive
+
+    times = np.concatenate([QUARTERS, EPOCH + QUARTERS])
+    media = StreamMedia(
+        t0=0.0,
+        frames=torch.from_numpy(np.concatenate([FRAMES, FRAMES])),
+        frame_times=times,
+        samples=torch.zeros(0),
+        sample_rate=16000,
+        audio_t0=0.0,
+        has_video=True,
+        has_audio=False,
+    )
+    s = tiny_model().stream(modalities=("video",), speak_threshold=1.0, max_pending=64)
+    questions = [Question(0.6, "what shape is on screen now?"), Question(EPOCH + 0.3, "and now?")]
+    start = time.perf_counter()
+    res = drive(s, media, questions)
+    assert time.perf_counter() - start < 5.0
+    assert [a.placed for a in res.answers] == [1.0, EPOCH + 0.5]  # each at its own tick's end
+    assert all(a.asked_at == a.placed and a.answer is not None for a in res.answers)
+    k = int(EPOCH / 0.5)
+    assert [x.tick for x in res.labels if x.has_media] == [0, 1, k - 1, k, k + 1]
+    assert s.closed and s.time == EPOCH + 1.0
