@@ -15,6 +15,7 @@ only collected here.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -214,7 +215,10 @@ class TrainConfig:
     ckpt_every: int = 100
     keep_last: int = 2
     eval_every: int = 0  # 0 = only at the end
-    resume: bool = False
+    resume: bool = False  # continue this run folder's run from its newest verified checkpoint
+    # weights only (a checkpoint file, a run folder or a save_pretrained folder) for a run starting at
+    # step 0; optimizer, schedule, RNG and data position start fresh (training.runs)
+    init_from: str | None = None
     threads: int = 0  # 0 = torch default
     parallel: str = "ddp"  # with torchrun: "ddp" (replicated) | "fsdp" (FSDP2 fully_shard per block)
     debug_signal_at_step: int = -1  # testing hook: send SIGTERM to this process after that step
@@ -361,8 +365,126 @@ def load_config(
     return obj
 
 
+# Allowed range of every numeric field of the sections above (lo, hi; None = unbounded; a
+# "(" / ")" marks an open end). NaN is never allowed; +-inf only where a bound admits it (grad_clip).
+# Featurizer and tokenizer settings are checked by their own __post_init__. A new numeric field needs
+# an entry here (tests/test_config.py checks that every one has).
+RANGES: dict[str, tuple[str, float | None, float | None, str]] = {
+    "model.d_model": ("[", 1, None, ")"),
+    "model.d_state": ("[", 1, None, ")"),
+    "model.headdim": ("[", 1, None, ")"),
+    "model.expand": ("[", 1, None, ")"),
+    "model.ngroups": ("[", 1, None, ")"),
+    "model.d_conv": ("[", 1, None, ")"),
+    "model.chunk_size": ("[", 1, None, ")"),
+    "model.attn_heads": ("[", 1, None, ")"),
+    "model.attn_kv_heads": ("[", 1, None, ")"),
+    "model.attn_window": ("[", 1, None, ")"),
+    "model.rope_base": ("(", 1, None, ")"),
+    "model.rope_time_scale": ("(", 0, None, ")"),
+    "model.mlp_ratio": ("(", 0, None, ")"),
+    "model.norm_eps": ("(", 0, 1, "]"),
+    "model.patch_size": ("[", 1, None, ")"),
+    "model.video_target": ("[", 0, None, ")"),
+    "model.count_head": ("[", 0, None, ")"),
+    "model.recall_head": ("[", 0, None, ")"),
+    "model.temporal.n_periodic": ("[", 0, None, ")"),
+    "model.temporal.min_period": ("(", 0, None, ")"),
+    "model.temporal.max_period": ("(", 0, None, ")"),
+    "model.temporal.max_gap": ("(", 0, None, ")"),
+    "model.temporal.train_clock_offset": ("[", 0, None, ")"),
+    "model.temporal.rate_min": ("(", 0, None, ")"),
+    "model.temporal.rate_max": ("(", 0, None, ")"),
+    "data.window_seconds": ("(", 0, None, ")"),
+    "data.num_workers": ("[", 0, None, ")"),
+    "train.seed": ("[", 0, 2**63 - 1, "]"),
+    "train.max_steps": ("[", 1, None, ")"),
+    "train.batch_size": ("[", 1, None, ")"),
+    "train.grad_accum": ("[", 1, None, ")"),
+    "train.lr": ("(", 0, None, ")"),
+    "train.min_lr_ratio": ("[", 0, 1, "]"),
+    "train.warmup_steps": ("[", 0, None, ")"),
+    "train.weight_decay": ("[", 0, None, ")"),
+    "train.betas": ("[", 0, 1, ")"),
+    "train.grad_clip": ("(", 0, math.inf, "]"),  # inf = no clipping
+    "train.modality_dropout": ("[", 0, 1, ")"),
+    "train.loss_lm": ("[", 0, None, ")"),
+    "train.loss_event": ("[", 0, None, ")"),
+    "train.loss_speak": ("[", 0, None, ")"),
+    "train.loss_video": ("[", 0, None, ")"),
+    "train.loss_count": ("[", 0, None, ")"),
+    "train.loss_order": ("[", 0, None, ")"),
+    "train.loss_recall": ("[", 0, None, ")"),
+    "train.loss_attribute": ("[", 0, None, ")"),
+    "train.ckpt_every": ("[", 1, None, ")"),
+    "train.keep_last": ("[", 1, None, ")"),
+    "train.eval_every": ("[", 0, None, ")"),  # 0 = only at the end
+    "train.threads": ("[", 0, None, ")"),  # 0 = torch's default
+    "train.debug_signal_at_step": ("[", -1, None, ")"),  # -1 = off
+    "logging.log_every": ("[", 1, None, ")"),
+    "eval.tolerance": ("[", 0, None, ")"),
+    "eval.max_answer_tokens": ("[", 1, None, ")"),
+    "eval.streams": ("[", 0, None, ")"),
+    "eval.speak_threshold": ("[", 0, 1, "]"),
+    "eval.span_seconds": ("(", 0, None, ")"),
+    "eval.batch_streams": ("[", 0, None, ")"),
+    "eval.threads": ("[", 0, None, ")"),
+    "eval.plot_streams": ("[", 0, None, ")"),
+    "eval.sweep_streams": ("[", 1, None, ")"),
+    "eval.sweep_seconds": ("(", 0, None, ")"),
+    "eval.sweep_seed": ("[", 0, None, ")"),
+}
+# data.avworld.* are checked by the generator's own config (ssm_mm.data.avworld.AVWorldConfig).
+
+
+def _in_range(v: float, rule: tuple[str, float | None, float | None, str]) -> bool:
+    left, lo, hi, right = rule
+    if math.isnan(v):
+        return False
+    lo_ok = lo is None or (v > lo if left == "(" else v >= lo)
+    hi_ok = (v < math.inf) if hi is None else (v < hi if right == ")" else v <= hi)
+    return lo_ok and hi_ok and (v > -math.inf)
+
+
+def _range_text(rule: tuple[str, float | None, float | None, str]) -> str:
+    left, lo, hi, right = rule
+    if hi is None:
+        return f"{'>' if left == '(' else '>='} {lo:g}"
+    return f"in {left}{lo:g}, {hi:g}{right}"
+
+
+def check_ranges(cfg: Config) -> None:
+    """:class:`ConfigError` naming the first value outside its :data:`RANGES` entry (and the built-in
+    world's knobs when it is used), so a bad value fails before any work."""
+    for key, rule in RANGES.items():
+        node: Any = cfg
+        for part in key.split("."):
+            node = getattr(node, part)
+        for v in node if isinstance(node, (list, tuple)) else [node]:
+            if v is not None and not _in_range(float(v), rule):
+                raise ConfigError(f"{key}={node!r}: must be {_range_text(rule)}")
+    if cfg.data.manifest is None:  # the built-in world is generated: its own checks, now
+        from ssm_mm.data.avworld import AVWorldConfig as WorldConfig
+
+        knobs = to_dict(cfg.data.avworld)
+        knobs.pop("val_streams"), knobs.pop("val_seed")
+        if cfg.data.avworld.val_streams < 1:
+            raise ConfigError(f"data.avworld.val_streams={cfg.data.avworld.val_streams}: must be >= 1")
+        try:
+            WorldConfig.from_knobs(None, **knobs)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"data.avworld: {e}") from None
+    t = cfg.model.temporal
+    if t.max_period < t.min_period or t.rate_max < t.rate_min:
+        raise ConfigError(
+            "model.temporal: max_period must be >= min_period and rate_max >= rate_min "
+            f"(got periods {t.min_period}..{t.max_period}, rates {t.rate_min}..{t.rate_max})"
+        )
+
+
 def validate_config(cfg: Config) -> None:
-    """Cross-field checks that types alone cannot express."""
+    """Value ranges (:func:`check_ranges`), then cross-field checks that types alone cannot express."""
+    check_ranges(cfg)
     m = cfg.model
     bad = set(m.pattern) - set(LAYER_LETTERS)
     if not m.pattern or bad:

@@ -98,3 +98,77 @@ def test_attn_windows_per_layer():
         load_config(None, ["model.pattern=MAMA", "model.attn_windows=[8,0]"])
     with pytest.raises(ConfigError, match="attn_windows"):
         load_config(None, ["model.attn_windows=[abc]"])
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.max_steps=0", "train.max_steps"),
+        ("train.max_steps=-5", "train.max_steps"),
+        ("train.ckpt_every=0", "train.ckpt_every"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("train.keep_last=0", "train.keep_last"),
+        ("train.grad_accum=0", "train.grad_accum"),
+        ("model.d_model=0", "model.d_model"),
+        ("model.headdim=0", "model.headdim"),
+        ("model.attn_heads=0", "model.attn_heads"),
+        ("train.lr=-1", "train.lr"),
+        ("train.lr=nan", "train.lr"),
+        ("train.lr=inf", "train.lr"),
+        ("train.betas=[0.9,1.0]", "train.betas"),
+        ("train.min_lr_ratio=2", "train.min_lr_ratio"),
+        ("train.loss_event=-1", "train.loss_event"),
+        ("data.window_seconds=0", "data.window_seconds"),
+        ("logging.log_every=0", "logging.log_every"),
+        ("eval.speak_threshold=1.5", "eval.speak_threshold"),
+        ("model.temporal.min_period=0", "model.temporal.min_period"),
+        ("data.avworld.streams=0", "streams"),
+        ("data.avworld.fps=-1", "fps"),
+    ],
+)
+def test_values_out_of_range_are_named(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_ranges_leave_the_defaults_and_edges_alone():
+    cfg = load_config(
+        None, ["train.max_steps=1", "train.grad_clip=inf", "train.eval_every=0", "train.lr=1e-30"]
+    )
+    assert cfg.train.max_steps == 1 and cfg.train.grad_clip == float("inf")
+    with pytest.raises(ConfigError, match=r"model.d_model=60 must be divisible by model.headdim"):
+        load_config(None, ["model.d_model=30"])  # in range but not compatible with the heads
+
+
+def test_every_numeric_field_has_a_range():
+    """A new numeric config field must say what values it takes (config.RANGES)."""
+    import dataclasses
+    import typing
+
+    from ssm_mm import config as C
+
+    def walk(cls, prefix):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            t = hints[f.name]
+            if dataclasses.is_dataclass(t):
+                yield from walk(t, f"{prefix}{f.name}.")
+            elif any(
+                x in (int, float)
+                for x in (t, *typing.get_args(t), *sum(map(typing.get_args, typing.get_args(t)), ()))
+            ):
+                yield f"{prefix}{f.name}"
+
+    sections = {
+        "model": C.ModelConfig,
+        "data": C.DataConfig,
+        "train": C.TrainConfig,
+        "logging": C.LoggingConfig,
+    }
+    sections["eval"] = C.EvalConfig
+    numeric = [k for name, cls in sections.items() for k in walk(cls, f"{name}.")]
+    numeric = [k for k in numeric if not k.startswith("data.avworld.")]  # the generator checks those
+    # mappings/lists checked where they are read: interleave.bad_answer_weights, the sweep knobs
+    numeric = [k for k in numeric if k not in ("train.loss_answer", "eval.sweep_values", "eval.sweeps")]
+    missing = [k for k in numeric if k not in C.RANGES]
+    assert not missing, f"add these to ssm_mm.config.RANGES: {missing}"

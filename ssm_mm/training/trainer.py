@@ -38,15 +38,16 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from ssm_mm.config import Config, save_config, to_dict
+from ssm_mm.config import Config, ConfigError, save_config, to_dict
 from ssm_mm.data.dataset import StreamDataset, load_features
 from ssm_mm.data.interleave import missing_attributes
 from ssm_mm.data.manifest import read_manifest
 from ssm_mm.data.tokenizer import load_tokenizer
 from ssm_mm.models.multimodal import HEADS, ModelState, MultimodalSSM
 from ssm_mm.training import distributed as D
-from ssm_mm.training.checkpoint import load_latest, save_checkpoint
+from ssm_mm.training.checkpoint import load_checkpoint, save_checkpoint
 from ssm_mm.training.logger import RunLogger, Throughput
+from ssm_mm.training.runs import apply_plan, check_weights_fit, init_weights, plan_start
 from ssm_mm.training.schedule import ScheduledWindows, ScheduleSampler, SlotSchedule
 from ssm_mm.training.validate import validate
 
@@ -239,21 +240,28 @@ class Trainer:
             torch.set_num_threads(tc.threads)
         run_dir = Path(tc.run_dir)
         ckpt_dir = run_dir / "checkpoints"
+        log = print if info.is_main else (lambda *_: None)
+        # which run this is and what it loads, decided (and refused, ResumeError) before any data
+        # preparation; every rank reads the same files, only rank 0 changes them
+        if tc.batch_size % info.world:
+            raise ConfigError(
+                f"train.batch_size={tc.batch_size} must be divisible by the world size {info.world}"
+            )
+        plan = plan_start(cfg, to_dict(cfg))
+        D.barrier(info)  # every rank has read the folder before rank 0 changes it
         if info.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
+            apply_plan(plan, run_dir, log)
             save_config(cfg, run_dir / "config.yaml")
         D.barrier(info)
-        log = print if info.is_main else (lambda *_: None)
+        if plan.run_id is None:  # a fresh run: rank 0 minted its id
+            plan.run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
+        self.run_identity = plan.identity()
         t_start = time.perf_counter()
 
         data = prepare_data(cfg, log) if info.is_main else None
         D.barrier(info)
         if not info.is_main:
             data = prepare_data(cfg, lambda *_: None)  # the cache is warm now: fast
-        if tc.batch_size % info.world:
-            raise ValueError(
-                f"train.batch_size={tc.batch_size} must be divisible by the world size {info.world}"
-            )
         local_b = tc.batch_size // info.world
 
         torch.manual_seed(tc.seed)
@@ -282,24 +290,27 @@ class Trainer:
         )
 
         step, carried = 0, None
-        if tc.resume:
-            found = load_latest(ckpt_dir)
-            if found is not None:
-                ck, path = found
-                set_model_state_dict(model, ck["model"], options=_FULL)
-                set_optimizer_state_dict(model, opt, ck["optimizer"], options=_FULL)
-                sched.load_state_dict(ck["scheduler"])
-                torch.set_rng_state(ck["rng"]["torch"])
-                random.setstate(_to_tuple(ck["rng"]["python"]))
-                step = int(ck["step"])
-                if ck.get("slot_state") is not None:
-                    glob = ModelState.from_dict(ck["slot_state"])
-                    lo = info.rank * local_b
-                    carried = glob.select(list(range(lo, lo + local_b)))
-                    carried = _to_device(carried, info.device)
-                log(f"resumed from {path} at step {step}")
-            else:
-                log(f"train.resume=true but no usable checkpoint in {ckpt_dir}: starting from step 0")
+        if plan.resume_from is not None:
+            path = plan.resume_from
+            ck = load_checkpoint(path)  # verified by plan_start; a change since then fails here
+            set_model_state_dict(model, ck["model"], options=_FULL)
+            set_optimizer_state_dict(model, opt, ck["optimizer"], options=_FULL)
+            sched.load_state_dict(ck["scheduler"])
+            torch.set_rng_state(ck["rng"]["torch"])
+            random.setstate(_to_tuple(ck["rng"]["python"]))
+            step = int(ck["step"])
+            if ck.get("slot_state") is not None:
+                glob = ModelState.from_dict(ck["slot_state"])
+                lo = info.rank * local_b
+                carried = glob.select(list(range(lo, lo + local_b)))
+                carried = _to_device(carried, info.device)
+            log(f"resumed from {path} at step {step}")
+        elif plan.init_from is not None:
+            weights_sd, source = init_weights(plan.init_from)
+            own = get_model_state_dict(model, options=_FULL)
+            check_weights_fit(own, weights_sd, str(plan.init_from))
+            set_model_state_dict(model, {k: weights_sd[k] for k in own}, options=_FULL)
+            log(f"weights from {source}; optimizer, schedule and data start at step 0")
 
         accum = max(1, tc.grad_accum)
         schedule = SlotSchedule(data.train.windows_per_stream, tc.batch_size, tc.seed, info.rank, info.world)
@@ -490,7 +501,9 @@ class Trainer:
                 "labels": labels,
                 "world": info.world,
             }
-            save_checkpoint(payload, ckpt_dir, step, keep_last=tc.keep_last)
+            run = self.run_identity
+            payload["run_id"], payload["config_hash"] = run.run_id, run.config_hash
+            save_checkpoint(payload, ckpt_dir, step, keep_last=tc.keep_last, run=run)
         D.barrier(info)
 
     def _report_eval(self, res: dict, logger: RunLogger, step: int) -> None:
