@@ -22,11 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["rotary", "window_attention", "window_attention_ref"]
-
-# Queries are processed in blocks of max(window, _MIN_QUERY_BLOCK) when the call is long compared
-# with the window, so the cost is O(l · window) instead of O(l²).
-_MIN_QUERY_BLOCK = 256
+__all__ = ["BACKENDS", "rotary", "set_attention_backend", "window_attention", "window_attention_ref"]
 
 
 def rotary(x: Tensor, positions: Tensor, base: float = 10000.0) -> Tensor:
@@ -122,43 +118,223 @@ def _concat_with_cache(k, v, cache_k, cache_v, cache_valid, valid):
     )
 
 
-def _new_cache(k_all: Tensor, v_all: Tensor, valid_all: Tensor, window: int | None):
+def _packing(valid: Tensor, valid_last: bool) -> tuple[Tensor, Tensor]:
+    """Stable permutation packing each row's valid slots together (first, or last if ``valid_last``).
+
+    Args:
+        valid: (b, n) bool.
+    Returns:
+        src (b, n): ``packed = x.gather(1, src)``; dest (b, n): ``x = packed.gather(1, dest)``. Both come
+        from cumulative counts (no sort, no host sync); the order within valid and invalid slots is kept.
+    """
+    n = valid.shape[1]
+    pos = torch.arange(n, device=valid.device)
+    if n == 0:
+        empty = pos.expand(valid.shape[0], 0)
+        return empty, empty
+    n_valid_upto = valid.long().cumsum(1)  # valid slots at positions <= j
+    n_invalid_upto = pos + 1 - n_valid_upto
+    n_valid = n_valid_upto[:, -1:]
+    if valid_last:
+        dest = torch.where(valid, n - n_valid + n_valid_upto - 1, n_invalid_upto - 1)
+    else:
+        dest = torch.where(valid, n_valid_upto - 1, n_valid + n_invalid_upto - 1)
+    src = torch.empty_like(dest).scatter_(1, dest, pos.expand_as(dest).contiguous())
+    return src, dest
+
+
+def _gather_time(x: Tensor, index: Tensor) -> Tensor:
+    """x (b, n, ...) gathered along time with index (b, n') -> (b, n', ...)."""
+    return x.gather(1, index.view(*index.shape, *([1] * (x.dim() - 2))).expand(*index.shape, *x.shape[2:]))
+
+
+def _new_cache(k_all: Tensor, v_all: Tensor, lo: Tensor, end: Tensor, window: int | None):
     """The last W - 1 valid keys per row (or all valid keys for window None), left-padded.
 
-    Returns new_k, new_v (b, keep, hkv, d) with zeros in invalid slots, and new_valid (b, keep).
+    Args:
+        k_all, v_all: (b, S, hkv, d) in packed layout: the valid keys of row r are positions
+            ``lo[r] <= j < end[r]`` (lo, end: (b,) long).
+    Returns:
+        new_k, new_v (b, keep, hkv, d) with zeros in invalid slots, new_valid (b, keep). For a window the
+        size is fixed (W - 1) and nothing syncs; for window None it is the largest valid count (one sync).
     """
     b, S, hkv, d = k_all.shape
-    keep = window - 1 if window is not None else int(valid_all.sum(1).max()) if S else 0
-    if S == 0:  # nothing seen yet: an all-invalid cache of the right size
+    keep = window - 1 if window is not None else int((end - lo).max()) if b and S else 0
+    if keep == 0 or S == 0:
         empty = k_all.new_zeros(b, keep, hkv, d)
         return empty, empty.clone(), torch.zeros(b, keep, dtype=torch.bool, device=k_all.device)
-    if S >= keep and bool(valid_all[:, S - keep :].all()):
-        # The newest `keep` slots hold real tokens in every row (every session once its window has
-        # filled): they are the last `keep` valid keys. Copy them (a view would keep all of k_all alive).
-        return k_all[:, S - keep :].clone(), v_all[:, S - keep :].clone(), valid_all[:, S - keep :].clone()
-    pos = torch.arange(S, device=k_all.device)
-    # Largest valid positions, in increasing order; invalid ones score -1 and so sort to the left.
-    score = torch.where(valid_all, pos, -1)  # (b, S)
-    top = score.topk(min(keep, S), dim=1).values.sort(dim=1).values
-    if keep > top.shape[1]:
-        top = F.pad(top, (keep - top.shape[1], 0), value=-1)
-    new_valid = top >= 0  # (b, keep)
-    idx = top.clamp_min(0)[:, :, None, None].expand(b, keep, hkv, d)
+    idx = end[:, None] - keep + torch.arange(keep, device=k_all.device)  # (b, keep) key positions
+    new_valid = idx >= lo[:, None]
+    idx = idx.clamp(0, S - 1)
     keep_mask = new_valid[:, :, None, None]
-    new_k = k_all.gather(1, idx) * keep_mask
-    new_v = v_all.gather(1, idx) * keep_mask
+    new_k = torch.where(keep_mask, _gather_time(k_all, idx), 0.0)
+    new_v = torch.where(keep_mask, _gather_time(v_all, idx), 0.0)
     return new_k, new_v, new_valid
-
-
-def _right_padded(valid: Tensor) -> bool:
-    """True when every row of ``valid`` (b, S) is valid up to some point and padding after it."""
-    return bool((valid[:, 1:] <= valid[:, :-1]).all())
 
 
 def _expand_kv(t: Tensor, h: int) -> Tensor:
     """(b, S, hkv, d) -> (b, h, S, d) with kv head i // (h // hkv) serving query head i."""
     b, S, hkv, d = t.shape
     return t[:, :, :, None, :].expand(b, S, hkv, h // hkv, d).reshape(b, S, h, d).transpose(1, 2)
+
+
+# ------------------------------------------------------------------------------------------ backends
+# Every backend sees the packed layout (see window_attention): keys [cache | new] with the valid cache
+# keys at positions lo[r] <= j < s and the valid new keys at s <= j < s + n_new[r]; query i sits at key
+# position s + i and may see keys j with lo[r] <= j <= s + i and j > s + i - W. A query always sees its
+# own key, so no row is empty (no NaN); keys past a row's valid new keys are seen only by that row's
+# padding queries, whose outputs are zeroed by the caller.
+
+BACKENDS = ("auto", "flex", "blocked", "dense")
+_backend = "auto"
+
+
+def set_attention_backend(name: str) -> None:
+    """Choose how long windowed calls run: "auto" (FlexAttention on CUDA when available, else the
+    blocked path), "flex", "blocked" (one batched SDPA call over query blocks of W), or "dense" (one
+    SDPA call with an explicit (lq, S) mask: O(lq · S) memory, for checks)."""
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"attention backend must be one of {BACKENDS}, got {name!r}")
+    _backend = name
+
+
+def _additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """A boolean mask (True = attend) as an additive one (0 / -inf): SDPA's CPU flash kernel takes a
+    float mask directly, while a boolean one sends it down a ~2x slower path (measured, fwd+bwd)."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+
+
+def _dense(q: Tensor, k_all: Tensor, v_all: Tensor, s: int, window: int | None, lo: Tensor) -> Tensor:
+    """One SDPA call with the explicit mask (b, 1, lq, S). q (b, lq, h, d) -> (b, lq, h, d)."""
+    lq, h, S = q.shape[1], q.shape[2], k_all.shape[1]
+    qpos = s + torch.arange(lq, device=q.device)[:, None]  # (lq, 1)
+    kpos = torch.arange(S, device=q.device)[None, :]  # (1, S)
+    band = kpos <= qpos
+    if window is not None:
+        band = band & (kpos > qpos - window)
+    mask = band[None] & (kpos[None] >= lo[:, None, None])  # (b, lq, S)
+    return F.scaled_dot_product_attention(
+        q.transpose(1, 2),
+        _expand_kv(k_all, h),
+        _expand_kv(v_all, h),
+        attn_mask=_additive(mask[:, None], q.dtype),
+    ).transpose(1, 2)
+
+
+def _blocked(q: Tensor, k_all: Tensor, v_all: Tensor, s: int, window: int, lo: Tensor) -> Tensor:
+    """Queries in blocks of W; each block attends to its own W keys and the W before them, all blocks
+    in ONE batched SDPA call with a (W, 2W) band mask (2x the band's work, no loop, no sync).
+
+    q (b, lq, h, d), k_all/v_all (b, S, hkv, d) packed -> (b, lq, h, d).
+    """
+    b, lq, h, d = q.shape
+    hkv, W = k_all.shape[2], window
+    nblk = -(-lq // W)
+    # Keys re-indexed r = j - s + W: block n of queries (r in [(n+1)W, (n+2)W)) reads r in [nW, (n+2)W).
+    # Drop keys no query can see (j < s - W), pad in front (invalid) if the cache is shorter than W,
+    # pad at the end to whole blocks (seen only by padding queries).
+    first = s - W  # key position of r = 0
+    keys = torch.cat([k_all, v_all], 2)  # (b, S, 2hkv, d): one gather/pad for both
+    if first >= 0:
+        keys = keys[:, first:]
+    else:
+        keys = F.pad(keys, (0, 0, 0, 0, -first, 0))
+    keys = F.pad(keys, (0, 0, 0, 0, 0, (nblk + 1) * W - keys.shape[1]))
+    keys = keys.view(b, nblk + 1, W, 2 * hkv, d)
+    keys = torch.cat([keys[:, :-1], keys[:, 1:]], 2)  # (b, nblk, 2W, 2hkv, d)
+    keys = keys.permute(0, 1, 3, 2, 4).reshape(b * nblk, 2 * hkv, 2 * W, d)
+    k_blk, v_blk = keys[:, :hkv], keys[:, hkv:]
+    if hkv != h:
+        k_blk = k_blk.repeat_interleave(h // hkv, 1)
+        v_blk = v_blk.repeat_interleave(h // hkv, 1)
+    qb = F.pad(q, (0, 0, 0, 0, 0, nblk * W - lq)).view(b, nblk, W, h, d)
+    qb = qb.permute(0, 1, 3, 2, 4).reshape(b * nblk, h, W, d)
+    t = torch.arange(W, device=q.device)[:, None]  # query offset in its block
+    c = torch.arange(2 * W, device=q.device)[None, :]  # key offset in the block's 2W keys
+    band = (c > t) & (c <= t + W)  # (W, 2W): r in (query r - W, query r]
+    r = torch.arange(nblk, device=q.device)[:, None] * W + c  # (nblk, 2W)
+    key_ok = r[None] >= (lo - first)[:, None, None]  # (b, nblk, 2W): not an invalid cache slot / front pad
+    mask = band[None, None] & key_ok[:, :, None, :]  # (b, nblk, W, 2W)
+    out = F.scaled_dot_product_attention(
+        qb, k_blk, v_blk, attn_mask=_additive(mask.view(b * nblk, 1, W, 2 * W), q.dtype)
+    )
+    return out.view(b, nblk, h, W, d).permute(0, 1, 3, 2, 4).reshape(b, nblk * W, h, d)[:, :lq]
+
+
+_FLEX_BLOCK = 128
+_flex_fn = None
+_flex_blocks: dict[tuple, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+
+
+def flex_available(device: torch.device) -> bool:
+    """Whether FlexAttention's fused kernel can serve ``device`` (CUDA with Triton)."""
+    if device.type != "cuda":
+        return False
+    try:
+        import triton  # noqa: F401
+        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _band_blocks(lq: int, S: int, s: int, window: int, device: torch.device):
+    """Sliding-window block sparsity (cached per shape): kv_num_blocks, kv_indices and their "full"
+    twins, (1, 1, nq[, nk]) int32. Partial = some pair of the 128 x 128 tile is in the band; full = every
+    pair is, and no key is a cache slot (those go through the mask's per-row cache bound)."""
+    key = (lq, S, s, window, str(device))
+    if key not in _flex_blocks:
+        B = _FLEX_BLOCK
+        nq, nk = -(-lq // B), -(-S // B)
+        q_lo = s + torch.arange(nq, device=device)[:, None] * B
+        q_hi = (q_lo + B).clamp(max=s + lq) - 1
+        k_lo = torch.arange(nk, device=device)[None, :] * B
+        k_hi = (k_lo + B).clamp(max=S) - 1
+        any_ = (k_lo <= q_hi) & (k_hi > q_lo - window)
+        full = (k_hi <= q_lo) & (k_lo > q_hi - window) & (k_lo >= s)
+        full &= (q_hi - q_lo == B - 1) & (k_hi - k_lo == B - 1)  # ragged tiles take the masked path
+        partial = any_ & ~full
+
+        def sparse(m: Tensor) -> tuple[Tensor, Tensor]:
+            num = m.sum(-1, dtype=torch.int32)[None, None]
+            idx = torch.argsort(m.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+            return num, idx[None, None].contiguous()
+
+        _flex_blocks[key] = (*sparse(partial), *sparse(full))
+    return _flex_blocks[key]
+
+
+def _flex(q: Tensor, k_all: Tensor, v_all: Tensor, s: int, window: int, lo: Tensor) -> Tensor:
+    """FlexAttention with a cached sliding-window BlockMask (compiled on CUDA: one fused kernel per call,
+    tiles outside the band skipped). q (b, lq, h, d), k_all/v_all (b, S, hkv, d) packed -> (b, lq, h, d)."""
+    global _flex_fn
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+    lq, h, S, hkv = q.shape[1], q.shape[2], k_all.shape[1], k_all.shape[2]
+
+    def mask_mod(b, hh, qi, kj):
+        qp = qi + s
+        return (kj <= qp) & (kj > qp - window) & (kj >= lo[b])
+
+    num, idx, fnum, fidx = _band_blocks(lq, S, s, window, q.device)
+    block_mask = BlockMask.from_kv_blocks(
+        num, idx, fnum, fidx, BLOCK_SIZE=_FLEX_BLOCK, mask_mod=mask_mod, seq_lengths=(lq, S)
+    )
+    if q.device.type == "cuda":
+        if _flex_fn is None:
+            _flex_fn = torch.compile(flex_attention, dynamic=False)
+        fn = _flex_fn
+    else:  # eager (unfused, reference-speed): only for checking the mask logic on CPU
+        fn = flex_attention
+    out = fn(
+        q.transpose(1, 2),
+        k_all.transpose(1, 2),
+        v_all.transpose(1, 2),
+        block_mask=block_mask,
+        enable_gqa=hkv != h,
+    )
+    return out.transpose(1, 2)
 
 
 def window_attention(
@@ -170,70 +346,69 @@ def window_attention(
     cache_v: Tensor | None = None,
     cache_valid: Tensor | None = None,
     valid: Tensor | None = None,
+    backend: str | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Causal (sliding-window) attention over [cache, this call], via F.scaled_dot_product_attention.
+    """Causal (sliding-window) attention over [cache, this call]: one fused call, no host sync (windowed).
 
     Args:
         q: (b, lq, h, d); k, v: (b, lq, hkv, d), already rotated.
         window: W (a query sees itself and the previous W - 1 valid keys) or None (all previous keys).
         cache_k, cache_v: (b, s, hkv, d) keys/values of earlier tokens, or None; cache_valid: (b, s)
             bool (None = all valid).
-        valid: (b, lq) bool, False at right padding (never attended, never cached); None = all valid.
+        valid: (b, lq) bool, False at padding (never attended, never cached); None = all valid.
+        backend: None (the module setting, see ``set_attention_backend``) or one of ``BACKENDS``.
     Returns:
         out (b, lq, h, d) (zeros at invalid queries), new_k, new_v (b, s', hkv, d), new_valid (b, s'):
         s' = W - 1 for a window, else the largest number of valid keys in a row so far.
+
+    Any valid masks are allowed. They are first *packed* — the cache's valid slots moved to its end,
+    this call's valid tokens to its start, order kept (a permutation from cumulative counts) — after
+    which "the last W valid keys" is a plain band of positions cut below by one per-row bound, which
+    every backend handles without looking at the data. Caches made by this function are already
+    packed, and so is a right-padded batch: the permutation is then the identity.
     """
     b, lq, h, hkv, d = _check_attention(q, k, v, window, cache_k, cache_v, cache_valid, valid)
-    k_all, v_all, valid_all = _concat_with_cache(k, v, cache_k, cache_v, cache_valid, valid)
-    S = k_all.shape[1]
-    s = S - lq  # query i sits at key position s + i
-    # cnt[j] = number of valid keys at positions ≤ j. Key j is among the last W valid keys up to query
-    # position t iff cnt[j] > cnt[t] - W; counting per row makes rows with different padding right.
-    cnt = valid_all.cumsum(1)  # (b, S)
-    q_pos = torch.arange(s, S, device=q.device)  # (lq,)
-    q_cnt = cnt[:, s:]  # (b, lq)
-    q_valid = valid_all[:, s:]  # (b, lq)
+    backend = _backend if backend is None else backend
+    if backend not in BACKENDS:
+        raise ValueError(f"window_attention: backend must be one of {BACKENDS}, got {backend!r}")
+    dest = None
+    if valid is not None:
+        src, dest = _packing(valid, valid_last=False)
+        q, k, v = _gather_time(q, src), _gather_time(k, src), _gather_time(v, src)
+        n_new = valid.sum(1)
+    else:
+        n_new = torch.full((b,), lq, dtype=torch.long, device=q.device)
+    if cache_k is None:
+        cache_k = cache_v = k.new_zeros(b, 0, hkv, d)
+    cache_k, cache_v = cache_k.to(k.dtype), cache_v.to(v.dtype)
+    s = cache_k.shape[1]
+    if cache_valid is not None:
+        src_c, _ = _packing(cache_valid, valid_last=True)
+        cache_k, cache_v = _gather_time(cache_k, src_c), _gather_time(cache_v, src_c)
+        lo = s - cache_valid.sum(1)  # (b,) first valid cache position
+    else:
+        lo = torch.zeros(b, dtype=torch.long, device=q.device)
+    k_all, v_all = torch.cat([cache_k, k], 1), torch.cat([cache_v, v], 1)
+    S = s + lq
 
-    if s == 0 and (window is None or window >= lq) and _right_padded(valid_all):
-        # Plain causal attention: is_causal lets the fused kernel skip the masked half (~3x on CPU).
-        # Right padding (a batch of streams of different lengths) keeps it exact: a valid query only
-        # sees earlier keys, all valid; padding queries are zeroed below.
+    w_eff = None if window is None or window >= S else window  # a band covering everything: causal
+    if s == 0 and w_eff is None and backend != "dense":
+        # Plain causal attention (after packing, exact for any padding): is_causal lets the fused
+        # kernel (flash on CUDA and CPU) skip the masked half.
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), _expand_kv(k_all, h), _expand_kv(v_all, h), is_causal=True
         ).transpose(1, 2)
-        if valid is not None:
-            out = out * q_valid[:, :, None, None]
-        return (out, *_new_cache(k_all, v_all, valid_all, window))
+    elif w_eff is None or backend == "dense" or lq <= 2 * w_eff:
+        # short calls (a streaming tick, one generated token) and full attention over a cache
+        out = _dense(q, k_all, v_all, s, w_eff, lo)
+    elif backend == "flex" or (backend == "auto" and flex_available(q.device)):
+        out = _flex(q, k_all, v_all, s, w_eff, lo)
+    else:
+        out = _blocked(q, k_all, v_all, s, w_eff, lo)
 
-    block = lq if window is None else max(window, _MIN_QUERY_BLOCK)
-    if lq <= 2 * block:
-        block = lq
-    out = q.new_empty(b, lq, h, d)
-    for i0 in range(0, lq, max(block, 1)):
-        i1 = min(i0 + block, lq)
-        # Earliest key any query of the block can see: searchsorted over the monotone counts.
-        j0 = 0
-        if window is not None:
-            first = torch.searchsorted(cnt, (q_cnt[:, i0 : i0 + 1] - window).contiguous(), right=True)
-            j0 = int(first.min())
-        j1 = s + i1
-        key_pos = torch.arange(j0, j1, device=q.device)
-        mask = valid_all[:, None, j0:j1] & (
-            key_pos[None, None, :] <= q_pos[None, i0:i1, None]
-        )  # (b, lq', S')
-        if window is not None:
-            mask &= cnt[:, None, j0:j1] > (q_cnt[:, i0:i1, None] - window)
-        # Queries with no key at all (padding rows) would give NaN: let them see everything, zero later.
-        mask |= ~mask.any(-1, keepdim=True)
-        o = F.scaled_dot_product_attention(
-            q[:, i0:i1].transpose(1, 2),  # (b, h, lq', d)
-            _expand_kv(k_all[:, j0:j1], h),
-            _expand_kv(v_all[:, j0:j1], h),
-            attn_mask=mask[:, None],  # (b, 1, lq', S')
-        )
-        out[:, i0:i1] = o.transpose(1, 2)
-    out = out * q_valid[:, :, None, None]
-    new_k, new_v, new_valid = _new_cache(k_all, v_all, valid_all, window)
+    if dest is not None:
+        out = _gather_time(out, dest) * valid[:, :, None, None]
+    new_k, new_v, new_valid = _new_cache(k_all, v_all, lo, s + n_new, window)
     return out, new_k, new_v, new_valid
 
 

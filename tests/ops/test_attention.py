@@ -112,15 +112,14 @@ def test_rows_with_different_padding(window):
 
 @pytest.mark.parametrize("window", [11, 16, None])
 @pytest.mark.parametrize("holes", [False, True])
-def test_right_padded_batch_without_cache(window, holes):
-    """A training batch (no cache, rows of different lengths, window covering the call) takes the fused
-    causal kernel when the padding is on the right, the masked path otherwise: both equal the naive
-    twin, in values and in gradients."""
+def test_padded_batch_without_cache(window, holes):
+    """A training batch (no cache, rows of different lengths, window covering the call) runs the fused
+    causal kernel after packing, with right padding or holes: equal to the naive twin, in values and in
+    gradients."""
     q, k, v = _qkv(b=3, L=11, seed=11)
     valid = torch.arange(11)[None, :] < torch.tensor([11, 7, 0])[:, None]
     if holes:
         valid[0, 4] = False  # not right padding
-    assert attention._right_padded(valid) is not holes
     leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
     twins = [t.clone().requires_grad_(True) for t in (q, k, v)]
     out, nk, nv, nvalid = window_attention(*leaves, window, valid=valid)
@@ -147,16 +146,87 @@ def test_padding_never_attended_or_cached():
     assert torch.equal(nk, nk_clean) and torch.equal(nv, nv_clean) and bool(nvalid.all())
 
 
-def test_query_blocking_matches_single_block(monkeypatch):
-    q, k, v = _qkv(b=2, L=50, seed=8)
-    valid = torch.arange(50)[None, :] < torch.tensor([50, 37])[:, None]
-    valid[1, ::3] = False  # holes: row 1's window reaches further back than row 0's
-    whole = window_attention(q, k, v, 5, valid=valid)
-    monkeypatch.setattr(attention, "_MIN_QUERY_BLOCK", 1)  # blocks of 5 queries
-    blocked = window_attention(q, k, v, 5, valid=valid)
-    assert rel_err(blocked[0], whole[0]) <= TOL32
-    for a, b in zip(blocked[1:], whole[1:]):
-        assert torch.equal(a, b)
+def _random_case(seed: int, window, L: int, cache: bool, padding: bool):
+    """Random GQA inputs with an optional cache (random invalid slots anywhere) and padding with holes."""
+    gen = torch.Generator().manual_seed(seed)
+    b, h, hkv, d = 3, 4, [1, 2, 4][seed % 3], 8
+    q, k, v = (torch.randn(b, L, n, d, generator=gen) for n in (h, hkv, hkv))
+    valid = torch.rand(b, L, generator=gen) > 0.3 if padding else None
+    if valid is not None:
+        valid[1] = torch.arange(L) < L // 2  # one plainly right-padded row
+    ck = cv = cvalid = None
+    if cache:
+        s = int(torch.randint(0, 2 * (window or 4) + 2, (1,), generator=gen))
+        ck, cv = torch.randn(b, s, hkv, d, generator=gen), torch.randn(b, s, hkv, d, generator=gen)
+        cvalid = torch.rand(b, s, generator=gen) > 0.4
+    return (q, k, v), (ck, cv, cvalid, valid)
+
+
+# lengths below, at and above 2W (the blocked path starts past 2W), not multiples of the window
+@pytest.mark.parametrize("window", [1, 3, 5, 16, None])
+@pytest.mark.parametrize("L", [7, 33, 70])
+@pytest.mark.parametrize("cache", [False, True])
+@pytest.mark.parametrize("padding", [False, True])
+@pytest.mark.parametrize("backend", ["blocked", "dense"])
+def test_backends_equal_naive_twin_values_and_gradients(window, L, cache, padding, backend):
+    """Every CPU backend == the naive twin (fp32): outputs, input gradients, and the returned cache
+    exactly, for caches with invalid slots anywhere, padding with holes, GQA, any length."""
+    qkv, extra = _random_case(L + (window or 0), window, L, cache, padding)
+    leaves = [t.clone().requires_grad_(True) for t in qkv]
+    twins = [t.clone().requires_grad_(True) for t in qkv]
+    out = window_attention(*leaves, window, *extra, backend=backend)
+    ref = window_attention_ref(*twins, window, *extra)
+    assert torch.isfinite(out[0]).all()
+    assert rel_err(out[0], ref[0]) <= TOL32
+    for got, want in zip(out[1:], ref[1:]):
+        assert torch.equal(got, want)
+    w = torch.randn_like(out[0])
+    (out[0] * w).sum().backward()
+    (ref[0] * w).sum().backward()
+    for a, b in zip(leaves, twins):
+        assert rel_err(a.grad, b.grad) <= 1e-4
+
+
+@pytest.mark.parametrize("window", [3, 16])
+@pytest.mark.parametrize("cache", [False, True])
+def test_flex_backend_mask_equals_naive_twin(window, cache):
+    """The FlexAttention path's block mask and mask_mod (run eagerly on CPU, forward only: the fused
+    kernel and its backward are CUDA's, checked by tests/streaming/test_cuda.py) == the naive twin."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    attention._FLEX_BLOCK, old = 8, attention._FLEX_BLOCK  # several tiles, full and partial
+    try:
+        qkv, extra = _random_case(window, window, 70, cache, True)
+        out = window_attention(*qkv, window, *extra, backend="flex")
+    finally:
+        attention._FLEX_BLOCK = old
+        attention._flex_blocks.clear()
+    ref = window_attention_ref(*qkv, window, *extra)
+    assert rel_err(out[0], ref[0]) <= TOL32
+    for got, want in zip(out[1:], ref[1:]):
+        assert torch.equal(got, want)
+
+
+def test_windowed_call_has_no_graph_breaks():
+    """No host sync and no Python branch on data in a windowed call (blocked path, cache, padding):
+    dynamo traces it as one graph, as torch.compile of the training step needs."""
+    qkv, extra = _random_case(0, 4, 40, True, True)
+    explain = torch._dynamo.explain(lambda *a: window_attention(*a, backend="blocked"))(*qkv, 4, *extra)
+    assert explain.graph_break_count == 0, explain.break_reasons
+
+
+def test_backend_setting():
+    q, k, v = _qkv(L=40, seed=12)
+    attention.set_attention_backend("dense")
+    try:
+        dense = window_attention(q, k, v, 4)
+    finally:
+        attention.set_attention_backend("auto")
+    blocked = window_attention(q, k, v, 4)
+    assert rel_err(blocked[0], dense[0]) <= TOL32
+    with pytest.raises(ValueError, match="backend must be one of"):
+        attention.set_attention_backend("flash")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        window_attention(q, k, v, 4, backend="nope")
 
 
 def test_bad_inputs_raise_clear_errors():
