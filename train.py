@@ -50,12 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"train.py: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    from ssm_mm.data.manifest import ManifestError
+    from ssm_mm.media.errors import MediaError
+    from ssm_mm.models.multimodal import WeightsError
     from ssm_mm.training.runs import ResumeError
-    from ssm_mm.training.trainer import Trainer
+    from ssm_mm.training.trainer import DataError, Trainer
 
     try:
         result = Trainer(cfg).run()
-    except (ConfigError, ResumeError) as e:
+    except (ConfigError, ResumeError, DataError, ManifestError, MediaError, WeightsError) as e:
         print(f"train.py: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return EXIT_INTERRUPTED if result["interrupted"] else EXIT_DONE

@@ -59,6 +59,10 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+class DataError(ValueError):
+    """The training data cannot be used as a whole (e.g. every stream of a manifest was skipped)."""
+
+
 class TrainStep(nn.Module):
     """Model + losses in one ``forward`` so that DDP sees every head's parameters used."""
 
@@ -155,7 +159,7 @@ def prepare_data(cfg: Config, log=print) -> DataSetup:
         finally:  # on the first bad stream (or Ctrl-C) do not decode the rest of the manifest
             pool.shutdown(wait=True, cancel_futures=True)
         if not good:
-            raise ValueError(f"{path}: no usable stream ({len(skipped)} skipped)")
+            raise DataError(f"{path}: no usable stream ({len(skipped)} skipped)")
         return good
 
     train_streams = load(train_m)
@@ -170,7 +174,7 @@ def prepare_data(cfg: Config, log=print) -> DataSetup:
     attrs = cfg.model.attribute_names()
     missing = missing_attributes(train_streams, attrs)
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"model.recall_attribute(s) {missing}: no segment of the training streams ({train_m}) has that "
             'attribute (manifest segments\' "attributes")'
         )

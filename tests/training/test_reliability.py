@@ -332,3 +332,19 @@ def test_sigkill_fault_injection_few_kills(tmp_path, tiny_world, tiny_overrides)
 @pytest.mark.slow
 def test_sigkill_fault_injection_20_kills(tmp_path, tiny_world, tiny_overrides):
     _fault_injection(tmp_path, tiny_world, tiny_overrides, kills=20, max_steps=40, seed=29)
+
+
+# ------------------------------------------------------------- bad training data: one line, exit 2
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_bad_manifest_exits_2_in_one_line(tmp_path, tiny_world, tiny_overrides, capsys, skip):
+    """A non-UTF-8 manifest line under on_error=raise, or a manifest with no usable stream left after
+    skipping, is bad input: one line naming the file, exit 2, no traceback."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"id": "x\xff", "video": "v.mp4", "duration": 3.0}\n')
+    args = tiny_overrides(tmp_path, bad, tiny_world[1], *(["data.on_error=skip"] if skip else []))
+    assert train_cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(bad) in err, err
+    assert ("no usable stream" in err) if skip else ("UTF-8" in err or "utf-8" in err), err
