@@ -15,6 +15,11 @@ the one-by-one loop is no longer timed once it misses real time by 2x (it only g
 
     python eval/bench_sessions.py                      # -> eval/results/bench_sessions.json
     python eval/bench_sessions.py --quick --out /tmp/sessions.json
+    python eval/bench_sessions.py --device cuda --out eval/results/bench_sessions_cuda.json   # on a GPU
+
+On CUDA (``--device cuda``) the model and every session's state live on the GPU (featurizing stays on
+the CPU, as a server would do it); N climbs ``--sessions`` (default 250 ... 3000) batched only, and
+stops at the first N that misses real time: the result is the largest N served in real time.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from benchutil import (  # noqa: E402
     machine_info,
     percentiles,
     set_threads,
+    sync,
     wait_for_low_load,
     write_json,
 )
@@ -54,6 +60,7 @@ def run_rounds(model, source: AVWorldSource, n: int, batched: bool, warmup: int,
             counts = step_sessions(sessions)
             if counts != [1] * n:
                 raise RuntimeError(f"step_sessions processed {set(counts)} ticks per session, expected 1")
+            sync()
         elif any(s.ticks_done != k + 1 for s in sessions):
             raise RuntimeError(f"round {k}: a session did not process its tick")
         t2 = time.perf_counter()
@@ -83,27 +90,39 @@ def _cells(r: dict | None, header: str) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sessions", type=int, nargs="+", default=[25, 50, 100, 125, 150, 200])
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads settings to try")
+    ap.add_argument("--sessions", type=int, nargs="+", default=None, help="N to try (ascending)")
+    ap.add_argument("--threads", type=int, nargs="+", default=None, help="torch threads settings to try")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=30, help="timed rounds (ticks) per N, batched")
     ap.add_argument("--rounds-one-by-one", type=int, default=10)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="the model's config")
     ap.add_argument("--max-load", type=float, default=1.5, help="wait for this 1-min load average first")
     ap.add_argument("--quick", action="store_true", help="tiny N and few rounds (smoke test)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench_sessions.json"))
     args = ap.parse_args(argv)
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device is available")
+    if not Path(args.config).is_file():
+        ap.error(f"--config {args.config}: no such config file")
+    if args.sessions is None:
+        args.sessions = [250, 500, 750, 1000, 1500, 2000, 3000] if cuda else [25, 50, 100, 125, 150, 200]
+    if args.threads is None:
+        args.threads = [0] if cuda else [1, 2]
     if args.quick:
         args.sessions, args.threads, args.warmup, args.rounds, args.rounds_one_by_one = [2, 4], [1], 1, 2, 2
         args.max_load = 1e9
     load = wait_for_low_load(args.max_load)
-    model = build_model(DEFAULT_CONFIG, seed=0)
+    model = build_model(args.config, seed=0).to(args.device)
     source = AVWorldSource(fps=model.features.fps, tick_seconds=model.features.tick_seconds)
     tau = source.tau
     by_threads = []
     print(f"{'threads':>7} {'N':>5} " + _cells(None, "batched") + " " + _cells(None, "one by one"))
     for threads in args.threads:
         set_threads(threads)
-        rows, seq_alive = [], threads == args.threads[0]  # one-by-one only with the first setting
+        # one by one only with the first setting, and never on CUDA (thousands of single-tick forwards)
+        rows, seq_alive = [], threads == args.threads[0] and not cuda
         for n in args.sessions:
             row = {"sessions": n, "batched": run_rounds(model, source, n, True, args.warmup, args.rounds)}
             if seq_alive:
@@ -111,7 +130,9 @@ def main(argv: list[str] | None = None) -> dict:
                 seq_alive = row["one_by_one"]["p99_over_tick"] <= 2.0
             rows.append(row)
             cells = _cells(row["batched"], "") + " " + _cells(row.get("one_by_one"), "")
-            print(f"{threads:>7} {n:>5} {cells}", flush=True)
+            print(f"{torch.get_num_threads():>7} {n:>5} {cells}", flush=True)
+            if cuda and not row["batched"]["realtime"]:
+                break  # the largest real-time N is found: larger ones only take longer
         ok_b = [r["sessions"] for r in rows if r["batched"]["realtime"]]
         ok_s = [r["sessions"] for r in rows if r.get("one_by_one", {}).get("realtime")]
         by_threads.append(
@@ -127,7 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "concurrent real-time sessions, batched step_sessions vs one by one (SPEC §9)",
         "machine": {**machine_info(), **load},
         "settings": {
-            "config": str(DEFAULT_CONFIG.relative_to(DEFAULT_CONFIG.parent.parent)),
+            "config": args.config,
+            "device": args.device,
             "weights": "random init (seed 0)",
             "speak_threshold": 1.0,
             "tick_seconds": tau,

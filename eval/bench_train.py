@@ -22,9 +22,27 @@ on the shared machine slows both alike; medians after warm-up. ``--profile`` add
     python eval/bench_train.py --quick --out /tmp/train.json
     python eval/bench_train.py --device cuda --out eval/results/bench_train_cuda.json   # on a GPU
 
-On CUDA the hybrid's SSM layers run mamba_ssm's Triton SSD kernel and attention runs SDPA; ``--bf16``
-adds bf16 autocast as ``train.bf16=true`` does. The SPEC target is a CPU one; on a GPU the figure
-says how the two compare where both have fast kernels.
+On CUDA the hybrid's SSM layers run mamba_ssm's Triton SSD kernel, its windowed attention runs
+FlexAttention with a sliding-window block mask (``--attn-backend`` picks another), the Transformer
+runs SDPA's fused causal kernel; ``--bf16`` adds bf16 autocast as ``train.bf16=true`` does. The SPEC
+target is a CPU one; on a GPU the figure says how the two compare where both have fast kernels.
+``--config`` / ``--baseline`` pick other models (issue 32: ``configs/gpu_base.yaml`` against
+``configs/gpu_base_transformer.yaml`` at 4K/16K/64K tokens); a model that runs out of GPU memory at a
+length is reported as ``"oom": true`` there (the other model still runs).
+
+**Model FLOPs** (``model_flops``, for MFU): training = 3 x forward (backward = 2 x forward), counted
+analytically per token over the backbone, where >97% of the parameters are:
+
+- projections and MLPs: 2 x (weights of every ``nn.Linear`` in the backbone);
+- attention, per layer: 4 x d_attn x (keys the query sees): QK^T and PV, each 2 FLOPs per key and
+  channel; a window W sees min(W, i + 1) keys at position i, full causal attention i + 1 (averaged
+  over the sequence, padding excluded);
+- Mamba-2 SSD scan, per layer (chunk Q, heads H, head dim P, state N, groups G): C B^T within a chunk
+  2·Q·N·G, its product with x 2·Q·P·H, chunk states B^T x 2·N·P·H, state read-out C·h 2·N·P·H.
+
+Frontends, heads, norms, the depthwise conv and elementwise ops are left out (MFU is a slight
+under-count). MFU = model FLOPs per second / the device's dense peak (``--peak-tflops``, else
+H100/H200 SXM: 989 TFLOP/s bf16, 495 TF32 for fp32).
 """
 
 from __future__ import annotations
@@ -55,10 +73,43 @@ from ssm_mm.config import TrainConfig  # noqa: E402
 from ssm_mm.data.dataset import Batch, StreamFeatures, build_example, collate, cut_window  # noqa: E402
 from ssm_mm.data.featurize import AudioFeaturizer, VideoFeaturizer  # noqa: E402
 from ssm_mm.data.manifest import Segment, StreamSpec  # noqa: E402
+from ssm_mm.layers.attention import AttentionLayer  # noqa: E402
+from ssm_mm.layers.mamba2 import Mamba2Mixer  # noqa: E402
 from ssm_mm.models.multimodal import HEADS  # noqa: E402
+from ssm_mm.ops.attention import BACKENDS, set_attention_backend  # noqa: E402
 from ssm_mm.training.trainer import TrainStep, build_optimizer  # noqa: E402
 
-MODELS = {"hybrid": DEFAULT_CONFIG, "transformer": BASELINE_CONFIG}
+# dense peak FLOP/s by device name fragment: (bf16, fp32 as TF32)
+PEAKS = {"H200": (989.4e12, 494.7e12), "H100": (989.4e12, 494.7e12), "A100": (312e12, 156e12)}
+
+
+def model_flops(model, lengths: list[int]) -> float:
+    """Training FLOPs of one step over rows of the given valid lengths (see the module docstring)."""
+    bb = model.backbone
+    linear = sum(m.weight.numel() for m in bb.modules() if isinstance(m, torch.nn.Linear))
+    fwd = 0.0
+    for n in lengths:
+        fwd += 2.0 * linear * n
+        for m in bb.modules():
+            if isinstance(m, AttentionLayer):
+                keys = n * (n + 1) / 2 if m.window is None else sum(min(m.window, i + 1) for i in range(n))
+                fwd += 4.0 * m.n_heads * m.head_dim * keys
+            elif isinstance(m, Mamba2Mixer):
+                q, h, p, d_state, g = m.chunk_size, m.nheads, m.headdim, m.d_state, m.ngroups
+                fwd += n * (2 * q * d_state * g + 2 * q * p * h + 4 * d_state * p * h)
+    return 3.0 * fwd
+
+
+def _peak_flops(device: str, bf16: bool, override: float | None) -> float | None:
+    if override:
+        return override * 1e12
+    if device != "cuda":
+        return None
+    name = torch.cuda.get_device_name(0)
+    for key, (p_bf16, p_tf32) in PEAKS.items():
+        if key in name:
+            return p_bf16 if bf16 else p_tf32
+    return None
 
 
 def avworld_batches(model, lengths: list[int], tokens_per_step: int, seed: int = 0) -> dict[int, Batch]:
@@ -66,8 +117,9 @@ def avworld_batches(model, lengths: list[int], tokens_per_step: int, seed: int =
     AVWorld stream, each the longest run of whole ticks with at most ``length`` tokens."""
     fc = model.features
     rows = {L: max(1, tokens_per_step // L) for L in lengths}
-    # ~14 tokens per tick (13 media + dialogue text): render enough stream for every batch
-    seconds = float(np.ceil(max(rows[L] * L for L in lengths) / 13 * fc.tick_seconds * 1.05 + 10))
+    # media tokens of a tick + ~1 of dialogue text: render enough stream for every batch
+    per_tick = fc.fps * fc.tick_seconds * fc.patches_per_frame + fc.tick_seconds / fc.audio_token_seconds + 1
+    seconds = float(np.ceil(max(rows[L] * L for L in lengths) / per_tick * fc.tick_seconds * 1.05 + 10))
     av = render_avworld(seconds, fc.fps, fc.sample_rate, fc.frame_size, seed)
     times = np.arange(av.frames.shape[0], dtype=np.float64) / fc.fps
     video, _ = VideoFeaturizer(fc)(av.frames, torch.from_numpy(times))
@@ -141,10 +193,26 @@ def profile_step(stepper: Stepper, batch: Batch, top: int) -> list[dict]:
     ]
 
 
+def _timed_step(st: Stepper, batch: Batch, device: str) -> float | None:
+    """Wall time of one step (None when it ran out of GPU memory; memory is freed for the next)."""
+    try:
+        t0 = time.perf_counter()
+        st.step(batch)  # float(loss) syncs
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+    except torch.OutOfMemoryError:
+        st.opt.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+        return None
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="the hybrid's config")
+    ap.add_argument("--baseline", default=str(BASELINE_CONFIG), help="the Transformer's config")
     ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
-    ap.add_argument("--tokens-per-step", type=int, default=16384)
+    ap.add_argument("--tokens-per-step", type=int, default=16384, help="rows = max(1, this // length)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default = cores)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--repeat", type=int, default=3)
@@ -153,6 +221,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-load", type=float, default=1.5, help="wait for this 1-min load average first")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (as train.bf16=true)")
+    ap.add_argument("--attn-backend", choices=BACKENDS, default="auto", help="windowed attention backend")
+    ap.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: by name)")
     ap.add_argument("--quick", action="store_true", help="short sequences, one timed step (smoke test)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench_train.json"))
     args = ap.parse_args(argv)
@@ -166,70 +236,137 @@ def main(argv: list[str] | None = None) -> dict:
         )
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device is available")
+    for flag, path in (("--config", args.config), ("--baseline", args.baseline)):
+        if not Path(path).is_file():
+            ap.error(f"{flag} {path}: no such config file")
+    set_attention_backend(args.attn_backend)
     threads = set_threads(args.threads)
     load = wait_for_low_load(args.max_load)
     tc = TrainConfig()
-    steppers = {
-        name: Stepper(build_model(path, seed=0), tc, args.device, args.bf16) for name, path in MODELS.items()
-    }
+    models = {"hybrid": args.config, "transformer": args.baseline}
+    try:
+        steppers = {
+            name: Stepper(build_model(path, seed=0), tc, args.device, args.bf16)
+            for name, path in models.items()
+        }
+    except ValueError as e:  # a config the library rejects
+        ap.error(str(e))
     for name, st in steppers.items():
         if st.model.labels != avworld_labels():
             raise RuntimeError(f"{name}: unexpected label vocabulary {st.model.labels}")
+    if steppers["hybrid"].model.features != steppers["transformer"].model.features:
+        ap.error(
+            f"{args.config} and {args.baseline} have different features: the two must see the same tokens"
+        )
+    params = {name: sum(p.numel() for p in st.model.parameters()) for name, st in steppers.items()}
+    peak = _peak_flops(args.device, args.bf16, args.peak_tflops)
     batches = avworld_batches(steppers["hybrid"].model, args.lengths, args.tokens_per_step)
     batches = {L: b.to(args.device) for L, b in batches.items()}
+
+    def make_report(complete: bool) -> dict:
+        """The JSON report over the lengths done so far (written after each, so a time limit keeps them)."""
+        ratios = [r["ratio_hybrid_over_transformer"] for r in results]
+        at = {r["length"]: r["ratio_hybrid_over_transformer"] for r in results}
+        grows = all(a is not None and b is not None and b > a for a, b in zip(ratios, ratios[1:]))
+        report = {
+            "benchmark": "training step tokens/s, hybrid vs same-size Transformer (SPEC §9 training speed)",
+            "machine": {**machine_info(), **load},
+            "settings": {
+                "device": args.device,
+                "bf16": args.bf16,
+                "attention_backend": args.attn_backend,
+                "config": args.config,
+                "baseline": args.baseline,
+                "parameters": params,
+                "peak_flops": peak,
+                "threads": threads,
+                "tokens_per_step": args.tokens_per_step,
+                "warmup": args.warmup,
+                "repeat": args.repeat,
+                "step": "TrainStep forward + losses, backward, clip_grad_norm_, AdamW (train.* defaults)",
+                "data": "AVWorld rendered in memory -> featurize -> build_example -> cut_window -> collate",
+                "flops": "3 x forward: 2 x backbone Linear weights + attention 4·d·keys + SSD scan per token",
+            },
+            "target": "ratio >= 1.3 at 4096 tokens and growing with length",
+            "results": results,
+            "ratio_grows_with_length": grows,
+            "pass": (at.get(4096) or 0.0) >= 1.3 and grows,
+        }
+        report["complete"] = complete
+        return report
+
     results = []
     print(
-        f"device={args.device}, bf16={args.bf16}, threads={threads}, {args.tokens_per_step} tokens per step"
+        f"device={args.device}, bf16={args.bf16}, threads={threads}, attention={args.attn_backend}, "
+        f"params hybrid {params['hybrid'] / 1e6:.1f}M transformer {params['transformer'] / 1e6:.1f}M"
     )
-    print(f"{'length':>7} {'rows':>5} {'tokens':>7} {'hybrid tok/s':>13} {'transf. tok/s':>14} {'ratio':>6}")
+    print(
+        f"{'length':>7} {'rows':>5} {'tokens':>7} {'hybrid tok/s':>13} {'transf. tok/s':>14} {'ratio':>6} "
+        f"{'MFU h/t':>11} {'peak GB h/t':>13}"
+    )
     for L, batch in batches.items():
         tokens = int(batch.valid.sum())
-        for st in steppers.values():
+        flops = {name: model_flops(st.model, batch.valid.sum(1).tolist()) for name, st in steppers.items()}
+        oom = {name: False for name in steppers}
+        for name, st in steppers.items():
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
             for _ in range(args.warmup):
-                st.step(batch)
+                oom[name] = oom[name] or _timed_step(st, batch, args.device) is None
         times: dict[str, list[float]] = {name: [] for name in steppers}
+        mem: dict[str, float | None] = {name: None for name in steppers}
         for _ in range(args.repeat):  # interleaved rounds
             for name, st in steppers.items():
-                t0 = time.perf_counter()
-                st.step(batch)
-                times[name].append(time.perf_counter() - t0)
+                if oom[name]:
+                    continue
+                if args.device == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                t = _timed_step(st, batch, args.device)
+                if t is None:
+                    oom[name] = True
+                    continue
+                times[name].append(t)
+                if args.device == "cuda":
+                    mem[name] = max(mem[name] or 0.0, torch.cuda.max_memory_allocated() / 2**30)
         row = {"length": L, "rows": batch.batch_size, "tokens": tokens, "max_row_tokens": batch.kind.shape[1]}
         for name, t in times.items():
+            if oom[name] or not t:
+                row[name] = {"oom": True, "model_flops": flops[name]}
+                continue
             s = summarize(t)
-            row[name] = {**s, "tokens_per_s": tokens / s["median_s"]}
+            row[name] = {
+                **s,
+                "oom": False,
+                "tokens_per_s": tokens / s["median_s"],
+                "model_flops": flops[name],
+                "model_tflops_per_s": flops[name] / s["median_s"] / 1e12,
+                "mfu": flops[name] / s["median_s"] / peak if peak else None,
+                "peak_memory_gib": mem[name],
+            }
+        h, tr = row["hybrid"], row["transformer"]
         row["ratio_hybrid_over_transformer"] = (
-            row["hybrid"]["tokens_per_s"] / row["transformer"]["tokens_per_s"]
+            h["tokens_per_s"] / tr["tokens_per_s"] if not (h["oom"] or tr["oom"]) else None
         )
-        if args.profile:
+        row["transformer_oom_only"] = tr["oom"] and not h["oom"]
+        if args.profile and not any(oom.values()):
             row["profile"] = {
                 name: profile_step(st, batch, args.profile_top) for name, st in steppers.items()
             }
         results.append(row)
+        write_json(make_report(False), args.out)
+
+        def cell(r, key, fmt):
+            return "OOM" if r["oom"] else "-" if r.get(key) is None else format(r[key], fmt)
+
+        ratio = row["ratio_hybrid_over_transformer"]
         print(
-            f"{L:>7} {batch.batch_size:>5} {tokens:>7} {row['hybrid']['tokens_per_s']:>13.0f} "
-            f"{row['transformer']['tokens_per_s']:>14.0f} {row['ratio_hybrid_over_transformer']:>6.2f}",
+            f"{L:>7} {batch.batch_size:>5} {tokens:>7} {cell(h, 'tokens_per_s', '.0f'):>13} "
+            f"{cell(tr, 'tokens_per_s', '.0f'):>14} {'-' if ratio is None else format(ratio, '.2f'):>6} "
+            f"{cell(h, 'mfu', '.3f') + '/' + cell(tr, 'mfu', '.3f'):>11} "
+            f"{cell(h, 'peak_memory_gib', '.1f') + '/' + cell(tr, 'peak_memory_gib', '.1f'):>13}",
             flush=True,
         )
-    ratios = [r["ratio_hybrid_over_transformer"] for r in results]
-    at = {r["length"]: r["ratio_hybrid_over_transformer"] for r in results}
-    report = {
-        "benchmark": "training step tokens/s, hybrid vs same-size Transformer (SPEC §9 training throughput)",
-        "machine": {**machine_info(), **load},
-        "settings": {
-            "device": args.device,
-            "bf16": args.bf16,
-            "threads": threads,
-            "tokens_per_step": args.tokens_per_step,
-            "warmup": args.warmup,
-            "repeat": args.repeat,
-            "step": "TrainStep forward + losses, backward, clip_grad_norm_, AdamW (train.* defaults)",
-            "data": "AVWorld rendered in memory -> featurize -> build_example -> cut_window -> collate",
-        },
-        "target": "ratio >= 1.3 at 4096 tokens and growing with length",
-        "results": results,
-        "ratio_grows_with_length": all(b > a for a, b in zip(ratios, ratios[1:])),
-        "pass": at.get(4096, 0.0) >= 1.3 and all(b > a for a, b in zip(ratios, ratios[1:])),
-    }
+    report = make_report(True)
     path = write_json(report, args.out)
     print(f"wrote {path}")
     return report

@@ -288,3 +288,63 @@ def test_rotary_bad_inputs():
         rotary(torch.zeros(1, 2, 1, 3), torch.zeros(1, 2))
     with pytest.raises(ValueError, match="positions must be"):
         rotary(torch.zeros(1, 2, 1, 4), torch.zeros(2, 1))
+
+
+# ------------------------------------------------------------------ CUDA (skipped without a GPU)
+
+
+def cuda_only(fn):
+    """Mark a test as a CUDA one (``-m cuda``) and skip it without a GPU."""
+    fn = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(fn)
+    return pytest.mark.cuda(fn)
+
+
+def _cuda_case(L: int, window: int, seed: int = 0):
+    """GQA inputs on CUDA with a half-valid cache and right padding plus a hole (head dim 64)."""
+    gen = torch.Generator().manual_seed(seed)
+    b, h, hkv, d, s = 2, 4, 2, 64, window - 1
+    q, k, v = (torch.randn(b, L, n, d, generator=gen) for n in (h, hkv, hkv))
+    ck, cv = torch.randn(b, s, hkv, d, generator=gen), torch.randn(b, s, hkv, d, generator=gen)
+    cvalid = torch.arange(s)[None, :] >= torch.tensor([0, s // 2])[:, None]
+    valid = torch.arange(L)[None, :] < torch.tensor([L, L - 37])[:, None]
+    valid[0, L // 3] = False
+    return (q, k, v), (ck, cv, cvalid, valid)
+
+
+@pytest.mark.parametrize("backend", ["flex", "blocked", "dense"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("L,window", [(300, 64), (1000, 128)])
+@cuda_only
+def test_cuda_backends_equal_naive_twin(backend, dtype, L, window):
+    """On the GPU (FlexAttention's fused kernel, SDPA's), values and gradients == the fp32 naive twin
+    on the CPU; bf16 within bf16 rounding."""
+    qkv, extra = _cuda_case(L, window)
+    twins = [t.clone().requires_grad_(True) for t in qkv]
+    ref = window_attention_ref(*twins, window, *extra)
+    leaves = [t.cuda().to(dtype).requires_grad_(True) for t in qkv]
+    out = window_attention(*leaves, window, *(x.cuda() for x in extra), backend=backend)
+    tol, gtol = (2e-3, 5e-3) if dtype == torch.float32 else (2e-2, 5e-2)
+    assert rel_err(out[0].float().cpu(), ref[0]) <= tol
+    assert torch.equal(out[3].cpu(), ref[3])
+    for got, want in zip(out[1:3], ref[1:3]):
+        assert rel_err(got.float().cpu(), want) <= tol
+    w = torch.randn_like(ref[0])
+    (out[0].float() * w.cuda()).sum().backward()
+    (ref[0] * w).sum().backward()
+    for a, b in zip(leaves, twins):
+        assert rel_err(a.grad.float().cpu(), b.grad) <= gtol
+
+
+@cuda_only
+def test_cuda_windowed_call_never_syncs():
+    """A windowed call on CUDA (after its first, compiling call) queues work without a host sync."""
+    qkv, extra = _cuda_case(1000, 128)
+    args = [t.cuda() for t in qkv] + [x.cuda() for x in extra]
+    for backend in ("flex", "blocked"):
+        window_attention(*args[:3], 128, *args[3:], backend=backend)  # compile, cache the block mask
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            window_attention(*args[:3], 128, *args[3:], backend=backend)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
