@@ -142,7 +142,11 @@ def avworld_batches(model, lengths: list[int], tokens_per_step: int, seed: int =
             k1 = k0
             while k1 < ex.n_ticks and int(per_tick[k0 : k1 + 1].sum()) <= L:
                 k1 += 1
-            if k1 == k0 or k1 >= ex.n_ticks:
+            if k1 == k0:
+                raise ValueError(
+                    f"length {L}: tick {k0} alone holds {int(per_tick[k0])} tokens (use longer lengths)"
+                )
+            if k1 >= ex.n_ticks:
                 raise RuntimeError(f"rendered stream too short for {rows[L]} windows of {L} tokens")
             windows.append(cut_window(ex, k0, k1, fc))
             k0 = k1
@@ -260,7 +264,10 @@ def main(argv: list[str] | None = None) -> dict:
         )
     params = {name: sum(p.numel() for p in st.model.parameters()) for name, st in steppers.items()}
     peak = _peak_flops(args.device, args.bf16, args.peak_tflops)
-    batches = avworld_batches(steppers["hybrid"].model, args.lengths, args.tokens_per_step)
+    try:
+        batches = avworld_batches(steppers["hybrid"].model, args.lengths, args.tokens_per_step)
+    except ValueError as e:
+        ap.error(str(e))
     batches = {L: b.to(args.device) for L, b in batches.items()}
 
     def make_report(complete: bool) -> dict:

@@ -90,9 +90,35 @@ def test_bench_memory_quick(tmp_path):
 def test_bench_train_quick(tmp_path):
     r = run_quick("bench_train", tmp_path)
     assert [row["length"] for row in r["results"]] == [64, 128]
+    assert r["complete"] and r["settings"]["attention_backend"] == "auto"
     for row in r["results"]:
         assert 0 < row["tokens"] <= row["rows"] * row["length"]
-        assert row["hybrid"]["tokens_per_s"] > 0 and row["transformer"]["tokens_per_s"] > 0
+        for name in ("hybrid", "transformer"):
+            m = row[name]
+            assert m["tokens_per_s"] > 0 and not m["oom"] and m["model_flops"] > 0
+            assert m["mfu"] is None and m["peak_memory_gib"] is None  # CPU: no peak, no GPU memory
+
+
+def test_bench_train_model_flops():
+    """The analytic FLOPs: per token flat in length for the windowed hybrid once past its window,
+    growing for full attention; the attention term counts exactly the keys each query sees."""
+    bt = load_script("bench_train")
+    from benchutil import BASELINE_CONFIG, DEFAULT_CONFIG, build_model
+
+    hybrid, transformer = build_model(DEFAULT_CONFIG), build_model(BASELINE_CONFIG)
+    n, W = 2048, hybrid.cfg.attn_window
+    per_token = [bt.model_flops(hybrid, [k * n]) / (k * n) for k in (1, 4)]
+    assert abs(per_token[1] / per_token[0] - 1) < 0.05
+    assert bt.model_flops(transformer, [4 * n]) / bt.model_flops(transformer, [n]) > 4 * 1.5
+    # two rows == the sum of the rows; the window's key count: W·n − W(W−1)/2 for n ≥ W
+    assert bt.model_flops(hybrid, [n, 300]) == bt.model_flops(hybrid, [n]) + bt.model_flops(hybrid, [300])
+    att = [m for m in hybrid.backbone.modules() if isinstance(m, bt.AttentionLayer)]
+    no_attn = bt.model_flops(hybrid, [n]) - 3 * sum(
+        4.0 * m.n_heads * m.head_dim * (W * n - W * (W - 1) / 2) for m in att
+    )
+    for m in att:
+        m.window = 1  # one key per query
+    assert bt.model_flops(hybrid, [n]) - no_attn == 3 * sum(4.0 * m.n_heads * m.head_dim * n for m in att)
 
 
 def test_bench_scan_times_ours_against_the_reference(tmp_path):
@@ -106,7 +132,7 @@ def test_bench_scan_times_ours_against_the_reference(tmp_path):
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the error without a GPU")
-@pytest.mark.parametrize("name", ["bench_scan", "bench_train"])
+@pytest.mark.parametrize("name", ["bench_scan", "bench_train", "bench_sessions"])
 def test_cuda_benchmarks_refuse_a_machine_without_cuda(name, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         load_script(name).main(["--device", "cuda", "--out", str(tmp_path / "x.json")])
