@@ -39,7 +39,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from ssm_mm.config import Config, ConfigError, save_config, to_dict
-from ssm_mm.data.dataset import StreamDataset, load_features
+from ssm_mm.data.dataset import StreamDataset
+from ssm_mm.data.feature_cache import load_features
 from ssm_mm.data.interleave import missing_attributes
 from ssm_mm.data.manifest import read_manifest
 from ssm_mm.data.tokenizer import load_tokenizer

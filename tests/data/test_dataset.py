@@ -18,7 +18,6 @@ from ssm_mm.data.dataset import (
     build_example,
     collate,
     cut_window,
-    load_features,
     nearest_frames,
     window_bounds,
 )
@@ -26,7 +25,7 @@ from ssm_mm.data.featurize import FeaturizerConfig
 from ssm_mm.data.interleave import AUDIO, IGNORE_INDEX, TEXT, VIDEO, TimedTokens, tick_summary_positions
 from ssm_mm.data.manifest import Segment, StreamSpec, Turn
 from ssm_mm.data.tokenizer import ByteTokenizer
-from ssm_mm.media import AudioClip, MediaError, VideoClip
+from ssm_mm.media import MediaError
 
 CFG = FeaturizerConfig(frame_size=16)  # small frames keep the synthetic tensors tiny
 TOK = ByteTokenizer()
@@ -305,67 +304,6 @@ def test_dataset_indexing_memory_cache_and_pickling(monkeypatch):
         StreamDataset(specs, CFG, TOK, answer_weights={"count": -2.0})
 
 
-def _fake_media(monkeypatch, calls):
-    def fake_video(path, fps=None, size=None, **kw):
-        calls.append(("video", Path(path).name))
-        frames = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (8, 20, 30, 3), dtype=np.uint8))
-        return VideoClip(frames=frames, timestamps=torch.arange(8, dtype=torch.float64) / 4, source_fps=4.0)
-
-    def fake_audio(path, sample_rate=16000, **kw):
-        calls.append(("audio", Path(path).name))
-        if Path(path).read_bytes() == b"broken":
-            raise MediaError(path, "corrupt audio: decoding failed")
-        x = torch.from_numpy(np.random.default_rng(1).standard_normal(32000).astype(np.float32) * 0.1)
-        return AudioClip(samples=x, sample_rate=sample_rate, t0=0.25)
-
-    monkeypatch.setattr(ds_mod, "decode_video", fake_video)
-    monkeypatch.setattr(ds_mod, "decode_audio", fake_audio)
-
-
-def test_feature_cache_is_keyed_by_content_and_settings(monkeypatch, tmp_path):
-    calls = []
-    _fake_media(monkeypatch, calls)
-    media = tmp_path / "m"
-    media.mkdir()
-    (media / "s.mp4").write_bytes(b"video bytes")
-    spec = StreamSpec(id="s", video=media / "s.mp4", audio=None, audio_from_video=True, duration=2.0)
-    cache = tmp_path / "cache"
-    first = load_features(spec, CFG, cache)
-    assert calls == [("video", "s.mp4"), ("audio", "s.mp4")]
-    again = load_features(spec, CFG, cache)
-    assert len(calls) == 2  # served from the cache
-    assert isinstance(again.video, np.memmap) and not again.video.flags.writeable
-    np.testing.assert_array_equal(again.video, first.video)
-    np.testing.assert_array_equal(again.audio, first.audio)
-    np.testing.assert_array_equal(again.video_times, first.video_times)
-    assert again.audio_t0 == first.audio_t0 == 0.25
-    # the same example whether the features came from the decoder or the cache
-    a = build_example(spec, first, TOK, LABELS, CFG)
-    b = build_example(spec, again, TOK, LABELS, CFG)
-    assert a.tokens.equal(b.tokens) and torch.equal(
-        cut_window(a, 0, 4, CFG).audio, cut_window(b, 0, 4, CFG).audio
-    )
-    # changing a video setting re-decodes the video only; changing the file re-decodes both
-    load_features(spec, FeaturizerConfig(frame_size=32), cache)
-    assert calls[2:] == [("video", "s.mp4")]
-    (media / "s.mp4").write_bytes(b"other video bytes")
-    load_features(spec, CFG, cache)
-    assert calls[3:] == [("video", "s.mp4"), ("audio", "s.mp4")]
-    assert not list(cache.glob(".*"))  # no temporary folders left behind
-
-
-def test_media_errors_name_the_stream_and_field(monkeypatch, tmp_path):
-    _fake_media(monkeypatch, [])
-    (tmp_path / "v.mp4").write_bytes(b"v")
-    (tmp_path / "a.wav").write_bytes(b"broken")
-    spec = StreamSpec(
-        id="s42", video=tmp_path / "v.mp4", audio=tmp_path / "a.wav", audio_from_video=False, duration=2.0
-    )
-    with pytest.raises(MediaError, match=r"a\.wav: stream 's42', field audio: corrupt audio") as e:
-        load_features(spec, CFG)
-    assert e.value.path == tmp_path / "a.wav"
-
-
 # ------------------------------------------------------------------------------ real media, end to end
 
 
@@ -457,6 +395,7 @@ def test_avworld_stream_end_to_end(tmp_path):
     """A generated AVWorld stream (jitter, dropped frames, audio offset, clock offset) through decoding,
     featurizing, interleaving, windowing and batching."""
     from ssm_mm.data.avworld import AVWorldConfig, frame_times, generate
+
     from ssm_mm.data.manifest import read_manifest
 
     knobs = dict(streams=2, seconds=8.0, jitter=0.03, drop=0.15, offset=0.3, clock=1000.0, seed=3)
