@@ -96,7 +96,7 @@ def tick_features(model, ds, i: int, state: bool) -> tuple[dict[str, torch.Tenso
     tick's summary position, one offline forward over the stream. Recurrent state (``state=True``):
     each Mamba layer's SSM state (H x P x N, flattened) after the tick, the stream fed tick by tick
     with the state carried (``ds`` must window by one tick)."""
-    from ssm_mm.streaming.state import SSMState
+    from ssm_mm.state import SSMState
 
     if not state:
         b = ds.collate([ds[i]])

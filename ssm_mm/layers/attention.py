@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ssm_mm.config import ModelConfig
 from ssm_mm.ops.attention import rotary, window_attention
-from ssm_mm.streaming.state import AttentionState
+from ssm_mm.state import AttentionState
 
 
 class AttentionLayer(nn.Module):

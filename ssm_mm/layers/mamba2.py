@@ -27,7 +27,7 @@ from ssm_mm.config import ModelConfig
 from ssm_mm.layers.norm import GatedRMSNorm
 from ssm_mm.ops.conv import causal_conv1d, causal_conv1d_update
 from ssm_mm.ops.ssd import ssd_scan, ssd_step
-from ssm_mm.streaming.state import SSMState
+from ssm_mm.state import SSMState
 
 # Floor on the per-token log-decay A·λ. exp(x) is exactly 0 in float32 for x <= -104, so the floor
 # changes no float32 decay, but it keeps a long time jump (an hour, an epoch-clock reset: A·λ ~ -1e9)

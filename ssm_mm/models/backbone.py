@@ -16,7 +16,7 @@ from ssm_mm.layers.attention import AttentionLayer
 from ssm_mm.layers.mamba2 import Mamba2Mixer
 from ssm_mm.layers.mlp import GatedMLP
 from ssm_mm.layers.norm import RMSNorm
-from ssm_mm.streaming.state import BackboneState, LayerState
+from ssm_mm.state import BackboneState, LayerState
 
 LAYER_TYPES: dict[str, type[nn.Module]] = {"M": Mamba2Mixer, "A": AttentionLayer}
 

@@ -15,8 +15,8 @@ One early-fusion model over the interleaved timed tokens of :mod:`ssm_mm.data.in
 Time enters twice: the temporal embedding (bounded features of the gaps and of t, see
 :mod:`ssm_mm.layers.temporal`) and the SSM decay, which advances by ``gap`` real seconds (SPEC §6).
 Gaps are computed in float64 from absolute times, so a clock shifted by hours changes nothing but
-the periodic features. The recurrent state (:class:`ModelState`) carries the backbone state and the
-times of the last token (overall and per modality), so chunked == full forward exactly.
+the periodic features. The recurrent state (:class:`ssm_mm.state.ModelState`) carries the backbone
+state and the times of the last token (overall and per modality), so chunked == full forward exactly.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from ssm_mm.data.tokenizer import TurnTokenizer, load_tokenizer, tokenizer_from_
 from ssm_mm.layers.frontends import AudioFrontend, TextFrontend, VideoFrontend
 from ssm_mm.layers.temporal import TemporalEmbedding
 from ssm_mm.models.backbone import HybridBackbone
-from ssm_mm.streaming.state import BackboneState
+from ssm_mm.state import ModelState
 
 FORMAT_VERSION = 1
 N_KINDS = 3
@@ -124,48 +124,6 @@ def record_weights_checksum(directory: str | Path) -> dict:
     tmp.write_text(json.dumps(cfg, indent=2) + "\n")
     tmp.replace(d / "config.json")
     return cfg["weights"]
-
-
-@dataclass
-class ModelState:
-    """Recurrent state of the whole model (batch axis 0).
-
-    backbone:  the hybrid stack's state.
-    last_t:    (B,) float64 time of the last token seen (-inf before the first one).
-    last_kind_t: (B, 3) float64 time of the last token of each modality (-inf = none yet).
-    """
-
-    backbone: BackboneState
-    last_t: Tensor
-    last_kind_t: Tensor
-
-    def nbytes(self) -> int:
-        return self.backbone.nbytes() + self.last_t.numel() * 8 + self.last_kind_t.numel() * 8
-
-    def detach(self) -> ModelState:
-        return ModelState(self.backbone.detach(), self.last_t.detach(), self.last_kind_t.detach())
-
-    def select(self, rows) -> ModelState:
-        return ModelState(self.backbone.select(rows), self.last_t[rows], self.last_kind_t[rows])
-
-    @classmethod
-    def stack(cls, states: list[ModelState]) -> ModelState:
-        return cls(
-            BackboneState.stack([s.backbone for s in states]),
-            torch.cat([s.last_t for s in states]),
-            torch.cat([s.last_kind_t for s in states]),
-        )
-
-    def to_dict(self) -> dict[str, Tensor]:
-        d = {f"backbone.{k}": v for k, v in self.backbone.to_dict().items()}
-        d["last_t"] = self.last_t.detach().clone()
-        d["last_kind_t"] = self.last_kind_t.detach().clone()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Tensor]) -> ModelState:
-        bb = {k[len("backbone.") :]: v for k, v in d.items() if k.startswith("backbone.")}
-        return cls(BackboneState.from_dict(bb), d["last_t"].clone(), d["last_kind_t"].clone())
 
 
 @dataclass

@@ -122,8 +122,7 @@ from ssm_mm.data.featurize import (
     audio_token_times,
 )
 from ssm_mm.data.interleave import AUDIO, TEXT, VIDEO, TimedTokens, interleave, tick_end_time, tick_of
-from ssm_mm.models.multimodal import ModelState
-from ssm_mm.streaming.state import BackboneState
+from ssm_mm.state import BackboneState, ModelState
 
 if TYPE_CHECKING:
     from ssm_mm.models.multimodal import MultimodalSSM

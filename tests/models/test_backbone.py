@@ -6,7 +6,7 @@ from support import tiny_model_config
 
 from ssm_mm.config import ModelConfig, TemporalConfig
 from ssm_mm.models.backbone import HybridBackbone
-from ssm_mm.streaming.state import AttentionState, BackboneState
+from ssm_mm.state import AttentionState, BackboneState
 
 
 def small_cfg(**kw) -> ModelConfig:
