@@ -17,7 +17,7 @@ _LAZY = {
     "HybridBackbone": "ssm_mm.models.backbone",
     "MultimodalSSM": "ssm_mm.models.multimodal",
     "StreamingSession": "ssm_mm.streaming.session",
-    "step_sessions": "ssm_mm.streaming.session",
+    "step_sessions": "ssm_mm.streaming.batched",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -50,7 +50,9 @@ import torch
 from torch import Tensor
 
 from ssm_mm.data.interleave import place_text_time, tick_of
-from ssm_mm.streaming.session import StreamEvent, StreamingSession, TickLabel, step_sessions
+from ssm_mm.streaming.batched import step_sessions
+from ssm_mm.streaming.records import StreamEvent, TickLabel
+from ssm_mm.streaming.session import StreamingSession
 
 __all__ = [
     "StreamMedia",

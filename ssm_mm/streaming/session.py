@@ -37,7 +37,7 @@ Decisions (docs/design.md gives the tick rules these follow):
   :class:`StreamingError` instead of guessing. With ``auto_step=False``, ``ask()`` first processes this
   session's completed ticks.
 * **Audio.** Multi-channel audio is mixed to mono (channel mean) and resampled to the model's rate by
-  :class:`StreamingResampler`, the chunk-exact streaming form of
+  :class:`ssm_mm.media.resampler.StreamingResampler`, the chunk-exact streaming form of
   :func:`ssm_mm.media.audio.sinc_resample` (the filter ``ssm_mm.media.resample`` uses), so pieces give
   the whole-signal result (up to float32 rounding, ~1e-7). A session takes one input rate (the first
   push's); another rate later is an error. Resampling looks ahead up to
@@ -94,6 +94,11 @@ Decisions (docs/design.md gives the tick rules these follow):
   far longer than the training questions only derails the state for the rest of the session.
 
 Sessions are not thread-safe; run one session (or one :func:`step_sessions` call) at a time.
+
+Where the parts live: this module holds the session (options, state, pushes, text, snapshots);
+:mod:`ssm_mm.streaming.records` its error and the records it emits, :mod:`ssm_mm.streaming.inputs`
+the checks of pushed media, :mod:`ssm_mm.streaming.batched` the tick stepper (every tick, a session
+alone or many together, goes through it) and :mod:`ssm_mm.media.resampler` the streaming resampler.
 """
 
 from __future__ import annotations
@@ -111,7 +116,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ssm_mm.data.featurize import (
@@ -121,8 +125,12 @@ from ssm_mm.data.featurize import (
     VideoFeaturizer,
     audio_token_times,
 )
-from ssm_mm.data.interleave import AUDIO, TEXT, VIDEO, TimedTokens, interleave, tick_end_time, tick_of
+from ssm_mm.data.interleave import TEXT, interleave, tick_end_time, tick_of
+from ssm_mm.media.resampler import ResampleRateError, ResamplerState, StreamingResampler
 from ssm_mm.state import BackboneState, ModelState
+from ssm_mm.streaming.batched import TickResult, TickWork, step_round, step_sessions
+from ssm_mm.streaming.inputs import as_audio, as_frames, as_rate, as_time, as_timestamps, is_real
+from ssm_mm.streaming.records import StreamEvent, StreamingError, TickLabel, TranscriptTurn
 
 if TYPE_CHECKING:
     from ssm_mm.models.multimodal import MultimodalSSM
@@ -152,63 +160,6 @@ _VIDEO_PIECE_FRAMES = 16
 _ITEM_BYTES = 64
 # Nominal bytes of the session's scalar cursor fields (ticks, times, counters).
 _CURSOR_BYTES = 256
-# Channels a (C, N) audio push may have; more means (N, C) was probably passed.
-_MAX_CHANNELS = 16
-# Largest polyphase kernel (elements) the streaming resampler builds (rate pairs with a tiny gcd).
-_MAX_KERNEL_ELEMENTS = 1 << 24
-
-
-class StreamingError(ValueError):
-    """Bad input to a streaming session or a call it cannot honour; the session is left unchanged."""
-
-
-# ------------------------------------------------------------------------------------------ records
-
-
-@dataclass(frozen=True)
-class TickLabel:
-    """The event label of one completed tick.
-
-    tick:   tick index (from the session's ``t0``); the tick spans ``[start, end)`` on the stream clock.
-    label:  label name (``model.labels[index]``; index 0 is ``background``).
-    score:  softmax probability of the label (of the repeated label for a tick without media).
-    speak:  sigmoid of the speak-now head at the tick (0 for a tick without media).
-    has_media: False when the tick had no media token (then the label repeats the previous tick's).
-    """
-
-    tick: int
-    start: float
-    end: float
-    label: str
-    index: int
-    score: float
-    speak: float
-    has_media: bool = True
-
-
-@dataclass(frozen=True)
-class StreamEvent:
-    """A proactive response emitted at stream time ``t`` (a tick end); ``score`` = speak-now probability."""
-
-    t: float
-    text: str
-    ids: tuple[int, ...]
-    score: float
-
-
-@dataclass(frozen=True)
-class TranscriptTurn:
-    """One text turn that entered the session's state (``record=True``).
-
-    ``ids`` are the token ids fed to the model, ``[BOT, ROLE, content..., EOT]``; ``t`` is the stream
-    time it was placed at; ``proactive`` marks assistant turns the speak-now head triggered.
-    """
-
-    t: float
-    role: str
-    ids: tuple[int, ...]
-    text: str
-    proactive: bool = False
 
 
 @dataclass(frozen=True)
@@ -257,10 +208,10 @@ class SessionOptions:
         if not mods or len(set(mods)) != len(mods) or any(m not in MODALITIES for m in mods):
             raise bad("modalities", f"expected one or both of {MODALITIES}, each once")
         object.__setattr__(self, "modalities", tuple(m for m in MODALITIES if m in mods))
-        if not _is_real(self.t0) or not math.isfinite(self.t0):
+        if not is_real(self.t0) or not math.isfinite(self.t0):
             raise bad("t0", "must be a finite number of seconds")
         object.__setattr__(self, "t0", float(self.t0))
-        if not _is_real(self.speak_threshold) or not 0.0 <= self.speak_threshold <= 1.0:
+        if not is_real(self.speak_threshold) or not 0.0 <= self.speak_threshold <= 1.0:
             raise bad("speak_threshold", "must be a probability in [0, 1]")
         object.__setattr__(self, "speak_threshold", float(self.speak_threshold))
         caps = (("max_answer_tokens", 1), ("max_buffer_bytes", 0), ("max_pending", 1))
@@ -274,7 +225,7 @@ class SessionOptions:
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be True or False")
         g = self.max_gap_seconds
-        if not _is_real(g) or not math.isfinite(g) or g < 0:
+        if not is_real(g) or not math.isfinite(g) or g < 0:
             raise bad("max_gap_seconds", "must be a finite number of seconds >= 0")
         object.__setattr__(self, "max_gap_seconds", float(g))
 
@@ -291,203 +242,6 @@ class SessionOptions:
         d = dataclasses.asdict(self)
         d["modalities"] = list(self.modalities)
         return d
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-
-
-# ---------------------------------------------------------------------------------------- resampler
-
-
-@dataclass
-class ResamplerState:
-    """Carried state of :class:`StreamingResampler` (bounded: ``carry`` < kernel length + one block).
-
-    carry:  (n,) float32 input samples from position ``q·orig − width`` on, where ``q`` is the next
-            output block (zeros stand for the samples before the stream start).
-    n_in:   input samples consumed since the stream start.
-    n_out:  output samples emitted.
-    """
-
-    carry: Tensor
-    n_in: int
-    n_out: int
-
-    def to_dict(self) -> dict:
-        return {"carry": self.carry.clone(), "n_in": self.n_in, "n_out": self.n_out}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ResamplerState:
-        return cls(carry=d["carry"].to(torch.float32).clone(), n_in=int(d["n_in"]), n_out=int(d["n_out"]))
-
-
-class StreamingResampler:
-    """Band-limited resampling of a stream in pieces, equal to resampling the whole signal at once.
-
-    :func:`ssm_mm.media.audio.sinc_resample` computes output block ``q`` (``new`` samples, rates divided
-    by their gcd) as one stride-``orig`` correlation of the zero-padded input with a polyphase kernel
-    of length ``K = 2·width + orig``: block ``q`` reads input ``[q·orig − width, q·orig + orig + width)``.
-    Here every block is computed as soon as that input range has arrived, with the same kernel and
-    dtype, and the input from the next block's start on is carried; :meth:`flush` pads the end with
-    zeros and trims to ``ceil(n_in · new / orig)`` samples, as the whole-signal call does.
-
-    ``y, state = rs(x, state)`` with x (N,) float32 -> y (M,) float32.
-    """
-
-    def __init__(self, orig_sr: int, new_sr: int):
-        from ssm_mm.media.audio import sinc_resample_kernel
-
-        g = math.gcd(int(orig_sr), int(new_sr))
-        self.orig_sr, self.new_sr = int(orig_sr), int(new_sr)
-        self.orig, self.new = self.orig_sr // g, self.new_sr // g
-        self.identity = self.orig == self.new
-        self.width = 0
-        self.kernel: Tensor | None = None
-        if not self.identity:
-            # kernel (new, 1, K) with K = 2·width + orig; refuse rate pairs whose kernel is absurd
-            base = min(self.orig, self.new) * 0.99
-            k_len = 2 * math.ceil(6 * self.orig / base) + self.orig
-            if self.new * k_len > _MAX_KERNEL_ELEMENTS:
-                raise StreamingError(
-                    f"cannot resample {self.orig_sr} Hz -> {self.new_sr} Hz: the rates share too small a "
-                    f"factor (gcd {g}), the polyphase filter would have {self.new * k_len} taps"
-                )
-            kernel, self.width = sinc_resample_kernel(self.orig, self.new)
-            self.kernel = kernel.to(torch.float32)  # (new, 1, K), the dtype sinc_resample uses for float32
-
-    @property
-    def kernel_size(self) -> int:
-        return 0 if self.identity else 2 * self.width + self.orig
-
-    @property
-    def lookahead_seconds(self) -> float:
-        """Input seconds past an output sample's time needed before it is emitted (an upper bound)."""
-        return 0.0 if self.identity else (self.orig + self.width) / self.orig_sr
-
-    def init_state(self) -> ResamplerState:
-        return ResamplerState(carry=torch.zeros(self.width, dtype=torch.float32), n_in=0, n_out=0)
-
-    def _blocks(self, buf: Tensor) -> tuple[Tensor, int]:
-        """Every complete output block of ``buf`` (starting at a block boundary − width)."""
-        k_len = self.kernel_size
-        if buf.shape[0] < k_len:
-            return torch.zeros(0, dtype=torch.float32), 0
-        nq = (buf.shape[0] - k_len) // self.orig + 1
-        x = buf[: (nq - 1) * self.orig + k_len].view(1, 1, -1)  # (1, 1, n)
-        y = F.conv1d(x, self.kernel, stride=self.orig)  # (1, new, nq): phase j of block q
-        return y[0].transpose(0, 1).reshape(-1), nq  # (nq·new,) interleaved: k = q·new + j
-
-    def __call__(self, x: Tensor, state: ResamplerState) -> tuple[Tensor, ResamplerState]:
-        if self.identity:
-            n = x.shape[0]
-            return x, ResamplerState(state.carry, state.n_in + n, state.n_out + n)
-        buf = torch.cat([state.carry, x])  # (n_carry + N,)
-        y, nq = self._blocks(buf)
-        return y, ResamplerState(
-            buf[nq * self.orig :].clone(), state.n_in + x.shape[0], state.n_out + y.shape[0]
-        )
-
-    def flush(self, state: ResamplerState) -> tuple[Tensor, ResamplerState]:
-        """The remaining output at the end of the stream (zeros assumed after the last input)."""
-        total = math.ceil(state.n_in * self.new / self.orig)
-        if self.identity or state.n_out >= total:
-            return torch.zeros(0, dtype=torch.float32), state
-        buf = torch.cat([state.carry, torch.zeros(self.width + self.orig, dtype=torch.float32)])
-        y, _ = self._blocks(buf)
-        y = y[: total - state.n_out].clone()
-        return y, ResamplerState(torch.zeros(0, dtype=torch.float32), state.n_in, total)
-
-
-# --------------------------------------------------------------------------------------- input checks
-
-
-def _as_audio(samples) -> Tensor:
-    """(N,) or (C, N) float numpy/torch -> (N,) float32 mono (channel mean); StreamingError if bad."""
-    if isinstance(samples, np.ndarray):
-        if samples.dtype.kind != "f":
-            raise StreamingError(
-                f"audio samples must be floating point (e.g. int16 PCM / 32768), got dtype {samples.dtype}"
-            )
-        samples = torch.from_numpy(np.ascontiguousarray(samples))
-    if not isinstance(samples, Tensor):
-        raise StreamingError(
-            f"audio samples must be a numpy array or torch tensor, got {type(samples).__name__}"
-        )
-    if not samples.is_floating_point():
-        raise StreamingError(
-            f"audio samples must be floating point (e.g. int16 PCM / 32768), got dtype {samples.dtype}"
-        )
-    if samples.ndim == 2:
-        if not 1 <= samples.shape[0] <= _MAX_CHANNELS:
-            raise StreamingError(
-                f"audio samples must be (N,) or (C, N) with 1..{_MAX_CHANNELS} channels, got shape "
-                f"{tuple(samples.shape)} (pass (C, N), not (N, C))"
-            )
-    elif samples.ndim != 1:
-        raise StreamingError(f"audio samples must be (N,) or (C, N), got shape {tuple(samples.shape)}")
-    x = samples.detach().to(device="cpu", dtype=torch.float32)
-    if not bool(torch.isfinite(x).all()):
-        raise StreamingError("audio samples contain NaN or Inf")
-    if x.ndim == 2:
-        x = x.mean(0)  # (N,) mono: the mean of the channels, as decode_audio mixes
-    return x.contiguous()
-
-
-def _as_rate(sample_rate) -> int:
-    if not _is_real(sample_rate) or not math.isfinite(float(sample_rate)) or float(sample_rate) <= 0:
-        raise StreamingError(f"sample_rate must be a positive number of Hz, got {sample_rate!r}")
-    if float(sample_rate) != int(sample_rate):
-        raise StreamingError(f"sample_rate must be a whole number of Hz, got {sample_rate!r}")
-    return int(sample_rate)
-
-
-def _as_time(t, what: str) -> float:
-    if isinstance(t, (np.ndarray, Tensor)) and t.ndim == 0:
-        t = t.item()
-    if not _is_real(t) or not math.isfinite(float(t)):
-        raise StreamingError(f"{what} must be a finite number of seconds, got {t!r}")
-    return float(t)
-
-
-def _as_frames(frames) -> Tensor:
-    if isinstance(frames, np.ndarray):
-        frames = torch.from_numpy(np.ascontiguousarray(frames))
-    if not isinstance(frames, Tensor):
-        raise StreamingError(
-            f"video frames must be a numpy array or torch tensor, got {type(frames).__name__}"
-        )
-    if frames.dtype != torch.uint8:
-        raise StreamingError(f"video frames must be uint8 RGB, got dtype {frames.dtype}")
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[1] == 0 or frames.shape[2] == 0:
-        raise StreamingError(
-            f"video frames must have shape (T, H, W, 3) with H, W > 0, got {tuple(frames.shape)}"
-        )
-    return frames.detach().cpu()
-
-
-def _as_timestamps(timestamps, n: int) -> Tensor:
-    try:
-        if isinstance(timestamps, Tensor):
-            ts = timestamps.detach().cpu().to(torch.float64)
-        else:
-            ts = torch.from_numpy(np.asarray(timestamps, dtype=np.float64))
-    except (TypeError, ValueError):
-        raise StreamingError(
-            f"video timestamps must be numbers (seconds), got {type(timestamps).__name__}"
-        ) from None
-    if ts.ndim != 1 or ts.shape[0] != n:
-        raise StreamingError(
-            f"got {n} frames but timestamps of shape {tuple(ts.shape)}: need one timestamp per frame"
-        )
-    if not bool(torch.isfinite(ts).all()):
-        raise StreamingError("video timestamps contain NaN or Inf")
-    if n > 1 and bool((ts[1:] < ts[:-1]).any()):
-        i = int(torch.nonzero(ts[1:] < ts[:-1])[0])
-        raise StreamingError(
-            f"video timestamps must be non-decreasing: t[{i}]={ts[i].item()} > t[{i + 1}]={ts[i + 1].item()}"
-        )
-    return ts
 
 
 # ------------------------------------------------------------------------------------- session state
@@ -557,8 +311,11 @@ def _featurizers(cfg: FeaturizerConfig) -> tuple[AudioFeaturizer, VideoFeaturize
 
 @functools.lru_cache(maxsize=32)
 def _resampler(orig_sr: int, new_sr: int) -> StreamingResampler:
-    """Shared resamplers (constants only: the polyphase kernel)."""
-    return StreamingResampler(orig_sr, new_sr)
+    """Shared resamplers (constants only: the polyphase kernel); a refused rate pair is bad input."""
+    try:
+        return StreamingResampler(orig_sr, new_sr)
+    except ResampleRateError as e:
+        raise StreamingError(str(e)) from None
 
 
 def _model_digest(model: MultimodalSSM) -> str:
@@ -697,7 +454,7 @@ class StreamingSession:
 
     def audio_lookahead(self, sample_rate: int) -> float:
         """Seconds of input audio past a time needed before audio up to that time is complete."""
-        return self._resampler(_as_rate(sample_rate)).lookahead_seconds
+        return self._resampler(as_rate(sample_rate)).lookahead_seconds
 
     def __repr__(self) -> str:
         return (
@@ -714,8 +471,8 @@ class StreamingSession:
         ``advance_to`` time."""
         self._check_open("push_video")
         self._check_declared("video")
-        x = _as_frames(frames)
-        ts = _as_timestamps(timestamps, x.shape[0])
+        x = as_frames(frames)
+        ts = as_timestamps(timestamps, x.shape[0])
         if ts.shape[0] == 0:
             return
         st = self._st
@@ -745,9 +502,9 @@ class StreamingSession:
         before an ``advance_to`` time) raises. One input rate per session."""
         self._check_open("push_audio")
         self._check_declared("audio")
-        x = _as_audio(samples)
-        sr = _as_rate(sample_rate)
-        t0 = _as_time(t0, "audio t0")
+        x = as_audio(samples)
+        sr = as_rate(sample_rate)
+        t0 = as_time(t0, "audio t0")
         st = self._st
         if st.audio_rate and sr != st.audio_rate:
             raise StreamingError(
@@ -787,7 +544,7 @@ class StreamingSession:
         complete. Started audio is filled with silence up to ``t`` (a gap longer than
         ``max_gap_seconds`` is a discontinuity, as in :meth:`push_audio`). An earlier ``t`` is a no-op."""
         self._check_open("advance_to")
-        t = _as_time(t, "advance_to time")
+        t = as_time(t, "advance_to time")
         with self._transaction():
             st = self._st
             if "video" in self.modalities and t > st.video_until:
@@ -1201,26 +958,63 @@ class StreamingSession:
             return st.end_tick
         return min(self._modality_next_tick(m) for m in self.modalities)
 
-    def _ready(self) -> bool:
-        return self._st.next_tick < self._complete_until()
-
     def _advance(self, force: bool = False) -> None:
-        """Process this session's completed ticks (one forward each)."""
+        """Process this session's completed ticks (one forward each, through the batched stepper)."""
         if not (self.options.auto_step or force):
             return
-        while self._ready():
-            _step_round([self])
+        while self._has_complete_tick():
+            step_round([self])
 
-    def _take_tick(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Remove tick ``next_tick``'s media from the buffers: (video (F,3,S,S), times (F,), audio
-        (A, D), times (A,)); the buffers are time-sorted, so a tick's media is their head."""
+    # ------------------------------------------------- stepping interface (ssm_mm.streaming.batched)
+
+    def _has_complete_tick(self) -> bool:
+        """Whether tick ``next_tick`` is complete (all its media known), so it can be processed."""
+        return self._st.next_tick < self._complete_until()
+
+    def _take_tick(self) -> TickWork | None:
+        """Remove the next complete tick's media from the buffers (time-sorted, so a tick's media is
+        their head) and hand it to the stepper with the current state; ``None`` when the tick has no
+        media: then the whole run of media-less ticks is recorded here (:meth:`_skip_empty_ticks`)."""
         st, k = self._st, self._st.next_tick
         nv = int((tick_of(st.video_times - self.t0, self.tau) <= k).sum()) if st.video_times.shape[0] else 0
         na = int((tick_of(st.audio_times - self.t0, self.tau) <= k).sum()) if st.audio_times.shape[0] else 0
-        out = (st.video_feats[:nv], st.video_times[:nv], st.audio_feats[:na], st.audio_times[:na])
+        vf, vt, af, at = st.video_feats[:nv], st.video_times[:nv], st.audio_feats[:na], st.audio_times[:na]
         st.video_feats, st.video_times = _compact(st.video_feats[nv:]), _compact(st.video_times[nv:])
         st.audio_feats, st.audio_times = _compact(st.audio_feats[na:]), _compact(st.audio_times[na:])
-        return out
+        if nv == 0 and na == 0:  # no media: no prediction, repeat the last label
+            self._skip_empty_ticks(k)  # the whole run of media-less ticks at once (a time jump is O(1))
+            return None
+        tokens = interleave(vt, at, [], self.cfg, t0=self.t0)  # (L,) this tick's media in training order
+        return TickWork(k, tick_end_time(k, self.tau, self.t0), tokens, vf, af, st.model)
+
+    def _finish_tick(self, work: TickWork, result: TickResult) -> None:
+        """Record the stepper's result for ``work`` (taken by :meth:`_take_tick`): the new state, the
+        tick's label, and the proactive response (queued for :meth:`poll`) if the head fired."""
+        st, k = self._st, work.tick
+        st.model = _compact_model_state(result.state)
+        st.last_label, st.last_score = result.label, result.score
+        self._push_label(
+            TickLabel(
+                tick=k,
+                start=self.t0 + k * self.tau,
+                end=work.end,
+                label=self.model.labels[result.label],
+                index=result.label,
+                score=result.score,
+                speak=result.speak,
+            )
+        )
+        if result.response is not None:
+            tok, ids = self.model.tokenizer, result.response
+            text = tok.decode(ids)
+            full = (tok.bot_id, tok.role_id("assistant"), *ids, tok.eot_id)
+            self._push_event(StreamEvent(t=work.end, text=text, ids=tuple(ids), score=result.speak))
+            st.n_turns += 1
+            if st.transcript is not None:
+                st.transcript.append(TranscriptTurn(work.end, "assistant", full, text, proactive=True))
+        st.next_tick = k + 1
+
+    # ------------------------------------------------------------------------------ tick records
 
     def _skip_empty_ticks(self, k: int) -> None:
         """Ticks ``k, k+1, ...`` up to the next tick with buffered media (or the first incomplete one)
@@ -1267,141 +1061,3 @@ class StreamingSession:
         if len(st.events) > self.options.max_pending:
             del st.events[0]
             st.dropped_events += 1
-
-
-# ---------------------------------------------------------------------------------- batched stepping
-
-
-@dataclass
-class _TickWork:
-    session: StreamingSession
-    tick: int
-    tokens: TimedTokens  # the tick's media tokens (session-local src)
-    video: Tensor
-    audio: Tensor
-
-
-def _step_round(sessions: list[StreamingSession]) -> None:
-    """Process the next (complete) tick of every session in ``sessions``: one batched forward over
-    the ticks that have media, heads at their summary positions, then one batched generation for the
-    sessions whose speak-now head fired."""
-    model = sessions[0].model
-    cfg = sessions[0].cfg
-    work: list[_TickWork] = []
-    for s in sessions:
-        k = s._st.next_tick
-        vf, vt, af, at = s._take_tick()
-        if vt.shape[0] == 0 and at.shape[0] == 0:  # no media: no prediction, repeat the last label
-            s._skip_empty_ticks(k)  # the whole run of media-less ticks at once (a time jump is O(1))
-            continue
-        tokens = interleave(vt, at, [], cfg, t0=s.t0)  # (L_i,) this tick's media in training order
-        work.append(_TickWork(s, k, tokens, vf, af))
-    if not work:
-        return
-    dev = sessions[0]._device
-    ppf = cfg.patches_per_frame
-    b = len(work)
-    lens = [len(w.tokens) for w in work]
-    L = max(lens)
-    pad_id = model.tokenizer.pad_id
-    kind = torch.full((b, L), TEXT, dtype=torch.int64)
-    t = torch.zeros(b, L, dtype=torch.float64)
-    src = torch.full((b, L), pad_id, dtype=torch.int64)
-    valid = torch.zeros(b, L, dtype=torch.bool)
-    f_off = a_off = 0
-    for i, w in enumerate(work):
-        n, tk = lens[i], w.tokens
-        s_i = tk.src.clone()
-        s_i[tk.kind == VIDEO] += f_off * ppf  # session-local frame -> batch frame
-        s_i[tk.kind == AUDIO] += a_off
-        kind[i, :n] = tk.kind
-        t[i, :n] = tk.t
-        src[i, :n] = s_i
-        valid[i, :n] = True
-        t[i, n:] = tk.t[-1]  # padding repeats the row's last time (Δt = 0; masked anyway)
-        f_off += w.video.shape[0]
-        a_off += w.audio.shape[0]
-    video = torch.cat([w.video for w in work]).to(dev)  # (F, 3, S, S)
-    audio = torch.cat([w.audio for w in work]).to(dev)  # (A, D)
-    states = [w.session._st.model for w in work]
-    state = states[0] if b == 1 else ModelState.stack(states)
-    out = model(kind.to(dev), t.to(dev), src.to(dev), valid.to(dev), video, audio, state)
-    last = torch.tensor(lens, device=dev) - 1  # summary position: the tick's last media token
-    h = out.hidden[torch.arange(b, device=dev), last]  # (B, d)
-    probs = torch.softmax(model.event_head(h).float(), -1)  # (B, n_labels)
-    score, label = probs.max(-1)
-    speak = torch.sigmoid(model.speak_head(h).float().squeeze(-1))  # (B,)
-    rows = [out.state.select([i]) for i in range(b)]  # per-session states (copies: compact storage)
-    fire = [i for i, w in enumerate(work) if float(speak[i]) > w.session.options.speak_threshold]
-    gen: dict[int, tuple[list[int], float]] = {}
-    by_cap: dict[int, list[int]] = {}
-    for i in fire:
-        by_cap.setdefault(work[i].session.options.max_answer_tokens, []).append(i)
-    for cap, group in by_cap.items():  # one batched generation per answer-length cap (usually one)
-        ends = [tick_end_time(work[i].tick, cfg.tick_seconds, work[i].session.t0) for i in group]
-        sub = rows[group[0]] if len(group) == 1 else ModelState.stack([rows[i] for i in group])
-        t_end = torch.tensor(ends, dtype=torch.float64, device=dev)  # (G,) each row at its tick end
-        ids, sub, _ = model.generate(sub, t_end, cap, role="assistant")
-        for j, i in enumerate(group):
-            rows[i] = sub.select([j]) if len(group) > 1 else sub
-            gen[i] = (ids[j], ends[j])
-    tok = model.tokenizer
-    for i, w in enumerate(work):
-        s, st, k = w.session, w.session._st, w.tick
-        st.model = _compact_model_state(rows[i])
-        li = int(label[i])
-        st.last_label, st.last_score = li, float(score[i])
-        s._push_label(
-            TickLabel(
-                tick=k,
-                start=s.t0 + k * s.tau,
-                end=tick_end_time(k, s.tau, s.t0),
-                label=model.labels[li],
-                index=li,
-                score=float(score[i]),
-                speak=float(speak[i]),
-            )
-        )
-        if i in gen:
-            ids_i, t_end = gen[i]
-            text = tok.decode(ids_i)
-            full = (tok.bot_id, tok.role_id("assistant"), *ids_i, tok.eot_id)
-            s._push_event(StreamEvent(t=t_end, text=text, ids=tuple(ids_i), score=float(speak[i])))
-            st.n_turns += 1
-            if st.transcript is not None:
-                st.transcript.append(TranscriptTurn(t_end, "assistant", full, text, proactive=True))
-        st.next_tick = k + 1
-
-
-@torch.no_grad()
-def step_sessions(sessions: Sequence[StreamingSession]) -> list[int]:
-    """Advance many sessions together: every completed tick of every session is processed, in rounds
-    where each session with a completed tick contributes its next tick to ONE batched forward
-    (right-padded, ``valid`` masked, so padding never touches a state; recurrent states are stacked
-    and split back with ``ModelState.stack`` / ``select``). Proactive responses of a round are
-    generated in one batched call too. Results equal stepping each session alone (up to float
-    rounding of batched matmuls). Meant for sessions opened with ``auto_step=False`` (sessions with
-    ``auto_step=True`` have nothing left to step after their pushes).
-
-    Returns the number of ticks processed per session. On any error every session is left unchanged.
-    """
-    sessions = list(sessions)
-    if not sessions:
-        return []
-    if any(not isinstance(s, StreamingSession) for s in sessions):
-        raise StreamingError("step_sessions takes StreamingSession objects")
-    if len({id(s) for s in sessions}) != len(sessions):
-        raise StreamingError("step_sessions: the same session appears twice")
-    model = sessions[0].model
-    if any(s.model is not model for s in sessions):
-        raise StreamingError("step_sessions: every session must run on the same model object")
-    start = [s.ticks_done for s in sessions]
-    with contextlib.ExitStack() as stack:
-        for s in sessions:
-            stack.enter_context(s._transaction())
-        while True:
-            ready = [s for s in sessions if s._ready()]
-            if not ready:
-                break
-            _step_round(ready)  # one tick per session, or a whole run of media-less ticks
-    return [s.ticks_done - k for s, k in zip(sessions, start)]

@@ -8,7 +8,6 @@ import torch
 from streaming_helpers import ForwardRecorder, check_session_parity, drive
 
 from ssm_mm.media import sinc_resample
-from ssm_mm.streaming.session import StreamingResampler
 
 TOL = 1e-4
 
@@ -23,29 +22,6 @@ def test_session_equals_offline_with_resampled_audio(model, media):
     m = media[1]
     audio48 = sinc_resample(m.samples, 16000, 48000)
     check_session_parity(model, m, ("video", "audio"), seed=2, audio=audio48, sr=48000)
-
-
-@pytest.mark.parametrize("orig", [44100, 22050, 48000, 8000, 16000])
-def test_streaming_resampler_equals_whole_signal(orig):
-    rng = np.random.default_rng(orig)
-    x = torch.from_numpy(rng.normal(0, 0.3, orig + 777).astype(np.float32))  # ~1 s
-    want = sinc_resample(x, orig, 16000)
-    rs = StreamingResampler(orig, 16000)
-    state, pieces, i, carry = rs.init_state(), [], 0, 0
-    while i < x.shape[0]:
-        n = int(rng.integers(1, 3000))
-        y, state = rs(x[i : i + n], state)
-        pieces.append(y)
-        carry = max(carry, state.carry.shape[0])
-        i += n
-    y, state = rs.flush(state)
-    pieces.append(y)
-    got = torch.cat(pieces)
-    assert got.shape == want.shape
-    assert (got - want).abs().max().item() <= 1e-6
-    assert state.n_out == want.shape[0]
-    # the carry stays bounded by one kernel plus one block, whatever the piece sizes
-    assert carry < max(1, rs.kernel_size + rs.orig)
 
 
 def test_media_only_session_equals_the_training_batch(model, media, avworld_dir):

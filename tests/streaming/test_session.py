@@ -420,6 +420,10 @@ BAD_CALLS = {
         "whole number",
     ),
     "other sample rate": (lambda s: s.push_audio(np.zeros(10, np.float32), 48000, 0.5), "one input rate"),
+    "unresamplable rate": (
+        lambda s: tiny_model().stream(modalities=("audio",)).push_audio(np.zeros(10, np.float32), 44101, 0.0),
+        "share too small a factor",
+    ),
     "audio going backwards": (lambda s: s.push_audio(np.zeros(10, np.float32), 16000, 0.2), "overlaps"),
     "NaN audio t0": (lambda s: s.push_audio(np.zeros(10, np.float32), 16000, float("nan")), "finite"),
     "empty question": (lambda s: s.ask(""), "empty"),
@@ -462,5 +466,8 @@ def test_a_failed_push_keeps_working_afterwards():
 
 
 def test_public_names():
+    from ssm_mm.streaming import batched, session
+
     assert ssm_mm.StreamingSession is StreamingSession
+    assert ssm_mm.step_sessions is batched.step_sessions is session.step_sessions
     assert isinstance(tiny_model().stream(), ssm_mm.StreamingSession)
