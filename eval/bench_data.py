@@ -52,7 +52,7 @@ def run_variant(args, workers: int, feature_cache: bool, run_dir: Path) -> dict:
         f"data.cache_dir={args.cache_dir}",
         f"data.num_workers={workers}",
         f"data.feature_cache={str(feature_cache).lower()}",
-        "data.avworld.val_streams=1",
+        "data.worlds.avworld.val_streams=1",
         "logging.wandb.mode=disabled",
         "logging.progress=false",
         "logging.log_every=100000",
@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.steps, args.batch_size, args.workers, args.feature_cache, args.max_load = 2, 2, [0], [1], 1e9
         args.override = [
-            "data.avworld.streams=2",
-            "data.avworld.seconds=6",
+            "data.worlds.avworld.streams=2",
+            "data.worlds.avworld.seconds=6",
             "data.window_seconds=2",
             "model.d_model=32",
             "model.headdim=16",

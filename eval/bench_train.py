@@ -125,7 +125,7 @@ def avworld_batches(model, lengths: list[int], tokens_per_step: int, seed: int =
     video, _ = VideoFeaturizer(fc)(av.frames, torch.from_numpy(times))
     audio, _, _ = AudioFeaturizer(fc)(av.audio)
     feats = StreamFeatures(video=video.numpy(), video_times=times, audio=audio.numpy(), audio_t0=0.0)
-    from ssm_mm.data.avworld import make_dialogue
+    from ssm_mm.worlds.avworld import make_dialogue
 
     dialogue = make_dialogue(av.config, 0, av.scene, 0.5)
     segments = [Segment(e.start, e.end, e.cls) for e in sorted(av.scene.events, key=lambda e: e.start)]

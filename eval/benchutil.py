@@ -137,7 +137,7 @@ BASELINE_CONFIG = REPO / "configs" / "baseline_transformer.yaml"
 
 def avworld_labels(classes: int = 4) -> list[str]:
     """The event-label vocabulary the trainer pins for AVWorld (``background`` first)."""
-    from ssm_mm.data.avworld import CLASSES
+    from ssm_mm.worlds.avworld import CLASSES
 
     return ["background"] + [c.name for c in CLASSES[:classes]]
 
@@ -153,7 +153,7 @@ def build_model(config_path: str | os.PathLike, seed: int = 0, overrides: list[s
 
     cfg = load_config(config_path, overrides or [])
     torch.manual_seed(seed)
-    return MultimodalSSM(cfg.model, cfg.features, avworld_labels(cfg.data.avworld.classes)).eval()
+    return MultimodalSSM(cfg.model, cfg.features, avworld_labels(cfg.data.worlds["avworld"].classes)).eval()
 
 
 @dataclass
@@ -162,8 +162,8 @@ class RenderedAV:
 
     frames: torch.Tensor  # (F, size, size, 3) uint8
     audio: torch.Tensor  # (N,) float32 at sample_rate
-    scene: object  # ssm_mm.data.avworld.Scene
-    config: object  # ssm_mm.data.avworld.AVWorldConfig
+    scene: object  # ssm_mm.worlds.avworld.Scene
+    config: object  # ssm_mm.worlds.avworld.AVWorldConfig
 
 
 def render_avworld(
@@ -173,7 +173,7 @@ def render_avworld(
     (shapes + pixel noise; sounds + background noise), without the encode/decode round trip."""
     import numpy as np
 
-    from ssm_mm.data.avworld import AVWorldConfig, make_scene, render_frame, sound_wave
+    from ssm_mm.worlds.avworld import AVWorldConfig, make_scene, render_frame, sound_wave
 
     cfg = AVWorldConfig(seconds=seconds, fps=fps, size=size, sample_rate=sample_rate, seed=seed)
     scene = make_scene(cfg, 0)
@@ -191,10 +191,11 @@ def render_avworld(
 class AVWorldSource:
     """Endless AVWorld-like media, rendered in memory (no files, no ffmpeg), cut into live ticks.
 
-    One AVWorld scene of ``seconds`` seconds (shapes drawn by :func:`ssm_mm.data.avworld.render_frame`,
-    sounds by :func:`~ssm_mm.data.avworld.sound_wave` plus background noise, at the model's
-    16 kHz so the session does not resample) is rendered once and looped: the media of stream time
-    ``t`` is the scene's media at ``t mod seconds``, so an hour of stream costs one scene of memory.
+    One AVWorld scene of ``seconds`` seconds (shapes drawn by
+    :func:`ssm_mm.worlds.avworld.render_frame`, sounds by :func:`~ssm_mm.worlds.avworld.sound_wave`
+    plus background noise, at the model's 16 kHz so the session does not resample) is rendered once
+    and looped: the media of stream time ``t`` is the scene's media at ``t mod seconds``, so an hour
+    of stream costs one scene of memory.
 
     ``push_tick(session, k)`` pushes what a live source has delivered when tick ``k`` can complete:
     the audio of ``[kτ, (k+1)τ)`` and every frame up to and including the first frame of tick ``k+1``

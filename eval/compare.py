@@ -33,9 +33,9 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from ssm_mm.config import AVWorldConfig
 from ssm_mm.evaluation.report import SWEEP_METRICS, get, markdown_table, plot_sweep, read_json
-from ssm_mm.evaluation.sweeps import KNOBS
+from ssm_mm.worlds.avworld import AVWorldConfig
+from ssm_mm.worlds.avworld.sweeps import KNOBS
 
 DEFAULT_METRICS = ("macro_f1", "qa_accuracy", "proactive_f1")
 LABELS = {
@@ -53,7 +53,7 @@ class CompareError(ValueError):
 
 
 def nominal() -> dict[str, float]:
-    """The in-distribution value of each sweep knob: the defaults of `data.avworld`, length x1."""
+    """The in-distribution value of each sweep knob: the defaults of `data.worlds.avworld`, length x1."""
     defaults = {f.name: f.default for f in fields(AVWorldConfig)}
     out = {k: float(defaults[field]) for k, field in KNOBS.items() if k not in ("length", "seconds")}
     out["length"] = 1.0

@@ -78,7 +78,7 @@ def run(argv: list[str] | None = None, out=None) -> dict:
         EvalOptions,
         datasets_from_config,
         format_table,
-        model_classes,
+        model_labels,
         run_suite,
     )
     from ssm_mm.models.multimodal import MultimodalSSM
@@ -108,7 +108,7 @@ def run(argv: list[str] | None = None, out=None) -> dict:
             raise EvalError(f"model={path}: cannot load it: {e}") from e
         n = models[name].num_parameters()["total"]
         log(f"model {name}: {path} ({n / 1e6:.2f} M parameters, pattern {models[name].cfg.pattern})")
-    datasets = datasets_from_config(cfg, model_classes(models), log)
+    datasets = datasets_from_config(cfg, model_labels(models), log)
     for ds in datasets:
         where = f" ({ds.manifest})" if ds.manifest is not None else ""
         skipped = f", {len(ds.skipped)} bad streams skipped" if ds.skipped else ""

@@ -26,8 +26,8 @@ import re
 import sys
 from pathlib import Path
 
-from ssm_mm.data.avworld import CLASSES, COLORS
 from ssm_mm.evaluation.report import markdown_table, read_json
+from ssm_mm.worlds.avworld import CLASSES, COLORS
 
 HEADLINE = (
     ("tick acc.", ("events", "tick_accuracy")),

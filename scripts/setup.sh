@@ -34,6 +34,18 @@ if ! command -v ffmpeg >/dev/null 2>&1; then
   fi
 fi
 
+# 1b. --dev: Debian's chromium + its driver for the browser test of the server page (tests/serve).
+if [ "$DEV" = 1 ] && ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing chromium + chromium-driver (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; } \
+      || log "WARNING: could not install chromium; the browser test will skip"
+  else
+    log "WARNING: chromium-driver not found and cannot apt-get install it (not root); the browser test will skip"
+  fi
+fi
+
 # 2. Virtual environment.
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating $VENV"
@@ -65,7 +77,7 @@ fi
 # 4. The package itself (editable) and its dependencies. Re-run only when pyproject.toml changed.
 stamp="$VENV/.ssm_mm-installed"
 extras=""
-[ "$DEV" = 1 ] && extras="dev,ref"
+[ "$DEV" = 1 ] && extras="dev,ref,serve,browser-test"
 want="$(sha256sum pyproject.toml | cut -c1-16) extras=$extras"
 if [ ! -f "$stamp" ] || ! grep -qxF "$want" "$stamp"; then
   log "installing ssm_mm${extras:+[$extras]} (editable)"

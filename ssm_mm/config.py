@@ -98,15 +98,14 @@ class ModelConfig:
     # the state, which "what color was the X when the Y last happened?" needs seconds later
     recall_head: int = 0
     # non-empty: an auxiliary head reads, at every tick and for each event label, the value of this
-    # segment attribute (manifest segments' "attributes"; AVWorld: "color" or "shape" of the event's
-    # shape) at the label's last finished segment, as a class over recall_values (filled from the
+    # segment attribute (manifest segments' "attributes", e.g. "color" of what made the sound) at the
+    # label's last finished segment, as a class over recall_values (filled from the
     # training streams when empty; train.loss_attribute weighs it): the binding the recall head asks
     # for from pixels, asked directly
     recall_attribute: str = ""
     # more segment attributes read by the same head, each a class over the shared recall_values
-    # (AVWorld: color_of_<kind> / shape_of_<colour>, the colour of each shape kind and the kind of each
-    # colour on screen throughout the event: what "color"/"kind" questions about a shape other than the
-    # event's own need); recall_attribute, if set, is the first
+    # (e.g. one per object on screen throughout the event: what questions about an object other than
+    # the event's own need); recall_attribute, if set, is the first
     recall_attributes: list[str] = field(default_factory=list)
     recall_values: list[str] = field(default_factory=list)
 
@@ -141,48 +140,33 @@ class ModelConfig:
 # ---------------------------------------------------------------------------------- data / train
 
 
-@dataclass
-class AVWorldConfig:
-    """Knobs of the built-in synthetic world (SPEC §5) used when no manifest is given.
+def _default_world() -> str:
+    from ssm_mm.worlds import DEFAULT
 
-    The generator's own (frozen, validated) config is ``ssm_mm.data.avworld.AVWorldConfig``; these
-    fields are passed to it by name (``val_*`` pick the held-out validation streams).
-    """
+    return DEFAULT
 
-    streams: int = 128
-    seconds: float = 30.0
-    fps: float = 4.0
-    jitter: float = 0.0
-    drop: float = 0.0
-    offset: float = 0.0
-    noise: float = 0.02
-    clock: float = 0.0
-    density: float = 2.0
-    classes: int = 4
-    question_every: float = 4.0
-    seed: int = 0
-    # Training streams only (validation and sweep streams use the nominal values above and the uniform
-    # question mix): timing augmentation, each stream drawing its own jitter / drop / offset within
-    # these spreads around the values above ...
-    jitter_spread: float = 0.0
-    drop_spread: float = 0.0
-    offset_spread: float = 0.0
-    # ... and the relative frequency of question types (count, color, kind, order, now; missing: 1)
-    question_mix: dict[str, float] = field(default_factory=dict)
-    val_streams: int = 8
-    val_seed: int = 1000
+
+def _world_configs() -> dict[str, Any]:
+    from ssm_mm.worlds import default_configs
+
+    return default_configs()
 
 
 @dataclass
 class DataConfig:
-    manifest: str | None = None  # a §4 JSONL file; None = AVWorld generated into cache_dir
+    manifest: str | None = None  # a §4 JSONL file; None = the world ``world`` generated into cache_dir
     val_manifest: str | None = None
     cache_dir: str = "cache"
     window_seconds: float = 10.0
     on_error: str = "raise"  # "raise" | "skip"
     num_workers: int = 0
     feature_cache: bool = True
-    avworld: AVWorldConfig = field(default_factory=AVWorldConfig)
+    # The built-in world (ssm_mm.worlds) that trains and validates when no manifest is given, and the
+    # evaluation's held-out and sweep streams: its name, and {name: config} of every registered world,
+    # each typed by that world's own config dataclass (data.worlds.<name>.<knob>=...). Older configs'
+    # data.<name> sections are read as data.worlds.<name>.
+    world: str = field(default_factory=_default_world)
+    worlds: dict[str, Any] = field(default_factory=_world_configs)
 
 
 @dataclass
@@ -257,10 +241,10 @@ class EvalConfig:
     at_end: bool = True  # train.py: run the streaming harness on the validation set at the end
     plots: bool = True
     plot_streams: int = 3  # per-stream timeline PNGs per dataset
-    # Robustness sweeps over AVWorld knobs (held-out streams generated into data.cache_dir, cached):
-    # sweep=fps sweep_values=[2,4,8], or several at once: sweeps.fps=[2,4,8] sweeps.drop=[0,0.3];
-    # sweep=all runs every knob at its default values. Knobs: length (x sweep_seconds), seconds, fps,
-    # jitter, drop, offset, clock, noise. The base world is data.avworld.
+    # Robustness sweeps over the knobs of the world data.world (held-out streams generated into
+    # data.cache_dir, cached): sweep=fps sweep_values=[2,4,8], or several at once: sweeps.fps=[2,4,8]
+    # sweeps.drop=[0,0.3]; sweep=all runs the world's sweeps at their default values. The knobs are the
+    # world's (its sweep_values); the base world is data.worlds.<data.world>.
     sweep: str | None = None
     sweep_values: list[float] = field(default_factory=list)
     sweeps: dict[str, list[float]] = field(default_factory=dict)
@@ -328,7 +312,7 @@ def load_config(
     """Build a run's config: dataclass defaults -> YAML file(s) ``path`` -> ``key=value`` overrides.
 
     Several files merge in order, later keys winning (e.g. a recipe, then a model variant:
-    ``[configs/avworld_1h.yaml, configs/baseline_ssm.yaml]``). Returns a typed :class:`Config`
+    ``[configs/default.yaml, configs/baseline_ssm.yaml]``). Returns a typed :class:`Config`
     object (plain dataclasses). Raises :class:`ConfigError` naming the bad key and the valid ones.
     """
     schema = OmegaConf.structured(Config)
@@ -345,16 +329,24 @@ def load_config(
         if loaded is not None and not isinstance(loaded, DictConfig):
             raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(loaded).__name__}")
         if loaded:
-            cfg = _merge(cfg, loaded, str(p))
+            cfg = _merge(cfg, _upgrade(loaded), str(p))
     for item in overrides or []:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override '{item}' is not of the form key=value")
         key = item.split("=", 1)[0].strip()
+        item = upgrade_key(key) + "=" + item.split("=", 1)[1]
         try:
             dot = OmegaConf.from_dotlist([item])
         except OmegaConfBaseException as e:
             raise ConfigError(f"override '{item}': {e}") from None
         cfg = _merge(cfg, dot, f"override '{key}'")
+    for name in cfg.data.worlds:  # each world's own checks, named by its section
+        try:
+            OmegaConf.to_object(cfg.data.worlds[name])
+        except ValueError as e:
+            raise ConfigError(f"data.worlds.{name}: {e}") from None
+        except OmegaConfBaseException:
+            pass  # reported with its key below
     try:
         obj = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as e:
@@ -434,7 +426,7 @@ RANGES: dict[str, tuple[str, float | None, float | None, str]] = {
     "eval.sweep_seconds": ("(", 0, None, ")"),
     "eval.sweep_seed": ("[", 0, None, ")"),
 }
-# data.avworld.* are checked by the generator's own config (ssm_mm.data.avworld.AVWorldConfig).
+# data.worlds.<name>.* are checked by each world's own config dataclass (ssm_mm.worlds).
 
 
 def _in_range(v: float, rule: tuple[str, float | None, float | None, str]) -> bool:
@@ -454,8 +446,8 @@ def _range_text(rule: tuple[str, float | None, float | None, str]) -> str:
 
 
 def check_ranges(cfg: Config) -> None:
-    """:class:`ConfigError` naming the first value outside its :data:`RANGES` entry (and the built-in
-    world's knobs when it is used), so a bad value fails before any work."""
+    """:class:`ConfigError` naming the first value outside its :data:`RANGES` entry, so a bad value
+    fails before any work."""
     for key, rule in RANGES.items():
         node: Any = cfg
         for part in key.split("."):
@@ -463,17 +455,6 @@ def check_ranges(cfg: Config) -> None:
         for v in node if isinstance(node, (list, tuple)) else [node]:
             if v is not None and not _in_range(float(v), rule):
                 raise ConfigError(f"{key}={node!r}: must be {_range_text(rule)}")
-    if cfg.data.manifest is None:  # the built-in world is generated: its own checks, now
-        from ssm_mm.data.avworld import AVWorldConfig as WorldConfig
-
-        knobs = to_dict(cfg.data.avworld)
-        knobs.pop("val_streams"), knobs.pop("val_seed")
-        if cfg.data.avworld.val_streams < 1:
-            raise ConfigError(f"data.avworld.val_streams={cfg.data.avworld.val_streams}: must be >= 1")
-        try:
-            WorldConfig.from_knobs(None, **knobs)
-        except (ValueError, TypeError) as e:
-            raise ConfigError(f"data.avworld: {e}") from None
     t = cfg.model.temporal
     if t.max_period < t.min_period or t.rate_max < t.rate_min:
         raise ConfigError(
@@ -522,12 +503,50 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError(f"train.loss_answer={bad}: weights must be finite and >= 0")
     if cfg.train.parallel not in ("ddp", "fsdp"):
         raise ConfigError(f"train.parallel='{cfg.train.parallel}': expected ddp | fsdp")
+    _check_worlds(cfg.data)
     if cfg.data.on_error not in ("raise", "skip"):
         raise ConfigError(f"data.on_error='{cfg.data.on_error}': expected raise | skip")
     if cfg.logging.wandb.mode not in ("auto", "online", "offline", "disabled"):
         raise ConfigError(
             f"logging.wandb.mode='{cfg.logging.wandb.mode}': expected auto|online|offline|disabled"
         )
+
+
+def _check_worlds(d: DataConfig) -> None:
+    """``data.world`` and every ``data.worlds`` entry name a registered world (ssm_mm.worlds)."""
+    from ssm_mm import worlds
+
+    for name, where in [(d.world, "data.world"), *((n, f"data.worlds.{n}") for n in d.worlds)]:
+        try:
+            worlds.get(name)
+        except KeyError as e:
+            raise ConfigError(f"{where}: {e.args[0]}") from None
+
+
+def _upgrade(loaded: DictConfig) -> DictConfig:
+    """An older file's ``data.<world>`` section (before worlds were plugins) as ``data.worlds.<world>``."""
+    data = loaded.get("data") if isinstance(loaded, DictConfig) else None
+    if not isinstance(data, DictConfig):
+        return loaded
+    from ssm_mm import worlds
+
+    for name in worlds.names():
+        if name in data and name not in (f.name for f in dataclasses.fields(DataConfig)):
+            section = data.pop(name)
+            data.setdefault("worlds", {})
+            data.worlds[name] = OmegaConf.merge(data.worlds.get(name, {}), section)
+    return loaded
+
+
+def upgrade_key(key: str) -> str:
+    """An override's older ``data.<world>.knob`` key as ``data.worlds.<world>.knob``."""
+    parts = key.split(".")
+    if len(parts) > 1 and parts[0] == "data":
+        from ssm_mm import worlds
+
+        if parts[1] in worlds.names():
+            return ".".join(["data", "worlds", *parts[1:]])
+    return key
 
 
 # Letters a layer pattern may use; the name -> class table lives in ssm_mm.models.backbone.

@@ -34,8 +34,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-
-from ssm_mm.evaluation.probes import (
+from probes import (
     ProbeError,
     avworld_streams,
     block_outputs,
@@ -44,6 +43,7 @@ from ssm_mm.evaluation.probes import (
     probe_parser,
     train_cut,
 )
+
 from ssm_mm.evaluation.report import write_json
 
 TARGETS = ("now", "last", "bound")
@@ -127,8 +127,8 @@ def collect(model, manifest: Path, n_streams: int, state: bool = False):
     """Tick features (name -> (T, d), see :func:`tick_features`), the rows of each target (a list of
     (tick row, probe key, colour index, stream index, binding id, the kind's last colour is the
     answer) per target name) and the stream index of each tick row (T,)."""
-    from ssm_mm.data.avworld import COLORS
     from ssm_mm.data.dataset import StreamDataset
+    from ssm_mm.worlds.avworld import COLORS
 
     specs, scenes, scenes_path = avworld_streams(manifest, n_streams)
     classes = list(model.labels[1:])
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="probe features wider than this on their top principal components (0: never)",
     )
     a = ap.parse_args(argv)
-    from ssm_mm.data.avworld import COLORS
+    from ssm_mm.worlds.avworld import COLORS
 
     model, manifest = load_probe_inputs(a)
     feats, rows, tick_stream = collect(model, manifest, a.streams, a.state)

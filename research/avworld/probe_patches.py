@@ -19,8 +19,7 @@ import sys
 from pathlib import Path
 
 import torch
-
-from ssm_mm.evaluation.probes import (
+from probes import (
     ProbeError,
     avworld_streams,
     block_outputs,
@@ -29,14 +28,15 @@ from ssm_mm.evaluation.probes import (
     probe_parser,
     train_cut,
 )
+
 from ssm_mm.evaluation.report import write_json
 
 
 def collect(model, manifest: Path, n_streams: int, margin: float = 0.05):
     """Features per depth (name -> (N, d)), colour / kind labels (N,), stream index (N,)."""
-    from ssm_mm.data.avworld import CLASSES, COLORS
     from ssm_mm.data.dataset import StreamDataset
     from ssm_mm.data.interleave import VIDEO
+    from ssm_mm.worlds.avworld import CLASSES, COLORS
 
     specs, scenes, scenes_path = avworld_streams(manifest, n_streams)
     colors, kinds = list(COLORS), [c.shape for c in CLASSES]

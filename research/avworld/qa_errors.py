@@ -30,8 +30,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from ssm_mm.data.avworld import CLASSES, COLORS, Q_COLOR, Q_NOW_COLOR, read_scenes
 from ssm_mm.evaluation.report import fraction_cell, markdown_table, read_json
+from ssm_mm.worlds.avworld import CLASSES, COLORS, Q_COLOR, Q_NOW_COLOR, read_scenes
 
 OWN_SHAPE = {c.name: c.shape for c in CLASSES}
 

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from probes import ProbeError
 
 from ssm_mm.data.dataset import StreamDataset
 from ssm_mm.data.interleave import missing_attributes, tick_last_segments
 from ssm_mm.data.manifest import read_manifest
-from ssm_mm.evaluation.probes import ProbeError
 from ssm_mm.evaluation.report import fraction_cell, markdown_table, write_json
 
 

@@ -1,10 +1,9 @@
-"""Data: the manifest (SPEC §4), the AVWorld generator (§5), dataset converters, featurizing,
-tokenizing, interleaving into timed tokens and loading.
+"""Data: the manifest (SPEC §4), dataset converters, featurizing, tokenizing, interleaving into
+timed tokens and loading. Generated data (the built-in worlds, §5) lives in :mod:`ssm_mm.worlds`.
 
 Modules (import them directly; this package import stays light, with no media or torch imports):
 
 * ``manifest``   read / validate / write JSONL manifests (``read_manifest``, ``StreamSpec``, ...)
-* ``avworld``    the built-in synthetic audio-visual world (``generate``, ``ensure_avworld``)
 * ``convert``    AVE and MUSIC-AVQA annotations -> manifests
 * ``featurize``, ``tokenizer``, ``interleave``, ``dataset``: features, text tokens, timed-token
   sequences and batches

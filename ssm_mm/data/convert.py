@@ -2,7 +2,7 @@
 
 **AVE** (Tian et al., ECCV 2018; ``Annotations.txt`` and the ``trainSet/valSet/testSet.txt`` splits):
 one line per annotated event, ``Category&VideoID&Quality&StartTime&EndTime`` (10 s clips, whole
-seconds), e.g. ``Church bell&RUhOCu3LNXM&good&0&10``. What the released files contain and how it is
+seconds), e.g. ``Acoustic guitar&RUhOCu3LNXM&good&0&10``. What the released files contain and how it is
 handled:
 
 * a header line ``Category&VideoID&Quality&StartTime&EndTime`` in some copies, not in others: skipped;
@@ -14,7 +14,7 @@ handled:
   defective line (the later one): two full-clip labels cannot both be the per-tick event label.
 
 Each video becomes a stream ``{VideoID}`` with media ``<media-dir>/{VideoID}.<ext>``, its own audio
-track, and one segment labelled with the category.
+track, and one segment labeled with the category.
 
 **MUSIC-AVQA** (Li et al., CVPR 2022; ``avqa-{train,val,test}.json``): a JSON array of records like::
 
@@ -131,7 +131,7 @@ def convert_ave(
     duration: float = 10.0,
     skip_bad: bool = False,
 ) -> tuple[list[StreamSpec], ConvertReport]:
-    """AVE ``Annotations.txt`` (or a split file) -> streams with one labelled segment each.
+    """AVE ``Annotations.txt`` (or a split file) -> streams with one labeled segment each.
 
     Args:
         annotations: the ``&``-separated annotation file.

@@ -77,7 +77,7 @@ class FeaturizerConfig:
     fps: float = 4.0  # video frames decoded per second
     frame_size: int = 64  # frames are resized to frame_size × frame_size
     patches_per_frame: int = 4  # g² patch tokens of (frame_size/g)² pixels per frame (the model patches)
-    tick_seconds: float = 0.5  # processing/labelling unit; a multiple of audio_token_seconds
+    tick_seconds: float = 0.5  # processing/labeling unit; a multiple of audio_token_seconds
 
     def __post_init__(self) -> None:
         self.validate()

@@ -3,9 +3,9 @@
 A line::
 
     {"id": "s0001", "video": "media/s0001.mp4", "audio": null, "duration": 30.0, "t0": 0.0,
-     "dialogue": [{"t": 12.5, "role": "user", "text": "how many times did the bell ring?", "type": "count"},
+     "dialogue": [{"t": 12.5, "role": "user", "text": "how many times did the dog bark?", "type": "count"},
                   {"t": 12.5, "role": "assistant", "text": "3"}],
-     "segments": [{"start": 3.0, "end": 5.5, "label": "bell"}]}
+     "segments": [{"start": 3.0, "end": 5.5, "label": "dog"}]}
 
 Fields:
 
@@ -17,9 +17,9 @@ Fields:
 * ``dialogue`` (optional): turns ``{"t", "role": "user"|"assistant", "text", "type"?}`` sorted by
   ``t`` in ``[0, duration]``; ``type`` is an optional question type ("count", "color", "order", ...).
 * ``segments`` (optional): ``{"start", "end", "label"}`` with ``0 <= start < end <= duration``, and
-  optionally ``"attributes"``: string values describing the event (AVWorld: ``{"color": "red",
-  "shape": "circle", "color_of_circle": "red", "shape_of_red": "circle", ...}``, its shape and every
-  shape on screen throughout it), targets of the recall-attribute head (``model.recall_attribute(s)``).
+  optionally ``"attributes"``: string values describing the event (e.g. ``{"color": "brown", "size":
+  "small"}``, the look of the dog that barked), targets of the recall-attribute head
+  (``model.recall_attribute(s)``).
 
 Keys the format does not define (the rule, so that a typo never silently drops data while users can
 still carry their own metadata):
@@ -99,7 +99,7 @@ class Turn:
 
 @dataclass(frozen=True)
 class Segment:
-    """A labelled event span ``[start, end)`` in media time (seconds)."""
+    """A labeled event span ``[start, end)`` in media time (seconds)."""
 
     start: float
     end: float

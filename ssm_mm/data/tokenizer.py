@@ -224,8 +224,8 @@ def word_tokenizer_json(words: Iterable[str], unk: str = "[UNK]") -> str:
     """A word-level HF ``tokenizers`` JSON over ``words`` (ids in the given order, ``unk`` first).
 
     Text is lower-cased and split into ``\\w+`` runs and punctuation runs; a word not in the list
-    encodes as ``unk``. Decoding joins words with single spaces. For a closed-vocabulary corpus (the
-    AVWorld dialogue: :func:`ssm_mm.data.avworld.vocabulary`) this makes every word, and so every
+    encodes as ``unk``. Decoding joins words with single spaces. For a closed-vocabulary corpus (a built-in
+    world's dialogue, e.g. ``ssm_mm.worlds.<name>.vocabulary()``) this makes every word, and so every
     one-word answer, a single token.
     """
     tk = _import_tokenizers()

@@ -1,7 +1,7 @@
 """Models × datasets: the whole evaluation run behind ``eval/run.py`` and train.py's final evaluation.
 
     models = {"hybrid": MultimodalSSM.from_pretrained("runs/default/final"), ...}
-    datasets = datasets_from_config(cfg, classes=4)        # the manifest and/or sweep points
+    datasets = datasets_from_config(cfg, model_labels(models))  # the manifest and/or sweep points
     results = run_suite(models, datasets, EvalOptions.from_config(cfg.eval), out_dir="runs/eval/x")
     print(format_table(results["results"]))
 
@@ -27,13 +27,14 @@ from ssm_mm.evaluation import report
 from ssm_mm.evaluation.harness import EvalError, EvalOptions, decode_each, decode_streams, evaluate
 from ssm_mm.evaluation.sweeps import ensure_point, sweep_points, sweep_spec
 from ssm_mm.models.multimodal import MultimodalSSM
+from ssm_mm.worlds import World, selected
 
 __all__ = [
     "Dataset",
     "load_dataset",
     "datasets_from_config",
     "sweep_datasets",
-    "model_classes",
+    "model_labels",
     "run_suite",
 ]
 
@@ -74,89 +75,70 @@ def load_dataset(
     )
 
 
-def model_classes(models: dict[str, MultimodalSSM]) -> int | None:
-    """How many AVWorld classes to generate streams with for these models (AVWorld uses the first
-    ``classes`` of its class table): enough for every event label of every model; None when a model
-    has a label that is not an AVWorld class. (A model trained on a manifest knows only the labels
-    it saw, which need not be a prefix of the table; a generated class it lacks counts as missed.)"""
-    from ssm_mm.data.avworld import CLASSES
-
-    names = [c.name for c in CLASSES]
-    need = 2  # AVWorld's minimum
-    for m in models.values():
-        for label in m.labels[1:]:
-            if label not in names:
-                return None
-            need = max(need, names.index(label) + 1)
-    return need
+def model_labels(models: dict[str, MultimodalSSM]) -> list[str]:
+    """Every event label (``background`` excluded) some model knows, in first-seen order: what streams
+    generated for these models should carry."""
+    return list(dict.fromkeys(label for m in models.values() for label in m.labels[1:]))
 
 
-def _base_world(cfg, classes: int | None) -> tuple[dict, int, int]:
-    """AVWorld knobs of ``data.avworld`` (the model's class count; the training-only knobs reset by
-    ``nominal_knobs``), and its val_streams / val_seed."""
-    from dataclasses import asdict
-
-    from ssm_mm.data.avworld import nominal_knobs
-
-    world = asdict(cfg.data.avworld)
-    val_streams, val_seed = world.pop("val_streams"), world.pop("val_seed")
-    world.update(nominal_knobs(world))  # spreads and question mix shape training streams only
-    if classes is not None:
-        world["classes"] = classes
-    return world, val_streams, val_seed
+def _base_world(cfg, labels: list[str] | None) -> tuple[World, object | None]:
+    """The world ``data.world`` and its config ``data.worlds.<name>`` adapted to carry ``labels``
+    (``World.covering``; None when the labels are not that world's); the config as is without labels."""
+    world, world_cfg = selected(cfg.data)
+    return world, world_cfg if labels is None else world.covering(world_cfg, labels)
 
 
-def sweep_datasets(cfg, classes: int | None, log=print) -> list[Dataset]:
-    """One dataset per sweep point of ``eval.sweep`` / ``eval.sweeps`` (none when no sweep is asked)."""
+def sweep_datasets(cfg, labels: list[str] | None, log=print) -> list[Dataset]:
+    """One dataset per sweep point of ``eval.sweep`` / ``eval.sweeps`` (none when no sweep is asked);
+    ``labels``: the models' (:func:`model_labels`)."""
     ec = cfg.eval
-    spec = sweep_spec(ec.sweep, list(ec.sweep_values), dict(ec.sweeps))
+    world, base = _base_world(cfg, labels)
+    spec = sweep_spec(ec.sweep, list(ec.sweep_values), dict(ec.sweeps), world)
     if not spec:
         return []
-    if classes is None:
-        raise EvalError("robustness sweeps generate AVWorld streams: the models must label AVWorld classes")
-    world, _, _ = _base_world(cfg, classes)
-    base = {**world, "streams": ec.sweep_streams, "seconds": ec.sweep_seconds, "seed": ec.sweep_seed}
+    if base is None:
+        raise EvalError(
+            f"robustness sweeps generate {world.name!r} streams: the models' labels {labels} are not "
+            "that world's (data.world)"
+        )
     out = []
     for knob, values in spec.items():
-        for p in sweep_points(knob, values, base):
+        held_out = dict(streams=ec.sweep_streams, seconds=ec.sweep_seconds, seed=ec.sweep_seed)
+        for p in sweep_points(world, base, knob, values, **held_out):
             t = time.perf_counter()
-            path = ensure_point(p, cfg.data.cache_dir)
+            path = ensure_point(world, p, cfg.data.cache_dir)
             dt = time.perf_counter() - t
             if dt > 1.0:
-                log(f"generated sweep point {p.name}: {p.world['streams']} streams in {dt:.0f} s")
+                log(f"generated sweep point {p.name}: {ec.sweep_streams} streams in {dt:.0f} s")
             out.append(load_dataset(path, name=p.name, knob=knob, value=p.value))
     return out
 
 
-def datasets_from_config(cfg, classes: int | None, log=print) -> list[Dataset]:
+def datasets_from_config(cfg, labels: list[str] | None, log=print) -> list[Dataset]:
     """The datasets a config asks for (``cfg``: :class:`ssm_mm.config.Config`).
 
     * ``data.manifest`` (else ``data.val_manifest``) when given;
     * one dataset per sweep point of ``eval.sweep`` / ``eval.sweeps`` (:mod:`ssm_mm.evaluation.sweeps`);
-    * with neither: the AVWorld validation streams train.py validates on (``data.avworld`` with
-      ``val_streams`` / ``val_seed``, generated into ``data.cache_dir`` if needed).
+    * with neither: the validation streams of the world ``data.world`` train.py validates on
+      (generated into ``data.cache_dir`` if needed).
 
-    ``classes``: the models' number of AVWorld classes (:func:`model_classes`), None if not AVWorld.
+    ``labels``: the models' event labels (:func:`model_labels`), which generated streams must carry.
     """
-    from ssm_mm.data.avworld import ensure_avworld
-
     d = cfg.data
-    sweeps = sweep_datasets(cfg, classes, log)
+    sweeps = sweep_datasets(cfg, labels, log)
     manifest = d.manifest or d.val_manifest
     out: list[Dataset] = []
     if manifest:
         out.append(load_dataset(manifest, on_error=d.on_error, streams=cfg.eval.streams))
     elif not sweeps:
-        if classes is None:
+        world, world_cfg = _base_world(cfg, labels)
+        if world_cfg is None:
             raise EvalError(
-                "no data.manifest given and the model's labels are not AVWorld classes: "
-                "give data.manifest=PATH"
+                f"no data.manifest given and the model's labels {labels} are not those of the world "
+                f"{world.name!r} (data.world): give data.manifest=PATH"
             )
-        world, val_streams, val_seed = _base_world(cfg, classes)
-        path = ensure_avworld(
-            Path(d.cache_dir) / "avworld", **{**world, "streams": val_streams, "seed": val_seed}
-        )
-        out.append(load_dataset(path, name="avworld-val", streams=cfg.eval.streams))
+        path = world.ensure(Path(d.cache_dir) / world.name, world_cfg, "val")
+        out.append(load_dataset(path, name=f"{world.name}-val", streams=cfg.eval.streams))
     return out + sweeps
 
 

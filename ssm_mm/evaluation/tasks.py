@@ -6,7 +6,7 @@ From a manifest line (:class:`~ssm_mm.data.manifest.StreamSpec`):
 * **Event localization.** The true label of tick ``k`` (media time ``[kτ, (k+1)τ)``) is the label
   covering most of it (:func:`~ssm_mm.data.interleave.tick_event_labels`); the stream has
   ``ceil(duration/τ)`` ticks. The prediction is the session's :class:`TickLabel` of that tick; ticks
-  the session never labelled (media shorter than the declared duration) have no prediction (index
+  the session never labeled (media shorter than the declared duration) have no prediction (index
   −1: wrong, not a class); labels of ticks past the duration are ignored, as training ignores that
   media. Per-span (AVE-style per-second) labels coarsen both by the same rule
   (:func:`ssm_mm.metrics.coarsen_labels`).

@@ -14,12 +14,12 @@ Which library does what, and why:
   ``audio.sinc_resample``, our torch implementation of the same Hann-windowed sinc filter
   (same defaults, tested against torchaudio where it loads and against analytic signals).
 * **Probing** (``probe.py``): PyAV reads headers and one packet, for the manifest validator.
-* **Writing** (``write.py``): PyAV encoders bundled with its ffmpeg (h264/aac mp4 for AVWorld; every
-  test format). Library code never needs the ffmpeg command-line tool.
+* **Writing** (``write.py``): PyAV encoders bundled with its ffmpeg (h264/aac mp4 for the built-in
+  worlds; every test format). Library code never needs the ffmpeg command-line tool.
 
 **Media time.** All times are seconds on the file's own presentation timeline. For files with video
 it is the timestamp as stored: a video whose first frame is at 0.3 s, or an audio track that starts
-0.5 s after the video (how AVWorld encodes its audio/video offset), keeps that offset. Audio-only
+0.5 s after the video (how a generated world encodes its audio/video offset), keeps that offset. Audio-only
 files are measured from their start, so formats that store an encoder delay as a start time (mp3)
 come out with their first sample at 0. Known limit: mp3 *inside AVI* carries the encoder delay as
 real leading samples (the container cannot say otherwise), shifting its sound by ~25-70 ms.
@@ -31,7 +31,7 @@ Submodules import decord/PyAV lazily, so ``import ssm_mm.media`` is cheap.
 import importlib
 
 # Lazy exports (PEP 562): ``from ssm_mm.media import decode_video`` loads only what it needs, so tools
-# that only write media (the AVWorld generator) do not pay for importing torch.
+# that only write media (the world generators) do not pay for importing torch.
 _EXPORTS = {
     "AudioClip": "audio",
     "decode_audio": "audio",

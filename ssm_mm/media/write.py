@@ -1,7 +1,7 @@
 """Writing real media files with PyAV: video frames at explicit timestamps, audio from a given start time.
 
-Used by the AVWorld generator and by tests that need small files of every format. Codecs are chosen
-from the file extension among the encoders bundled with PyAV's ffmpeg:
+Used by the world generators (ssm_mm.worlds) and by tests that need small files of every format.
+Codecs are chosen from the file extension among the encoders bundled with PyAV's ffmpeg:
 
 =========  ==========================  ==========================
 extension  video                       audio
@@ -117,7 +117,7 @@ class MediaWriter:
         sample_rate: audio rate in Hz; give it to write audio (mono).
         audio_t0: presentation time of the first audio sample, seconds (>= 0).
         video_codec, audio_codec: override the codec choice.
-        crf: h264 quality (lower is better; AVWorld wants clean colours).
+        crf: h264 quality (lower is better; generated worlds want clean colours).
         threads: encoder threads (1 keeps the output byte-identical from run to run).
         pix_fmt: ``yuv420p`` (what most files use: chroma at half resolution) or ``yuv444p`` (h264
             High 4:4:4, full-resolution colour: small coloured shapes keep their edges).

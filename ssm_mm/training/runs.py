@@ -54,8 +54,6 @@ MAY_CHANGE_ON_RESUME = (
     "data.cache_dir",
     "data.feature_cache",
     "data.val_manifest",
-    "data.avworld.val_streams",
-    "data.avworld.val_seed",
     "logging.",
     "eval.",
 )
@@ -81,7 +79,32 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def _may_change(key: str) -> bool:
-    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in MAY_CHANGE_ON_RESUME)
+    if any(key == k or (k.endswith(".") and key.startswith(k)) for k in MAY_CHANGE_ON_RESUME):
+        return True
+    # a world's split knobs (which held-out streams validate) may change too: data.worlds.<name>.<knob>
+    parts = key.split(".")
+    if len(parts) == 4 and parts[:2] == ["data", "worlds"]:
+        from ssm_mm import worlds
+
+        return parts[2] in worlds.names() and parts[3] in worlds.get(parts[2]).split_knobs
+    return False
+
+
+def upgrade_view(old: dict[str, Any]) -> dict[str, Any]:
+    """A resume view written before worlds were plugins, in today's keys: ``data.<world>.knob`` read as
+    ``data.worlds.<world>.knob``, and the keys that change added then (``data.world``, a world's knobs
+    that were not in the config yet) at their defaults, so such a run resumes as it was."""
+    from ssm_mm import worlds
+    from ssm_mm.config import Config, to_dict, upgrade_key
+
+    if not any(k.split(".")[:2] == ["data", n] for k in old for n in worlds.names()):
+        return old
+    out = {upgrade_key(k): v for k, v in old.items()}
+
+    for k, v in resume_view(to_dict(Config())).items():
+        if k.startswith(("data.world.", "data.worlds.")) or k == "data.world":
+            out.setdefault(k, v)
+    return dict(sorted(out.items()))
 
 
 def resume_view(cfg_dict: dict) -> dict[str, Any]:
@@ -166,6 +189,7 @@ def plan_start(cfg, cfg_dict: dict) -> StartPlan:
                 from ssm_mm.training.checkpoint import load_checkpoint
 
                 old = resume_view(load_checkpoint(path).get("config") or {})
+            old = upgrade_view(old)
             diff = config_diff(old, plan.view, legacy=legacy)
             if diff:
                 raise ResumeError(

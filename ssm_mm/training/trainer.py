@@ -2,7 +2,7 @@
 
 ``Trainer(cfg).run()`` is everything ``train.py`` does:
 
-1. data: the manifest (or AVWorld generated into the cache on first use), validated, with bad
+1. data: the manifest (or the built-in world generated into the cache on first use), validated, with bad
    streams skipped and counted when ``data.on_error=skip``; features decoded once into a disk cache;
 2. model + AdamW (no weight decay on gains/biases) + linear warm-up and cosine decay;
 3. the loop: every micro-step each batch slot runs its next window with its carried recurrent state
@@ -118,17 +118,16 @@ def _data_workers() -> int:
 
 
 def prepare_data(cfg: Config, log=print) -> DataSetup:
-    """Manifests (AVWorld on first use), validation with skip/raise, feature cache warm-up."""
-    from ssm_mm.data.avworld import ensure_avworld, nominal_knobs
+    """Manifests (the world ``data.world`` generated on first use), validation with skip/raise,
+    feature cache warm-up."""
+    from ssm_mm import worlds
 
     d = cfg.data
     cache = Path(d.cache_dir)
     if d.manifest is None:
-        knobs = to_dict(d.avworld)
-        val_streams, val_seed = knobs.pop("val_streams"), knobs.pop("val_seed")
-        train_m = ensure_avworld(cache / "avworld", workers=_data_workers(), **knobs)
-        knobs.update(streams=val_streams, seed=val_seed, **nominal_knobs(knobs))
-        val_m = d.val_manifest or ensure_avworld(cache / "avworld", workers=_data_workers(), **knobs)
+        world, world_cfg = worlds.selected(d)
+        train_m = world.ensure(cache / world.name, world_cfg, "train", workers=_data_workers())
+        val_m = d.val_manifest or world.ensure(cache / world.name, world_cfg, "val", workers=_data_workers())
     else:
         train_m, val_m = d.manifest, d.val_manifest
     skipped: list[tuple] = []
@@ -167,10 +166,8 @@ def prepare_data(cfg: Config, log=print) -> DataSetup:
     val_streams = load(val_m) if val_m else None
     # label vocabulary: every event label of the training and validation streams (pinned in the model)
     labels = sorted({s.label for st in train_streams + (val_streams or []) for s in st.segments})
-    if d.manifest is None:  # AVWorld: pin the full class vocabulary
-        from ssm_mm.data.avworld import CLASSES
-
-        labels = [c.name for c in CLASSES[: d.avworld.classes]]
+    if d.manifest is None and world.labels(world_cfg) is not None:  # a world may pin its whole vocabulary
+        labels = list(world.labels(world_cfg))
     labels = ["background"] + [x for x in labels if x != "background"]
     attrs = cfg.model.attribute_names()
     missing = missing_attributes(train_streams, attrs)
@@ -559,7 +556,7 @@ class Trainer:
             EvalOptions,
             format_table,
             headline,
-            model_classes,
+            model_labels,
             run_suite,
         )
         from ssm_mm.evaluation.suite import sweep_datasets
@@ -570,7 +567,7 @@ class Trainer:
             streams = streams[: cfg.eval.streams]
         name = Path(cfg.train.run_dir).name or "model"
         datasets = [Dataset("val", streams, data.val_manifest)]
-        datasets += sweep_datasets(cfg, model_classes({name: model}), logger.print)
+        datasets += sweep_datasets(cfg, model_labels({name: model}), logger.print)
         t = time.perf_counter()
         res = run_suite(
             {name: model},

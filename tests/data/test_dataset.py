@@ -394,7 +394,7 @@ def test_real_media_error_names_stream(real_manifest, tmp_path):
 def test_avworld_stream_end_to_end(tmp_path):
     """A generated AVWorld stream (jitter, dropped frames, audio offset, clock offset) through decoding,
     featurizing, interleaving, windowing and batching."""
-    from ssm_mm.data.avworld import AVWorldConfig, frame_times, generate
+    from ssm_mm.worlds.avworld import AVWorldConfig, frame_times, generate
 
     from ssm_mm.data.manifest import read_manifest
 

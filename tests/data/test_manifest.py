@@ -352,7 +352,7 @@ def test_manifests_we_write_read_without_warnings(tmp_path):
     """AVWorld and the AVE / MUSIC-AVQA converters write nothing a reader would warn about."""
     import warnings
 
-    from ssm_mm.data.avworld import generate
+    from ssm_mm.worlds.avworld import generate
     from ssm_mm.data.convert import convert_ave, convert_music_avqa
 
     fixtures = Path(__file__).resolve().parents[1] / "fixtures"

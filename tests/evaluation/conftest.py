@@ -7,7 +7,7 @@ import torch
 from eval_helpers import TINY
 
 from ssm_mm.config import load_config
-from ssm_mm.data.avworld import generate
+from ssm_mm.worlds.avworld import generate
 
 
 @pytest.fixture(autouse=True)

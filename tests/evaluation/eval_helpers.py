@@ -4,7 +4,7 @@ import torch
 from support import TINY_MODEL
 
 from ssm_mm.config import ModelConfig
-from ssm_mm.data.avworld import CLASSES
+from ssm_mm.worlds.avworld import CLASSES
 from ssm_mm.models.multimodal import MultimodalSSM
 
 LABELS = ["background"] + [c.name for c in CLASSES[:4]]  # AVWorld's default 4 classes

@@ -1,5 +1,6 @@
 """eval/run.py on bad input: a clear message naming what is wrong, exit status 2, nothing run."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -84,14 +85,25 @@ def test_the_script_itself_reports_errors(tmp_path):
     assert p.returncode == 2 and "missing" in p.stderr and "not found" in p.stderr
 
 
-def test_timing_spreads_augment_training_streams_only():
+def test_timing_spreads_augment_training_streams_only(tmp_path):
     """Validation and sweep streams are rendered at the nominal timing even when training varies."""
     from ssm_mm.config import load_config
     from ssm_mm.evaluation.suite import _base_world
+    from ssm_mm.evaluation.sweeps import sweep_points
 
     cfg = load_config(
         None,
-        ["data.avworld.jitter=0.01", "data.avworld.jitter_spread=0.03", "data.avworld.offset_spread=0.5"],
+        [
+            "data.worlds.avworld.jitter=0.01",
+            "data.worlds.avworld.jitter_spread=0.03",
+            "data.worlds.avworld.offset_spread=0.5",
+            "data.worlds.avworld.seconds=6",
+            "data.worlds.avworld.val_streams=1",
+        ],
     )
-    world, _, _ = _base_world(cfg, classes=4)
-    assert world["jitter"] == 0.01 and world["jitter_spread"] == 0.0 and world["offset_spread"] == 0.0
+    world, base = _base_world(cfg, ["bell", "drum"])
+    assert base.jitter_spread == 0.03 and base.classes == 4  # training knobs kept; classes cover the labels
+    val = json.loads((world.ensure(tmp_path, base, "val").parent / "config.json").read_text())
+    (point,) = sweep_points(world, base, "fps", [8.0], streams=1, seconds=6.0, seed=5)
+    for knobs in (val, dataclasses.asdict(point.config)):
+        assert knobs["jitter"] == 0.01 and knobs["jitter_spread"] == 0.0 and knobs["offset_spread"] == 0.0

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ssm_mm.data.avworld import CLASSES, generate
+from ssm_mm.worlds.avworld import CLASSES, generate
 from ssm_mm.data.dataset import StreamDataset
 from ssm_mm.data.featurize import FeaturizerConfig
 from ssm_mm.data.manifest import read_manifest

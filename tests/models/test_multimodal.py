@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from support import tiny_model_config
 
 from ssm_mm.config import TemporalConfig, load_config
-from ssm_mm.data.avworld import CLASSES
+from ssm_mm.worlds.avworld import CLASSES
 from ssm_mm.data.dataset import StreamDataset
 from ssm_mm.data.featurize import FeaturizerConfig
 from ssm_mm.data.interleave import IGNORE_INDEX, TEXT, VIDEO

@@ -9,7 +9,7 @@ import numpy as np
 import support
 import torch
 
-from ssm_mm.data.avworld import CLASSES
+from ssm_mm.worlds.avworld import CLASSES
 from ssm_mm.data.featurize import AudioFeaturizer, VideoFeaturizer, audio_token_times
 from ssm_mm.data.interleave import TEXT, TextTurn, interleave, tick_summary_positions
 from ssm_mm.data.tokenizer import role_index

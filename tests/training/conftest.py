@@ -1,6 +1,6 @@
 import pytest
 
-from ssm_mm.data.avworld import generate
+from ssm_mm.worlds.avworld import generate
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from support import tiny_model
 
-from ssm_mm.data.avworld import CLASSES, generate
+from ssm_mm.worlds.avworld import CLASSES, generate
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,10 @@ RESEARCH = Path(__file__).resolve().parents[1]  # research/avworld/: a folder of
 
 
 def load_script(name: str):
-    """Import ``research/avworld/<name>.py`` as a module."""
+    """Import ``research/avworld/<name>.py`` as a module (its folder on ``sys.path``, as when it runs as a
+    script, so it finds the shared ``probes`` module beside it)."""
+    if str(RESEARCH) not in sys.path:
+        sys.path.insert(0, str(RESEARCH))
     spec = importlib.util.spec_from_file_location(f"research_avworld_{name}", RESEARCH / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod

@@ -10,12 +10,12 @@ import support
 import torch
 from probe_support import load_script
 
-from ssm_mm.data.avworld import CLASSES, generate
 from ssm_mm.data.dataset import StreamDataset
 from ssm_mm.data.featurize import FeaturizerConfig
 from ssm_mm.data.interleave import tick_event_counts
 from ssm_mm.data.manifest import read_manifest
 from ssm_mm.data.tokenizer import ByteTokenizer
+from ssm_mm.worlds.avworld import CLASSES, generate
 
 LABELS = ["background"] + [c.name for c in CLASSES]
 cp = load_script("count_probe")

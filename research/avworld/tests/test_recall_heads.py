@@ -9,10 +9,10 @@ import pytest
 from probe_support import load_script
 from support import tiny_model
 
-from ssm_mm.data.avworld import CLASSES, COLORS
 from ssm_mm.data.dataset import StreamDataset
 from ssm_mm.data.manifest import read_manifest
 from ssm_mm.models.multimodal import MultimodalSSM
+from ssm_mm.worlds.avworld import CLASSES, COLORS
 
 rh = load_script("recall_heads")
 LABELS = ["background"] + [c.name for c in CLASSES[:4]]

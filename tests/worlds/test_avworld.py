@@ -10,7 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ssm_mm.data.avworld import (
+from ssm_mm.data.manifest import read_manifest
+from ssm_mm.data.tokenizer import JsonTokenizer, word_tokenizer_json
+from ssm_mm.media import decode_audio, decode_video
+from ssm_mm.worlds.avworld import (
     CLASSES,
     COLORS,
     QUESTION_TYPES,
@@ -21,15 +24,12 @@ from ssm_mm.data.avworld import (
     generate,
     make_dialogue,
     make_scene,
-    nominal_knobs,
+    nominal,
     shape_mask,
     stream_config,
     vocabulary,
 )
-from ssm_mm.data.avworld import main as avworld_main
-from ssm_mm.data.manifest import read_manifest
-from ssm_mm.data.tokenizer import JsonTokenizer, word_tokenizer_json
-from ssm_mm.media import decode_audio, decode_video
+from ssm_mm.worlds.avworld.__main__ import main as avworld_main
 
 FFPROBE = shutil.which("ffprobe")
 # Jitter, drops, a late audio track, noise and a shifted clock: every knob away from its default.
@@ -351,7 +351,7 @@ def test_cli_writes_playable_files(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "ssm_mm.data.avworld",
+        "ssm_mm.worlds.avworld",
         "--out",
         str(out),
         "--streams",
@@ -410,7 +410,7 @@ def test_shipped_word_tokenizer_is_the_generated_one(tmp_path):
     assert avworld_main(["--write-tokenizer", str(tmp_path / "t.json")]) == 0
     assert (tmp_path / "t.json").read_text() == shipped.read_text(), (
         "configs/tokenizers/avworld_words.json is stale: regenerate it with "
-        "python -m ssm_mm.data.avworld --write-tokenizer configs/tokenizers/avworld_words.json"
+        "python -m ssm_mm.worlds.avworld --write-tokenizer configs/tokenizers/avworld_words.json"
     )
     with pytest.raises(ValueError, match="lower-case word"):
         word_tokenizer_json(["Bell"])
@@ -427,16 +427,16 @@ def test_timing_spreads_vary_streams_within_bounds_and_keep_the_world(tmp_path):
         assert 0.01 <= d.jitter < 0.06 and 0.05 <= d.drop < 0.25 and -0.3 <= d.offset <= 0.5
         assert make_scene(d, 0) == make_scene(base, 0)  # the same world, rendered with other timing
     assert len({(d.jitter, d.drop, d.offset) for d in drawn}) == 40
-    # the default key is pinned: the spreads at 0 leave it as it was before they existed; only
-    # GENERATOR_VERSION moves it (4: segments carry every visible shape's look). A spread is another dataset
-    assert cache_key(AVWorldConfig()) == "avworld-4c7b1f760e75ce12"
+    # the keys are pinned: the spreads at 0 leave them as they were before they existed, and the
+    # split knobs (val_streams, val_seed) are not part of them; only GENERATOR_VERSION moves them (4:
+    # segments carry every visible shape's look). A spread is another dataset
+    assert cache_key(AVWorldConfig(streams=4, seconds=20.0)) == "avworld-4c7b1f760e75ce12"
+    assert cache_key(AVWorldConfig()) == "avworld-b5b02703e2706002"  # the default run's training streams
+    assert cache_key(AVWorldConfig(val_streams=64, val_seed=7)) == cache_key(AVWorldConfig())
     assert cache_key(cfg) != cache_key(base)
-    assert nominal_knobs(dataclasses.asdict(cfg)) == {
-        "jitter_spread": 0.0,
-        "drop_spread": 0.0,
-        "offset_spread": 0.0,
-        "question_mix": (),
-    }
+    held_out = nominal(dataclasses.replace(cfg, question_mix={"color": 3.0}))
+    assert (held_out.jitter_spread, held_out.drop_spread, held_out.offset_spread) == (0.0, 0.0, 0.0)
+    assert held_out.question_weights == () and held_out.jitter == cfg.jitter
 
     out = tmp_path / "w"
     generate(out, dataclasses.replace(cfg, streams=3, seconds=8.0))
@@ -457,7 +457,11 @@ def test_question_mix_weights_the_types_and_validates():
         return c
 
     base = AVWorldConfig(seconds=60.0, question_every=2.0)
-    assert AVWorldConfig(question_mix={"count": 1.0}).question_mix == ()  # all 1: the uniform mix
+    assert AVWorldConfig(question_mix={"count": 1.0}).question_weights == ()  # all 1: the uniform mix
+    assert cache_key(AVWorldConfig(question_mix={"count": 1.0})) == cache_key(AVWorldConfig())
+    assert AVWorldConfig(question_mix=(1, 2, 1, 1, 1)).question_mix == {  # 5 weights: stored as a mapping
+        "count": 1.0, "color": 2.0, "kind": 1.0, "order": 1.0, "now": 1.0
+    }  # fmt: skip
     assert counts(dataclasses.replace(base, question_mix={})) == counts(base)
     uni = counts(base)
     mixed = counts(dataclasses.replace(base, question_mix={"color": 4.0, "now": 4.0, "count": 0.25}))

@@ -1,5 +1,5 @@
-"""Linear probes on a model's residual stream (used by ``eval/probe_patches.py`` and
-``eval/probe_binding.py``): read the output of every backbone block during an offline forward, and
+"""Linear probes on a model's residual stream (used by ``probe_patches.py``, ``probe_binding.py`` and
+``recall_heads.py`` beside it): read the output of every backbone block during an offline forward, and
 score a softmax-regression probe trained on some streams on the others; the scripts' shared command
 line, inputs (an AVWorld manifest with ``scenes.jsonl`` beside it) and stream split."""
 
@@ -49,8 +49,8 @@ def load_probe_inputs(a: argparse.Namespace):
 def avworld_streams(manifest: Path, n_streams: int) -> tuple[list, dict[str, dict], Path]:
     """The first ``n_streams`` stream specs of an AVWorld manifest, its scenes ({stream id: scene})
     and the scenes file's path; :class:`ProbeError` when no ``scenes.jsonl`` lies beside it."""
-    from ssm_mm.data.avworld import read_scenes
     from ssm_mm.data.manifest import read_manifest
+    from ssm_mm.worlds.avworld import read_scenes
 
     scenes_path = manifest.parent / "scenes.jsonl"
     if not scenes_path.is_file():
