@@ -119,8 +119,8 @@ want sessions && stage sessions 75 $PY eval/bench_sessions.py --device $DEV "${S
   --out "$OUT/bench_sessions_cuda.json"
 want cuda_tests && stage cuda_tests 240 $PY -m pytest -q -p no:cacheprovider -m cuda tests/ops tests/streaming/test_cuda.py
 if want train; then
-  stage train 300 $PY train.py --config configs/avworld_proxy.yaml data.avworld.streams=24 \
-    data.avworld.val_streams=4 data.cache_dir=/tmp/device_cache train.max_steps=300 train.ckpt_every=300 \
+  stage train 300 $PY train.py --config configs/avworld_proxy.yaml data.worlds.avworld.streams=24 \
+    data.worlds.avworld.val_streams=4 data.cache_dir=/tmp/device_cache train.max_steps=300 train.ckpt_every=300 \
     eval.plots=false logging.wandb.mode=disabled train.run_dir="$OUT/run"
   rm -rf "$OUT/run/checkpoints" "$OUT/run/final"  # keep metrics, config and results, not the weights
 fi
