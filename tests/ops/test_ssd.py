@@ -99,7 +99,10 @@ def test_shared_timestamp_tokens_write_state_and_get_gradient():
     assert rel_err(final, want) <= TOL32
     dx, da = torch.autograd.grad(final.square().sum() + y.square().sum(), [inp["x"], inp["log_decay"]])
     assert (dx.abs().sum(-1) > 0).all(), "every zero-decay token gets an input gradient"
-    assert (da.abs() > 0).all(), "every zero-decay token gets a decay gradient"
+    # Token 0's decay scales the state before it, which is zero without an initial state: its exact
+    # gradient is 0 (what is computed is float32 rounding noise of cancelling terms, sometimes exactly 0).
+    assert (da[:, 1:].abs() > 0).all(), "every later zero-decay token gets a decay gradient"
+    assert da[:, 0].abs().max() <= 1e-5 * da.abs().max()
 
 
 def test_right_padding_leaves_state_unchanged():
