@@ -21,6 +21,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from ssm_mm.config import ModelConfig
@@ -136,14 +137,19 @@ class Mamba2Mixer(nn.Module):
             return self._step(u, z, xbc, log_decay, gain, state, valid)
 
         lengths = None if valid is None else valid.sum(1)
-        xbc, conv_state = causal_conv1d(
-            xbc.transpose(1, 2), self.conv_weight, self.conv_bias, state.conv.to(xbc.dtype), "silu", lengths
+        xbc_bdl, conv_state = causal_conv1d(
+            rearrange(xbc, "b l d -> b d l"),  # channels-first view, as the conv kernels take it
+            self.conv_weight,
+            self.conv_bias,
+            state.conv.to(xbc.dtype),
+            "silu",
+            lengths,
         )
-        xbc = xbc.transpose(1, 2)  # (B, L, conv_dim)
+        xbc = rearrange(xbc_bdl, "b d l -> b l d")  # (B, L, conv_dim)
         x, B, C = xbc.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], -1)
-        x = x.reshape(b, l, self.nheads, self.headdim)  # (B, L, H, P)
-        B = B.reshape(b, l, self.ngroups, self.d_state)  # (B, L, G, N)
-        C = C.reshape(b, l, self.ngroups, self.d_state)
+        x = rearrange(x, "b l (h p) -> b l h p", p=self.headdim)
+        B = rearrange(B, "b l (g n) -> b l g n", n=self.d_state)
+        C = rearrange(C, "b l (g n) -> b l g n", n=self.d_state)
         if valid is not None:  # padding: no decay, no input -> state unchanged
             log_decay = log_decay * valid.unsqueeze(-1)
             gain = gain * valid.unsqueeze(-1)
@@ -157,28 +163,27 @@ class Mamba2Mixer(nn.Module):
             initial_state=state.ssm,
             kernels=self.kernels,
         )
-        y = y + x * self.D.to(x.dtype).view(1, 1, -1, 1)
-        y = self.norm(y.reshape(b, l, self.d_inner), z)
+        y = y + x * rearrange(self.D.to(x.dtype), "h -> h 1")  # skip connection D per head
+        y = self.norm(rearrange(y, "b l h p -> b l (h p)"), z)
         return self.out_proj(y), SSMState(conv=conv_state, ssm=ssm_state)
 
     def _step(self, u, z, xbc, log_decay, gain, state: SSMState, valid) -> tuple[Tensor, SSMState]:
         """One token per row (decode / token-by-token streaming). Same maths, recurrent form."""
-        b = u.shape[0]
         xbc, conv_state = causal_conv1d_update(
             xbc[:, 0], self.conv_weight, self.conv_bias, state.conv.to(xbc.dtype), "silu"
         )  # (B, conv_dim)
         x, B, C = xbc.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], -1)
-        x = x.reshape(b, self.nheads, self.headdim)
+        x = rearrange(x, "b (h p) -> b h p", p=self.headdim)
         x_scaled = x * gain[:, 0].unsqueeze(-1).to(x.dtype)
         y, ssm_state = ssd_step(
             x_scaled,
             log_decay[:, 0],
-            B.reshape(b, self.ngroups, self.d_state),
-            C.reshape(b, self.ngroups, self.d_state),
+            rearrange(B, "b (g n) -> b g n", n=self.d_state),
+            rearrange(C, "b (g n) -> b g n", n=self.d_state),
             state.ssm,
         )
-        y = y + x * self.D.to(x.dtype).view(1, -1, 1)
-        y = self.norm(y.reshape(b, 1, self.d_inner), z)
+        y = y + x * rearrange(self.D.to(x.dtype), "h -> h 1")
+        y = self.norm(rearrange(y, "b h p -> b 1 (h p)"), z)
         new = SSMState(conv=conv_state, ssm=ssm_state)
         if valid is not None:  # a padded step keeps the old state
             keep = ~valid[:, 0]

@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
 __all__ = [
@@ -184,36 +185,37 @@ def _chunked_forward(x: Tensor, a: Tensor, B: Tensor, C: Tensor, init: Tensor | 
     the final state) and cs (b, c, Q, h), the in-chunk cumulative log-decay.
     """
     b, L, h, p = x.shape
-    g, n = B.shape[2], B.shape[3]
+    g = B.shape[2]
     r, c = h // g, L // Q
-    x_bcqhp = x.view(b, c, Q, h, p)
-    cs = a.view(b, c, Q, h).cumsum(2)  # (b, c, Q, h)
-    B_bcgqn = B.view(b, c, Q, g, n).transpose(2, 3)  # strided view, no copy
-    C_bcgqn = C.view(b, c, Q, g, n).transpose(2, 3)
+    x_bcqhp = rearrange(x, "b (c q) h p -> b c q h p", q=Q)
+    cs = rearrange(a, "b (c q) h -> b c q h", q=Q).cumsum(2)  # (b, c, Q, h)
+    B_bcgqn = rearrange(B, "b (c q) g n -> b c g q n", q=Q)  # strided view, no copy
+    C_bcgqn = rearrange(C, "b (c q) g n -> b c g q n", q=Q)
 
     # Chunk states: St[p, n] = Σ_j exp(cs_Q - cs_j) x_j[p] B_j[n], all heads of a group in one matmul.
     w = (cs[:, :, -1:] - cs).exp()  # (b, c, Q, h) decay from token j to the chunk end, ≤ 1
-    xw_bcgrq = (x_bcqhp * w[..., None]).view(b, c, Q, g, r * p).permute(0, 1, 3, 4, 2)
-    st = (xw_bcgrq @ B_bcgqn).view(b, c, h, p, n)
+    xw_bcgrq = rearrange(x_bcqhp * w[..., None], "b c q (g r) p -> b c g (r p) q", g=g)
+    st = rearrange(xw_bcgrq @ B_bcgqn, "b c g (r p) n -> b c (g r) p n", p=p)
     states = _scan_chunks(st, cs[:, :, -1], init, reverse=False)  # (b, c + 1, h, p, n)
     del st, xw_bcgrq
 
     # Inter-chunk output: exp(cs_i) C_i H_prevᵀ, again one matmul per group.
-    h_prev = states[:, :c].reshape(b, c, g, r * p, n)
+    h_prev = rearrange(states[:, :c], "b c (g r) p n -> b c g (r p) n", g=g)
     y_off = C_bcgqn @ h_prev.mT  # (b, c, g, Q, r*p)
 
     # Intra-chunk output: (C·Bᵀ ⊙ decay mask) @ x per head.
     cb = (C_bcgqn @ B_bcgqn.mT).tril_()  # (b, c, g, Q, Q)
-    scores = _decay_mask(cs.transpose(2, 3).contiguous())  # (b, c, h, Q, Q)
-    scores.view(b, c, g, r, Q, Q).mul_(cb.unsqueeze(3))
-    x_bchqp = x_bcqhp.permute(0, 1, 3, 2, 4).contiguous()  # (b, c, h, Q, p): bmm-friendly copy
+    scores = _decay_mask(rearrange(cs, "b c q h -> b c h q").contiguous())  # (b, c, h, Q, Q)
+    scores.view(b, c, g, r, Q, Q).mul_(cb.unsqueeze(3))  # in place through a view: heads of a group
+    x_bchqp = rearrange(x_bcqhp, "b c q h p -> b c h q p").contiguous()  # bmm-friendly copy
     y_diag = scores @ x_bchqp  # (b, c, h, Q, p)
     del scores, x_bchqp
 
-    y = torch.empty_like(x).view(b, c, Q, g, r, p)
-    torch.mul(y_off.view(b, c, g, Q, r, p).transpose(2, 3), cs.exp().view(b, c, Q, g, r, 1), out=y)
-    y.add_(y_diag.view(b, c, g, r, Q, p).permute(0, 1, 4, 2, 3, 5))
-    return y.view(b, L, h, p), states, cs
+    y = torch.empty_like(x).view(b, c, Q, g, r, p)  # written in place below (out=), so a view
+    y_off = rearrange(y_off, "b c g q (r p) -> b c q g r p", p=p)
+    torch.mul(y_off, rearrange(cs.exp(), "b c q (g r) -> b c q g r 1", g=g), out=y)
+    y.add_(rearrange(y_diag, "b c (g r) q p -> b c q g r p", g=g))
+    return rearrange(y, "b c q g r p -> b (c q) (g r) p"), states, cs
 
 
 def _chunked_backward(dy: Tensor, dfinal: Tensor | None, x, B, C, states, cs, y, Q: int, need_init: bool):
@@ -229,40 +231,41 @@ def _chunked_backward(dy: Tensor, dfinal: Tensor | None, x, B, C, states, cs, y,
     dcs; keeping it in-chunk avoids a length-L cumsum of cancelling terms (precision).
     """
     b, L, h, p = x.shape
-    g, n = B.shape[2], B.shape[3]
+    g = B.shape[2]
     r, c = h // g, L // Q
-    x_bcqhp = x.view(b, c, Q, h, p)
-    dy_bcqhp = dy.view(b, c, Q, h, p)
-    B_bcgqn = B.view(b, c, Q, g, n).transpose(2, 3)
-    C_bcgqn = C.view(b, c, Q, g, n).transpose(2, 3)
+    x_bcqhp = rearrange(x, "b (c q) h p -> b c q h p", q=Q)
+    dy_bcqhp = rearrange(dy, "b (c q) h p -> b c q h p", q=Q)
+    B_bcgqn = rearrange(B, "b (c q) g n -> b c g q n", q=Q)
+    C_bcgqn = rearrange(C, "b (c q) g n -> b c g q n", q=Q)
     e = cs.exp()  # (b, c, Q, h)
     w = (cs[:, :, -1:] - cs).exp()  # (b, c, Q, h)
 
     # Inter-chunk output term: y_off = exp(cs_i) C_i H_prevᵀ.
-    dye_bcgqr = (dy_bcqhp * e[..., None]).view(b, c, Q, g, r * p).transpose(2, 3)  # (b, c, g, Q, r*p)
-    h_prev = states[:, :c].reshape(b, c, g, r * p, n)
+    dye_bcgqr = rearrange(dy_bcqhp * e[..., None], "b c q (g r) p -> b c g q (r p)", g=g)
+    h_prev = rearrange(states[:, :c], "b c (g r) p n -> b c g (r p) n", g=g)
     dC = dye_bcgqr @ h_prev  # (b, c, g, Q, n)
-    dh_prev = (dye_bcgqr.mT @ C_bcgqn).view(b, c, h, p, n)  # dL/dH_prev from this chunk's outputs
+    # dL/dH_prev from this chunk's outputs
+    dh_prev = rearrange(dye_bcgqr.mT @ C_bcgqn, "b c g (r p) n -> b c (g r) p n", p=p)
     del dye_bcgqr
     # G_all[:, i + 1] = dL/dH_end(chunk i); G_all[:, 0] = dL/d initial_state.
     g_all = _scan_chunks(dh_prev, cs[:, :, -1], dfinal, reverse=True)
     del dh_prev
     g_end = g_all[:, 1:]  # (b, c, h, p, n)
-    g_bcgrn = g_end.reshape(b, c, g, r * p, n)
+    g_bcgrn = rearrange(g_end, "b c (g r) p n -> b c g (r p) n", g=g)
 
     # Chunk-state term: St = Σ_j w_j x_j ⊗ B_j.
-    xw_bcgqr = (x_bcqhp * w[..., None]).view(b, c, Q, g, r * p).transpose(2, 3)  # (b, c, g, Q, r*p)
+    xw_bcgqr = rearrange(x_bcqhp * w[..., None], "b c q (g r) p -> b c g q (r p)", g=g)
     dB = xw_bcgqr @ g_bcgrn  # (b, c, g, Q, n)
     del xw_bcgqr
     dx_state = B_bcgqn @ g_bcgrn.mT  # (b, c, g, Q, r*p), still to be scaled by w
 
     # Intra-chunk term: recompute the decay mask and scores (cheaper than keeping them alive).
-    mask = _decay_mask(cs.transpose(2, 3).contiguous())  # (b, c, h, Q, Q)
+    mask = _decay_mask(rearrange(cs, "b c q h -> b c h q").contiguous())  # (b, c, h, Q, Q)
     cb = (C_bcgqn @ B_bcgqn.mT).tril_()  # (b, c, g, Q, Q)
     scores = torch.mul(mask.view(b, c, g, r, Q, Q), cb.unsqueeze(3)).view(b, c, h, Q, Q)
-    dy_bchqp = dy_bcqhp.permute(0, 1, 3, 2, 4).contiguous()  # (b, c, h, Q, p)
+    dy_bchqp = rearrange(dy_bcqhp, "b c q h p -> b c h q p").contiguous()
     dx_intra = scores.mT @ dy_bchqp  # (b, c, h, Q, p)
-    x_bchqp = x_bcqhp.permute(0, 1, 3, 2, 4).contiguous()
+    x_bchqp = rearrange(x_bcqhp, "b c q h p -> b c h q p").contiguous()
     torch.matmul(dy_bchqp, x_bchqp.mT, out=scores)  # reuse the buffer: d(scores), (b, c, h, Q, Q)
     del dy_bchqp, x_bchqp
     dcb = scores.mul_(mask).view(b, c, g, r, Q, Q).sum(3).tril_()  # (b, c, g, Q, Q)
@@ -270,22 +273,24 @@ def _chunked_backward(dy: Tensor, dfinal: Tensor | None, x, B, C, states, cs, y,
     dC.add_(dcb @ B_bcgqn)
     dB.add_(dcb.mT @ C_bcgqn)
 
-    dx = torch.empty_like(x).view(b, c, Q, g, r, p)
-    torch.mul(dx_state.view(b, c, g, Q, r, p).transpose(2, 3), w.view(b, c, Q, g, r, 1), out=dx)
-    dx.add_(dx_intra.view(b, c, g, r, Q, p).permute(0, 1, 4, 2, 3, 5))
-    dx = dx.view(b, c, Q, h, p)
+    dx = torch.empty_like(x).view(b, c, Q, g, r, p)  # written in place below (out=), so a view
+    dx_state = rearrange(dx_state, "b c g q (r p) -> b c q g r p", p=p)
+    torch.mul(dx_state, rearrange(w, "b c q (g r) -> b c q g r 1", g=g), out=dx)
+    dx.add_(rearrange(dx_intra, "b c (g r) q p -> b c q g r p", g=g))
+    dx = rearrange(dx, "b c q g r p -> b c q (g r) p")
     del dx_state, dx_intra
 
-    dcs = (dy_bcqhp * y.view(b, c, Q, h, p)).sum(-1) - (x_bcqhp * dx).sum(-1)  # (b, c, Q, h)
+    y_bcqhp = rearrange(y, "b (c q) h p -> b c q h p", q=Q)
+    dcs = (dy_bcqhp * y_bcqhp).sum(-1) - (x_bcqhp * dx).sum(-1)  # (b, c, Q, h)
     dcs[:, :, -1] += (g_end * states[:, 1:]).sum((-1, -2))
     da = dcs.flip(2).cumsum(2).flip(2)  # in-chunk reverse cumsum: cs_i = Σ_{j ≤ i} a_j
 
     dinit = g_all[:, 0] if need_init else None
     return (
-        dx.view(b, L, h, p),
-        da.reshape(b, L, h),
-        dB.transpose(2, 3).reshape(b, L, g, n),
-        dC.transpose(2, 3).reshape(b, L, g, n),
+        rearrange(dx, "b c q h p -> b (c q) h p"),
+        rearrange(da, "b c q h -> b (c q) h"),
+        rearrange(dB, "b c g q n -> b (c q) g n"),
+        rearrange(dC, "b c g q n -> b (c q) g n"),
         dinit,
     )
 
