@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 
@@ -48,8 +49,7 @@ class VideoFrontend(nn.Module):
 
     def forward(self, frames: Tensor) -> Tensor:
         f = self.stem(frames)  # (F, d, g, g)
-        f = f.flatten(2).transpose(1, 2)  # (F, g*g, d), row-major patches
-        return f + self.pos
+        return rearrange(f, "f d gh gw -> f (gh gw) d") + self.pos  # row-major patches
 
 
 class TextFrontend(nn.Module):
