@@ -34,6 +34,9 @@ from ssm_mm.serve.protocol import encode_audio, encode_jpeg, encode_video
 
 __all__ = ["Client", "ServeResult", "ServeError"]
 
+# Results between two acknowledgements (the server keeps unacknowledged results for a reconnect).
+_ACK_EVERY = 16
+
 
 class ServeError(RuntimeError):
     """The server refused the stream (``code``: too_many_sessions, unknown_session, ...) or went away."""
@@ -63,6 +66,7 @@ class ServeResult:
     errors: list[dict] = field(default_factory=list)
     closed: dict | None = None
     repeats: int = 0
+    last_seq: int = 0  # the latest result sequence number received (a resume asks for the rest)
     latency: list[float] = field(default_factory=list)
     messages_sent: int = 0
     bytes_sent: int = 0
@@ -162,7 +166,7 @@ class Client:
         async with connect(self.url, additional_headers=headers, max_size=None, compression=None) as ws:
             hello = {"type": "open", "modalities": modalities, **(options or {})}
             if session is not None:
-                hello = {"type": "open", "session": session}
+                hello = {"type": "open", "session": session, "last_seq": res.last_seq}
             await ws.send(json.dumps(hello))
             ready = json.loads(await ws.recv())
             if ready.get("type") == "error":
@@ -273,6 +277,9 @@ class Client:
             msg = json.loads(raw)
             kind = msg.get("type")
             wall = time.perf_counter()
+            res.last_seq = max(res.last_seq, msg.get("seq") or 0)
+            if msg.get("seq") and msg["seq"] % _ACK_EVERY == 0:  # the server may forget what we have
+                await ws.send(json.dumps({"type": "ack", "seq": res.last_seq}))
             if kind == "label":
                 res.repeats += msg["tick"] in res.labels
                 res.labels[msg["tick"]] = {**msg, "_recv": wall}

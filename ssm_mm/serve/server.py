@@ -86,7 +86,8 @@ class ServeConfig:
     session_buffer_bytes: the session's own media buffer cap (``max_buffer_bytes``).
     idle_seconds:        a session without a connection stays in memory this long, then is snapshotted
                          (when ``snapshot_dir`` is set) and dropped from memory.
-    max_outbox:          results kept for a disconnected session (oldest dropped beyond, counted).
+    max_outbox:          results kept per session for a reconnect to replay (every result carries a
+                         sequence number ``seq``; a client resuming with ``last_seq`` gets the later ones).
     """
 
     host: str = "127.0.0.1"
@@ -99,7 +100,7 @@ class ServeConfig:
     max_queue_bytes: int = 8 << 20
     session_buffer_bytes: int = 16 << 20
     idle_seconds: float = 300.0
-    max_outbox: int = 4096
+    max_outbox: int = 512
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -158,7 +159,8 @@ class _Live:
     recv_audio_end: float | None = None
     recv_audio_rate: int | None = None
     out_q: asyncio.Queue | None = None  # the attached connection's send queue
-    outbox: deque = field(default_factory=deque)  # results while detached
+    replay: deque = field(default_factory=deque)  # (seq, message): the latest results, for a reconnect
+    replay_bytes: int = 0
     dropped_out: int = 0
     bytes_in: int = 0
     messages_in: int = 0
@@ -167,6 +169,7 @@ class _Live:
     attached: bool = False
     detached_at: float = 0.0
     questions: list = field(default_factory=list)  # pending _Question, sorted by placed
+    seq: int = 0  # sequence number of the last result
     video_until: float | None = None  # media pushed into the session
     audio_end: float | None = None
     audio_rate: int | None = None  # the session's audio input rate (known after the first push)
@@ -253,6 +256,8 @@ class Server:
     def stop(self, timeout: float = 30.0) -> int:
         """Graceful stop (from another thread): close connections, snapshot every open session.
         Returns the number of sessions snapshotted."""
+        if self._thread is not None and not self._thread.is_alive():
+            return self.saved_on_stop  # stopped already
         if self._loop is not None and self._stop_event is not None:
             self._loop.call_soon_threadsafe(self._stop_event.set)
         if self._thread is not None:
@@ -412,9 +417,12 @@ class Server:
         ready["video_until"], ready["audio_until"] = live.recv_video_until, live.recv_audio_end
         out_q: asyncio.Queue = asyncio.Queue()
         out_q.put_nowait(json.dumps(ready))
-        while live.outbox:  # results produced while nobody was connected
-            out_q.put_nowait(live.outbox.popleft())
-        live.out_q = out_q
+        last = msg.get("last_seq") if isinstance(msg.get("last_seq"), int) else 0
+        with self._lock:
+            for seq, m in live.replay:  # results the client has not seen (sent while it was away)
+                if seq > last:
+                    out_q.put_nowait(m)
+            live.out_q = out_q
         sender = asyncio.create_task(self._send_loop(ws, out_q, live))
         try:
             async for data in ws:
@@ -427,12 +435,7 @@ class Server:
         except Exception as e:  # ConnectionClosed and friends: the session waits for a reconnect
             log.debug("session %s: connection ended: %s", live.sid, e)
         finally:
-            live.out_q = None
-            # results still queued for this connection go to the outbox (a reconnect gets them)
-            while not out_q.empty():
-                m = out_q.get_nowait()
-                if m is not None and json.loads(m).get("type") != "ready":
-                    live.outbox.append(m)
+            live.out_q = None  # results from now on only go to the replay buffer
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
@@ -523,6 +526,13 @@ class Server:
                 }
             with self._lock:
                 live.asks.append(_Question(math.nan, float(t), qid, text))
+        elif kind == "ack":  # the client has every result up to seq: no need to keep them for a replay
+            seq = msg.get("seq")
+            if isinstance(seq, int) and not isinstance(seq, bool):
+                with self._lock:
+                    while live.replay and live.replay[0][0] <= seq:
+                        live.replay_bytes -= len(live.replay.popleft()[1])
+            return None
         elif kind == "close":
             with self._lock:
                 live.close_requested = True
@@ -530,24 +540,38 @@ class Server:
             live.out_q.put_nowait(json.dumps({"type": "pong", "id": msg.get("id")}))
             return None
         else:
-            return {"code": "bad_message", "message": f"unknown message type {kind!r} (ask, close, ping)"}
+            return {
+                "code": "bad_message",
+                "message": f"unknown message type {kind!r} (ask, ack, close, ping)",
+            }
         self._wake.set()
         return None
 
-    def _post(self, live: _Live, messages: list[str], end: bool = False) -> None:
-        """Worker -> loop: hand ``live``'s results to its connection (or its outbox)."""
+    def _post(self, live: _Live, messages: list[dict], end: bool = False) -> None:
+        """Worker -> loop: hand ``live``'s results to its connection and its replay buffer. Results
+        (not errors) get the session's next sequence numbers."""
+        out = []
+        for m in messages:
+            if m["type"] != "error":
+                live.seq += 1
+                m["seq"] = live.seq
+            out.append((m.get("seq"), json.dumps(m)))
+
+        with self._lock:  # the replay buffer is read by snapshots (worker) and trimmed by acks (loop)
+            for seq, m in out:
+                if seq is not None:
+                    live.replay.append((seq, m))
+                    live.replay_bytes += len(m)
+            while len(live.replay) > self.config.max_outbox:
+                live.replay_bytes -= len(live.replay.popleft()[1])
+                live.dropped_out += 1
 
         def deliver():
             if live.out_q is not None:
-                for m in messages:
+                for _, m in out:
                     live.out_q.put_nowait(m)
-                if end:
-                    live.out_q.put_nowait(None)
-                return
-            live.outbox.extend(messages)
-            while len(live.outbox) > self.config.max_outbox:
-                live.outbox.popleft()
-                live.dropped_out += 1
+            if end and live.out_q is not None:
+                live.out_q.put_nowait(None)
 
         if self._loop is not None and not self._loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop is shutting down
@@ -604,6 +628,9 @@ class Server:
             cur = snap.get("cursor", {})
             live.video_until, live.audio_end = cur.get("video_until"), cur.get("audio_until")
             live.audio_rate = cur.get("audio_rate")
+            live.seq = int(snap.get("seq", 0))
+            live.replay = deque((int(q), str(m)) for q, m in snap.get("replay", []))
+            live.replay_bytes = sum(len(m) for _, m in live.replay)
             live.questions = [_Question(*q) for q in snap.get("questions", [])]
             self._lives[sid] = live
             return live, self._ready_message(live, "snapshot")
@@ -643,7 +670,7 @@ class Server:
                     "attached": live.attached,
                     "time": s.time,
                     "ticks": s.ticks_done,
-                    "memory_bytes": s.memory_bytes() + live.queued_bytes,
+                    "memory_bytes": s.memory_bytes() + live.queued_bytes + live.replay_bytes,
                     "queued_bytes": live.queued_bytes,
                     "bytes_in": live.bytes_in,
                     "messages_in": live.messages_in,
@@ -738,7 +765,7 @@ class Server:
         """End a session that cannot go on (an internal error), telling its client."""
         self._counts["errors"] += 1
         live.closed = True
-        self._post(live, [json.dumps({"type": "error", "code": "internal", "message": message})], end=True)
+        self._post(live, [{"type": "error", "code": "internal", "message": message}], end=True)
         self._lives.pop(live.sid, None)
 
     def _margin(self, live: _Live) -> float:
@@ -798,7 +825,7 @@ class Server:
             err = {"type": "error", "code": "bad_media", "message": " ".join(str(e).split())}
             if qid is not None:
                 err.update(code="bad_question", id=qid)
-            self._post(live, [json.dumps(err)])
+            self._post(live, [err])
             return False
 
     def _push(self, live: _Live, cut: float) -> float | None:
@@ -864,7 +891,7 @@ class Server:
                 decoded.append((m.t, m.frame()))
             except ProtocolError as e:
                 self._counts["errors"] += 1
-                self._post(live, [json.dumps({"type": "error", "code": e.code, "message": str(e), "t": m.t})])
+                self._post(live, [{"type": "error", "code": e.code, "message": str(e), "t": m.t}])
         # consecutive frames of one size go in one push (one featurizer call)
         for _, group in itertools.groupby(decoded, key=lambda x: x[1].shape):
             group = list(group)
@@ -879,15 +906,15 @@ class Server:
         if live.closed:
             return False
         s = live.session
-        out: list[str] = []
-        n = s.ticks_done - before
-        if n and oldest is not None:
-            lat = time.perf_counter() - oldest
-            self._latency.extend([lat] * min(n, 64))
-            self._counts["ticks"] += n
+        out: list[dict] = []
         finishing = live.finishing
         if finishing:
             self._guard(live, s.close)
+        n = s.ticks_done - before
+        self._counts["ticks"] += n
+        if n and oldest is not None:
+            lat = time.perf_counter() - oldest
+            self._latency.extend([lat] * min(n, 64))
         out += self._drain(live)
         while live.questions and (finishing or s.time >= live.questions[0].placed - _TIME_EPS):
             q = live.questions.pop(0)
@@ -895,21 +922,19 @@ class Server:
             answer: list[str] = []
             if self._guard(live, lambda a=answer, q=q: a.append(s.ask(q.text)), qid=q.qid):
                 out.append(
-                    json.dumps(
-                        {
-                            "type": "answer",
-                            "id": q.qid,
-                            "question": q.text,
-                            "t": asked_at,
-                            "placed": q.placed,
-                            "q_t": q.t,
-                            "text": answer[0],
-                        }
-                    )
+                    {
+                        "type": "answer",
+                        "id": q.qid,
+                        "question": q.text,
+                        "t": asked_at,
+                        "placed": q.placed,
+                        "q_t": q.t,
+                        "text": answer[0],
+                    }
                 )
             out += self._drain(live)
         if finishing:
-            out.append(json.dumps({"type": "closed", "time": s.time, "ticks": s.ticks_done}))
+            out.append({"type": "closed", "time": s.time, "ticks": s.ticks_done})
             live.closed = True
             self._lives.pop(live.sid, None)
             if self.store is not None:
@@ -924,28 +949,26 @@ class Server:
             queued = bool(live.video or live.audio or live.asks or live.close_requested)
         return queued
 
-    def _drain(self, live: _Live) -> list[str]:
+    def _drain(self, live: _Live) -> list[dict]:
         s = live.session
         items = [(lab.end, 0, lab) for lab in s.segment_labels()] + [(ev.t, 1, ev) for ev in s.poll()]
         out = []
         for _, is_event, x in sorted(items, key=lambda it: it[:2]):
             if is_event:
-                out.append(json.dumps({"type": "response", "t": x.t, "text": x.text, "score": x.score}))
+                out.append({"type": "response", "t": x.t, "text": x.text, "score": x.score})
             else:
                 out.append(
-                    json.dumps(
-                        {
-                            "type": "label",
-                            "tick": x.tick,
-                            "start": x.start,
-                            "end": x.end,
-                            "label": x.label,
-                            "index": x.index,
-                            "score": x.score,
-                            "speak": x.speak,
-                            "has_media": x.has_media,
-                        }
-                    )
+                    {
+                        "type": "label",
+                        "tick": x.tick,
+                        "start": x.start,
+                        "end": x.end,
+                        "label": x.label,
+                        "index": x.index,
+                        "score": x.score,
+                        "speak": x.speak,
+                        "has_media": x.has_media,
+                    }
                 )
         return out
 
@@ -959,7 +982,10 @@ class Server:
                 "audio_rate": live.audio_rate,
             },
             "questions": [[q.placed, q.t, q.qid, q.text] for q in live.questions],
+            "seq": live.seq,
         }
+        with self._lock:
+            payload["replay"] = [[seq, m] for seq, m in live.replay]
         live.snap_time = s.time
         fut = self._writer.submit(self.store.write, live.sid, payload)
         self._counts["snapshots"] += 1
