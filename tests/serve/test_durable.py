@@ -1,0 +1,71 @@
+"""kill -9 of the server process and a restart: sessions resume from their last snapshot."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from serve_helpers import QUESTIONS, THRESHOLD, assert_same, reference
+
+from ssm_mm.serve import Client
+
+
+def _start(model_dir, snap_dir) -> tuple[subprocess.Popen, str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "ssm_mm.serve",
+        str(model_dir),
+        "--port",
+        "0",
+        "--snapshot-dir",
+        str(snap_dir),
+    ]
+    cmd += ["--snapshot-every", "1.0", "--quiet"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = p.stdout.readline()  # "open http://127.0.0.1:PORT/"
+    m = re.match(r"open (http://[\d.]+:\d+/)", line)
+    assert m, (line, p.stderr.read() if p.poll() is not None else "")
+    return p, m.group(1).replace("http://", "ws://") + "ws"
+
+
+def test_kill9_and_restart_resume_from_the_last_snapshot(model, media, tmp_path):
+    model_dir = model.save_pretrained(tmp_path / "model")
+    snaps = tmp_path / "snapshots"
+    m = media[0]
+    proc, url = _start(model_dir, snaps)
+    try:
+        first = Client(url).stream(m, QUESTIONS, stop_after=3.2, options={"speak_threshold": THRESHOLD})
+        path = snaps / f"{first.session}.pt"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # a snapshot at >= 2 s of stream (every 1 s)
+            if path.exists() and torch.load(path, weights_only=True)["state"]["cursor"]["next_tick"] >= 4:
+                break
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        proc.kill()
+    snap = torch.load(path, weights_only=True)
+    at_kill = model.stream(state=snap["state"])
+    seen = {k: dict(v) for k, v in first.labels.items()}
+    proc, url = _start(model_dir, snaps)
+    try:
+        res = Client(url).stream(m, QUESTIONS, session=first.session, result=first)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+    ready = res.ready[-1]
+    assert ready["resumed"] == "snapshot"
+    assert (ready["ticks"], ready["time"]) == (at_kill.ticks_done, at_kill.time)  # state = the snapshot
+    assert ready["ticks"] >= 4
+    assert_same(res, reference(model, m))  # the finished stream == an uninterrupted session
+    for k, lab in seen.items():  # ticks computed again after the restart came out the same
+        assert {**res.labels[k], "_recv": 0} == {**lab, "_recv": 0}
+    assert proc.returncode == 0  # SIGTERM with no open session: nothing to save
+    assert not path.exists()
