@@ -70,7 +70,7 @@ def run_variant(args, workers: int, feature_cache: bool, run_dir: Path) -> dict:
 
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # the Trainer's log lines
-        res = Trainer(cfg, hooks={"on_step": on_step}).run()
+        res = Trainer(cfg, callbacks=[on_step]).run()
     walls = sorted(s["wall_s"] for s in steps[1:]) or [steps[0]["wall_s"]]
     return {
         "num_workers": workers,

@@ -205,7 +205,6 @@ class TrainConfig:
     init_from: str | None = None
     threads: int = 0  # 0 = torch default
     parallel: str = "ddp"  # with torchrun: "ddp" (replicated) | "fsdp" (FSDP2 fully_shard per block)
-    debug_signal_at_step: int = -1  # testing hook: send SIGTERM to this process after that step
 
 
 @dataclass
@@ -412,7 +411,6 @@ RANGES: dict[str, tuple[str, float | None, float | None, str]] = {
     "train.keep_last": ("[", 1, None, ")"),
     "train.eval_every": ("[", 0, None, ")"),  # 0 = only at the end
     "train.threads": ("[", 0, None, ")"),  # 0 = torch's default
-    "train.debug_signal_at_step": ("[", -1, None, ")"),  # -1 = off
     "logging.log_every": ("[", 1, None, ")"),
     "eval.tolerance": ("[", 0, None, ")"),
     "eval.max_answer_tokens": ("[", 1, None, ")"),

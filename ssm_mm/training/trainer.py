@@ -1,6 +1,7 @@
 """The training loop (SPEC §8): stateful over long streams, exact resume, DDP, wandb.
 
-``Trainer(cfg).run()`` is everything ``train.py`` does:
+``Trainer(cfg).run()`` is everything ``train.py`` does (``setup()`` then ``step()`` in a loop, see
+:class:`Trainer`):
 
 1. data: the manifest (or the built-in world generated into the cache on first use), validated, with bad
    streams skipped and counted when ``data.on_error=skip``; features decoded once into a disk cache;
@@ -24,6 +25,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,9 +220,26 @@ def prepare_data(cfg: Config, log=print) -> DataSetup:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, hooks=None):
+    """The training run of a :class:`~ssm_mm.config.Config` (module docstring: what it does).
+
+    ``run()`` is ``train.py``: :meth:`setup`, then :meth:`step` until ``train.max_steps``, with
+    logging, validation, checkpoints and SIGTERM/SIGINT handling around it, then the final model and
+    evaluation. :meth:`setup` and :meth:`step` can be driven by hand (a notebook, a custom loop)::
+
+        t = Trainer(cfg)
+        t.setup()
+        while t.global_step < cfg.train.max_steps:
+            metrics = t.step()          # None when a non-finite loss skipped the step
+
+    ``callbacks``: functions called as ``callback(step, metrics)`` on every rank after each logged
+    optimizer step of :meth:`run` (``metrics`` is the dict written to ``metrics.jsonl``), e.g. for
+    custom logging or to stop a run: a callback may send the process SIGTERM / SIGINT, and the run
+    stops after that step with a checkpoint, as when the signal comes from outside.
+    """
+
+    def __init__(self, cfg: Config, callbacks: Sequence[Callable[[int, dict], object]] = ()):
         self.cfg = cfg
-        self.hooks = hooks or {}
+        self.callbacks = list(callbacks)
 
     # ------------------------------------------------------------------------ slot states
 
@@ -233,15 +252,19 @@ class Trainer:
         rows = [fresh.select([i]) if bool(is_first[i]) else carried.select([i]) for i in range(b)]
         return ModelState.stack(rows)
 
-    # ---------------------------------------------------------------------------------- run
+    # -------------------------------------------------------------------------------- setup
 
-    def run(self) -> dict:
+    def setup(self) -> None:
+        """Everything before the first step: distributed init, the run folder (a fresh run moves a
+        previous one aside; a resume checks its config), data, model, optimizer and schedule, the
+        resumed or initial weights, and the data loader from the resumed position. Sets the
+        attributes :meth:`step` uses (``model``, ``opt``, ``sched``, ``global_step``, ...)."""
         cfg, tc = self.cfg, self.cfg.train
-        info = D.init_distributed()
+        self.info = info = D.init_distributed()
         if tc.threads:
             torch.set_num_threads(tc.threads)
-        run_dir = Path(tc.run_dir)
-        ckpt_dir = run_dir / "checkpoints"
+        self.run_dir = run_dir = Path(tc.run_dir)
+        self.ckpt_dir = run_dir / "checkpoints"
         log = print if info.is_main else (lambda *_: None)
         # which run this is and what it loads, decided (and refused, ResumeError) before any data
         # preparation; every rank reads the same files, only rank 0 changes them
@@ -258,19 +281,20 @@ class Trainer:
         if plan.run_id is None:  # a fresh run: rank 0 minted its id
             plan.run_id = json.loads((run_dir / "run.json").read_text())["run_id"]
         self.run_identity = plan.identity()
-        t_start = time.perf_counter()
 
         data = prepare_data(cfg, log) if info.is_main else None
         D.barrier(info)
         if not info.is_main:
             data = prepare_data(cfg, lambda *_: None)  # the cache is warm now: fast
+        self.data = data
         local_b = tc.batch_size // info.world
 
         torch.manual_seed(tc.seed)
         random.seed(tc.seed)
         model = MultimodalSSM(cfg.model, cfg.features, data.labels, data.train.tokenizer).to(info.device)
-        weights = {k: getattr(tc, f"loss_{k}") for k in HEADS}  # train.loss_<head>
-        step_module: nn.Module = TrainStep(model, weights)
+        self.loss_names = list(HEADS)  # the losses, in report order
+        self.weights = {k: getattr(tc, f"loss_{k}") for k in HEADS}  # train.loss_<head>
+        step_module: nn.Module = TrainStep(model, self.weights)
         if info.enabled and tc.parallel == "fsdp":
             # FSDP2: shard each backbone block, then the rest (frontends, heads) at the root, which is
             # the TrainStep so that the heads are used inside its forward
@@ -314,7 +338,7 @@ class Trainer:
             set_model_state_dict(model, {k: weights_sd[k] for k in own}, options=_FULL)
             log(f"weights from {source}; optimizer, schedule and data start at step 0")
 
-        accum = max(1, tc.grad_accum)
+        self.accum = accum = max(1, tc.grad_accum)
         schedule = SlotSchedule(data.train.windows_per_stream, tc.batch_size, tc.seed, info.rank, info.world)
         windows = ScheduledWindows(
             data.train, tc.seed, cfg.model.temporal.train_clock_offset, tc.modality_dropout
@@ -328,97 +352,123 @@ class Trainer:
             worker_init_fn=D.ignore_signals_in_worker if cfg.data.num_workers else None,
             persistent_workers=False,
         )
+        self.model, self.step_module, self.opt, self.sched = model, step_module, opt, sched
+        self.global_step, self.carried = step, carried
+        self.batches = iter(loader)
+        self.autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=tc.bf16)
+        self.nonfinite = 0  # skipped steps so far (NonFiniteLossError at 5)
+        self.tokens_seen = 0  # valid tokens trained on since setup, all ranks
+        self.wait_s = self.compute_s = 0.0  # time waiting for data / computing, this rank
+        model.train()
 
-        config_dict = to_dict(cfg)
-        logger = RunLogger(cfg, run_dir, config_dict, tc.max_steps, step, enabled=info.is_main)
+    # --------------------------------------------------------------------------------- step
+
+    def step(self) -> dict[str, float] | None:
+        """One optimizer step: ``train.grad_accum`` micro-batches (every slot runs its next window with
+        its carried, detached recurrent state), losses normalised by the global count of supervised
+        items, gradient clipping, AdamW and the schedule. Advances ``global_step``.
+
+        Returns ``{"loss", "loss_<head>"..., "lr", "grad_norm"}`` (every rank's mean), or None when a
+        non-finite loss on any rank skipped the step (gradients dropped, carried states reset);
+        raises :class:`NonFiniteLossError` at the fifth such step.
+        """
+        info, model, accum = self.info, self.model, self.accum
+        names = self.loss_names
+        acc = {k: 0.0 for k in names}
+        tokens = 0
+        for _ in range(accum):
+            t_w = time.perf_counter()
+            batch = next(self.batches).to(info.device)
+            t_c = time.perf_counter()
+            self.wait_s += t_c - t_w
+            state = self._slot_state(model, self.carried, batch.is_first, info.device)
+            counts = model.supervised_counts(batch)
+            counts = D.all_reduce_sum(torch.tensor([counts[k] for k in names], dtype=torch.float64), info)
+            # normalise by the global count of supervised items of the whole optimizer step
+            # (x accum micro-steps, x world since DDP averages gradients over ranks)
+            norm = {k: max(1.0, c) * accum / info.world for k, c in zip(names, counts.tolist())}
+            with self.autocast:
+                loss, sums, _, new_state = self.step_module(batch, state, norm)
+            if D.any_rank(not bool(torch.isfinite(loss)), info):
+                self.carried = None
+                self.opt.zero_grad(set_to_none=True)
+                self.nonfinite += 1
+                self.global_step += 1
+                self.sched.step()
+                if self.nonfinite >= 5:
+                    raise NonFiniteLossError(
+                        f"{self.nonfinite} non-finite losses: stopping (lower train.lr?)"
+                    )
+                return None
+            loss.backward()
+            self.carried = new_state.detach()
+            for k in names:  # this rank's share of the step's mean loss
+                acc[k] += float(sums[k]) / (norm[k] * info.world)
+            tokens += int(batch.valid.sum())
+            self.compute_s += time.perf_counter() - t_c
+        if info.enabled:
+            acc = dict(zip(names, D.all_reduce_sum(torch.tensor([acc[k] for k in names]), info).tolist()))
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.train.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.sched.step()
+        self.global_step += 1
+        self.tokens_seen += tokens * info.world
+        return {
+            "loss": sum(self.weights[k] * acc[k] for k in names),
+            **{f"loss_{k}": acc[k] for k in names},
+            "lr": self.sched.get_last_lr()[0],
+            "grad_norm": float(gnorm),
+        }
+
+    # ---------------------------------------------------------------------------------- run
+
+    def run(self) -> dict:
+        """Train to ``train.max_steps`` (or a stop signal): :meth:`setup`, :meth:`step` in a loop with
+        logging, validation and checkpoints, then the final model, validation and the streaming
+        evaluation. Returns ``step``, ``losses``, ``interrupted`` (the signal's name or None),
+        ``skipped`` (bad streams), ``data_wait_frac`` and, after a finished run, ``final_model``,
+        ``eval``, ``eval_stream`` and ``elapsed_s``."""
+        cfg, tc = self.cfg, self.cfg.train
+        t_start = time.perf_counter()
+        self.setup()
+        info, data, run_dir, ckpt_dir = self.info, self.data, self.run_dir, self.ckpt_dir
+        logger = RunLogger(cfg, run_dir, to_dict(cfg), tc.max_steps, self.global_step, enabled=info.is_main)
         stop = D.StopFlag().install()
         thr = Throughput()
-        autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=tc.bf16)
         losses_hist: list[float] = []
         best = -math.inf
-        nonfinite = 0
-        wait_s = compute_s = 0.0
-        model.train()
-        it = iter(loader)
         interrupted = None
         try:
-            while step < tc.max_steps:
-                acc = {k: 0.0 for k in HEADS}
-                tokens = 0
-                bad = False
-                for _ in range(accum):
-                    t_w = time.perf_counter()
-                    batch = next(it).to(info.device)
-                    t_c = time.perf_counter()
-                    wait_s += t_c - t_w
-                    state = self._slot_state(model, carried, batch.is_first, info.device)
-                    counts = model.supervised_counts(batch)
-                    counts = D.all_reduce_sum(
-                        torch.tensor([counts[k] for k in HEADS], dtype=torch.float64), info
-                    )
-                    # normalise by the global count of supervised items of the whole optimizer step
-                    # (x accum micro-steps, x world since DDP averages gradients over ranks)
-                    norm = {k: max(1.0, c) * accum / info.world for k, c in zip(HEADS, counts.tolist())}
-                    with autocast:
-                        loss, sums, _, new_state = step_module(batch, state, norm)
-                    if D.any_rank(not bool(torch.isfinite(loss)), info):
-                        bad = True
-                        carried = None
-                        break
-                    loss.backward()
-                    carried = new_state.detach()
-                    for k in HEADS:  # this rank's share of the step's mean loss
-                        acc[k] += float(sums[k]) / (norm[k] * info.world)
-                    tokens += int(batch.valid.sum())
-                    compute_s += time.perf_counter() - t_c
-                if bad:
-                    opt.zero_grad(set_to_none=True)
-                    nonfinite += 1
-                    logger.print(f"step {step + 1}: non-finite loss, step skipped ({nonfinite} so far)")
-                    if nonfinite >= 5:
-                        raise NonFiniteLossError(f"{nonfinite} non-finite losses: stopping (lower train.lr?)")
-                    step += 1
-                    sched.step()
+            while self.global_step < tc.max_steps:
+                tokens_before = self.tokens_seen
+                metrics = self.step()
+                step = self.global_step
+                if metrics is None:
+                    logger.print(f"step {step}: non-finite loss, step skipped ({self.nonfinite} so far)")
                     continue
-                if info.enabled:
-                    acc = dict(
-                        zip(HEADS, D.all_reduce_sum(torch.tensor([acc[k] for k in HEADS]), info).tolist())
-                    )
-                gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                sched.step()
-                step += 1
-                total_loss = sum(weights[k] * acc[k] for k in HEADS)
-                losses_hist.append(total_loss)
-                tok_s = thr.update(tokens * info.world)
-                metrics = {
-                    "loss": total_loss,
-                    **{f"loss_{k}": acc[k] for k in HEADS},
-                    "lr": sched.get_last_lr()[0],
-                    "grad_norm": float(gnorm),
-                    "tokens_per_s": tok_s,
-                    "eta_s": thr.step_time() * (tc.max_steps - step),
-                    "data_wait_frac": wait_s / max(1e-9, wait_s + compute_s),
-                }
+                losses_hist.append(metrics["loss"])
+                metrics["tokens_per_s"] = thr.update(self.tokens_seen - tokens_before)
+                metrics["eta_s"] = thr.step_time() * (tc.max_steps - step)
+                metrics["data_wait_frac"] = self.wait_s / max(1e-9, self.wait_s + self.compute_s)
                 logger.step(step, metrics, tc.max_steps)
-                if "on_step" in self.hooks:
-                    self.hooks["on_step"](step, metrics)
-                if tc.debug_signal_at_step == step and info.is_main:  # other ranks learn it via any_rank
-                    os.kill(os.getpid(), __import__("signal").SIGTERM)
-                stopping = D.any_rank(stop.requested, info)
+                for callback in self.callbacks:
+                    callback(step, metrics)
+                stopping = D.any_rank(stop.requested, info)  # a signal to any rank stops them all
                 if (
                     tc.eval_every
                     and step % tc.eval_every == 0
                     and data.val is not None
                     and step < tc.max_steps
                 ):
-                    export = self._export(model, info)  # collective under FSDP
+                    export = self._export(self.model, info)  # collective under FSDP
                     if info.is_main:
                         best = self._maybe_best(export, data, run_dir, step, best, logger)
                     D.barrier(info)
                 if stopping or step % tc.ckpt_every == 0 or step == tc.max_steps:
-                    self._save(model, opt, sched, step, carried, info, ckpt_dir, tc, data.labels)
+                    self._save(
+                        self.model, self.opt, self.sched, step, self.carried, info, ckpt_dir, tc, data.labels
+                    )
                 if stopping:
                     interrupted = stop.signal or "stop"
                     logger.print(
@@ -428,13 +478,15 @@ class Trainer:
         finally:
             stop.restore()
 
+        step = self.global_step
         result = {
             "step": step,
             "losses": losses_hist,
             "interrupted": interrupted,
             "skipped": len(data.skipped),
-            "data_wait_frac": wait_s / max(1e-9, wait_s + compute_s),
+            "data_wait_frac": self.wait_s / max(1e-9, self.wait_s + self.compute_s),
         }
+        model = self.model
         if interrupted is None:
             model = self._export(model, info)  # a whole (unsharded) model on rank 0
         if interrupted is None and info.is_main:

@@ -30,11 +30,12 @@ def _cfg(tiny_overrides, tmp, world, *extra):
 
 
 def _run(tiny_overrides, tmp, world, *extra, sigterm_at=None):
-    """One in-process run; ``sigterm_at``: a real SIGTERM to this process after that step."""
-    hooks = {}
+    """One in-process run; ``sigterm_at``: a real SIGTERM to this process after that step (sent by a
+    Trainer callback, the public per-step interface)."""
+    callbacks = []
     if sigterm_at is not None:
-        hooks["on_step"] = lambda step, _m: step == sigterm_at and os.kill(os.getpid(), signal.SIGTERM)
-    return Trainer(_cfg(tiny_overrides, tmp, world, *extra), hooks).run()
+        callbacks.append(lambda step, _m: step == sigterm_at and os.kill(os.getpid(), signal.SIGTERM))
+    return Trainer(_cfg(tiny_overrides, tmp, world, *extra), callbacks).run()
 
 
 def _steps(folder: Path) -> list[int]:

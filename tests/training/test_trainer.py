@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from ssm_mm.training.schedule import SlotSchedule
 from ssm_mm.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[2]
+SIGTERM_DRIVER = Path(__file__).with_name("train_with_sigterm.py")
 
 
 def losses_of(run_dir: Path) -> dict[int, float]:
@@ -24,11 +26,16 @@ def losses_of(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows}
 
 
+def sigterm_after(step: int):
+    """A Trainer callback sending this process a real SIGTERM after optimizer step ``step``."""
+    return lambda s, _metrics: s == step and os.kill(os.getpid(), signal.SIGTERM)
+
+
 @pytest.fixture(scope="module")
 def run(tiny_overrides):
-    def run(tmp, world, *extra):
+    def run(tmp, world, *extra, sigterm_at=None):
         cfg = load_config(None, tiny_overrides(tmp, *world, *extra))
-        return Trainer(cfg).run()
+        return Trainer(cfg, [] if sigterm_at is None else [sigterm_after(sigterm_at)]).run()
 
     return run
 
@@ -43,7 +50,7 @@ def uninterrupted(tmp_path_factory, tiny_world, run):
 def test_sigterm_then_resume_equals_uninterrupted(tmp_path, tiny_world, uninterrupted, run):
     full_tmp, full = uninterrupted
     assert full["interrupted"] is None and full["step"] == 8
-    res = run(tmp_path, tiny_world, "train.debug_signal_at_step=3")
+    res = run(tmp_path, tiny_world, sigterm_at=3)
     assert res["interrupted"] == "SIGTERM" and res["step"] == 3
     assert [s for s, _ in list_checkpoints(tmp_path / "run" / "checkpoints")][-1] == 3
     res2 = run(tmp_path, tiny_world, "train.resume=true")
@@ -61,7 +68,7 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path, tiny_world, uninterr
 
 def test_truncated_checkpoint_is_refused_and_previous_used(tmp_path, tiny_world, uninterrupted, run):
     full_tmp, _ = uninterrupted
-    run(tmp_path, tiny_world, "train.debug_signal_at_step=5")  # checkpoints at 2, 4 and 5
+    run(tmp_path, tiny_world, sigterm_at=5)  # checkpoints at 2, 4 and 5
     ckpts = dict(list_checkpoints(tmp_path / "run" / "checkpoints"))
     assert set(ckpts) >= {4, 5}
     data = ckpts[5].read_bytes()
@@ -186,15 +193,15 @@ def test_torchrun_ddp_matches_single_process_and_resumes_single(
     tmp_path, tiny_world, uninterrupted, run, tiny_overrides
 ):
     full_tmp, _ = uninterrupted
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "SSM_MM_TEST_SIGTERM_AT": "4"}
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
         "--master_port=29517",
-        "train.py",
-        *tiny_overrides(tmp_path, *tiny_world, "train.debug_signal_at_step=4"),
+        str(SIGTERM_DRIVER),  # train.py whose rank 0 gets a real SIGTERM after step 4
+        *tiny_overrides(tmp_path, *tiny_world),
     ]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     # the workers exit 75 (interrupted, resumable); torchrun reports that as a failed worker (1)
@@ -214,16 +221,15 @@ def test_torchrun_fsdp_matches_single_process_and_resumes_single(
     tmp_path, tiny_world, uninterrupted, run, tiny_overrides
 ):
     full_tmp, _ = uninterrupted
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    extra = ("train.parallel=fsdp", "train.debug_signal_at_step=4")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "SSM_MM_TEST_SIGTERM_AT": "4"}
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nproc_per_node=2",
         "--master_port=29519",
-        "train.py",
-        *tiny_overrides(tmp_path, *tiny_world, *extra),
+        str(SIGTERM_DRIVER),
+        *tiny_overrides(tmp_path, *tiny_world, "train.parallel=fsdp"),
     ]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     # the workers exit 75 (interrupted, resumable); torchrun reports that as a failed worker (1)
