@@ -71,10 +71,10 @@ def start_server(model_dir: Path, max_sessions: int) -> tuple[subprocess.Popen, 
 
 async def run_n(url: str, media: StreamMedia, n: int, tau: float, warm: float) -> dict:
     client = Client(url.replace("http://", "ws://") + "ws", timeout=60.0)
-    ask_at = media.seconds * 0.6
 
     async def one(i: int):
         await asyncio.sleep(tau * i / max(n, 1))  # starts spread over one tick
+        ask_at = media.seconds * (0.3 + 0.5 * i / n)  # one question per stream, spread over the streams
         return await client.astream(
             media, [(ask_at, QUESTION)], realtime=True, options={"speak_threshold": 1.0}
         )

@@ -11,8 +11,9 @@ Protocol (one WebSocket per stream, ``ws://HOST:PORT/ws``; with ``--token``, sen
 
 Client -> server
   text   ``{"type": "open", "modalities": ["video", "audio"], "t0": 0, "speak_threshold": 0.5,
-          "max_answer_tokens": 32}`` first (every field optional), or ``{"type": "open", "session": ID}``
-          to resume a stream after a disconnect or a server restart.
+          "max_answer_tokens": 32}`` first (every field optional), or ``{"type": "open", "session": ID,
+          "last_seq": N}`` to resume a stream after a disconnect or a server restart (``N``: the last
+          ``seq`` received; the results after it are sent again).
   binary media (:mod:`ssm_mm.serve.protocol`): ``[uint32 LE n][JSON header, n bytes][payload]`` with
           header ``{"type": "video", "t": 1.25, "format": "jpeg"}`` (payload a JPEG) or
           ``{"type": "video", "t", "format": "rgb", "width", "height"}`` (W·H·3 bytes), or
@@ -21,9 +22,10 @@ Client -> server
   text   ``{"type": "ask", "id": 7, "text": "how many times did the bell ring?", "t": 12.3}``: asked at
           the end of the tick holding ``t`` (default: the latest media received).
   text   ``{"type": "close"}``: the stream ended (the last partial tick is flushed).
+  text   ``{"type": "ack", "seq": N}``: every result up to ``N`` arrived (the server may forget them).
   text   ``{"type": "ping", "id": ...}`` -> ``{"type": "pong", "id": ...}``.
 
-Server -> client (JSON text)
+Server -> client (JSON text; results carry ``"seq"``: 1, 2, ... per session)
   ``{"type": "ready", "session": ID, "resumed": null|"memory"|"snapshot", "time", "ticks",
   "video_until", "audio_until", "pending_questions", "tick_seconds", "fps", "frame_size",
   "sample_rate", "labels", ...}``: after a resume, send only media after ``video_until`` /
@@ -42,7 +44,7 @@ pending questions) is written atomically every ``--snapshot-every`` seconds of s
 been idle for ``--idle-seconds`` and on a graceful stop (SIGINT/SIGTERM, exit status 75 when sessions
 were saved); after ``kill -9`` and a restart a session resumes from its last snapshot, so the client
 resends at most that interval. Results between a snapshot and a crash are sent again (at least once:
-deduplicate by tick / question id). HTTP: ``/health`` (liveness), ``/metrics`` (JSON: sessions, tick
+deduplicate by ``seq``, tick or question id). HTTP: ``/health`` (liveness), ``/metrics`` (JSON: sessions, tick
 latency p50/p99, bytes per session, counters). docs/serving.md has the details.
 """
 

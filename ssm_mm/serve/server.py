@@ -63,6 +63,8 @@ _TIME_EPS = 1e-9
 _MIN_MARGIN = 1e-3
 # Per-tick latencies kept for /metrics percentiles (a ring: constant memory).
 _LATENCY_WINDOW = 20_000
+# Seconds of answer generation per round, in ticks (see Server._round).
+_ASK_BUDGET = 0.25
 # Session options a client may set in its "open" message (the rest are the server's).
 _CLIENT_OPTIONS = ("modalities", "t0", "speak_threshold", "max_answer_tokens")
 
@@ -223,6 +225,7 @@ class Server:
         self._stop_event: asyncio.Event | None = None
         self._start_error: BaseException | None = None
         self._t_start = time.time()
+        self._ask_deadline, self._asked = 0.0, 0
         self.saved_on_stop = 0  # sessions snapshotted by a graceful stop
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -740,6 +743,9 @@ class Server:
             return
         lives = [x[0] for x in touched.values()]
         self._step([lv for lv in lives if not lv.closed])
+        # answers are generated one session at a time: past this budget, due questions wait for the
+        # next round (at least one per round), so a burst of questions does not hold every stream's ticks
+        self._ask_deadline, self._asked = time.perf_counter() + self.tau * _ASK_BUDGET, 0
         again = False
         for live, oldest, before in touched.values():
             again |= self._after_step(live, oldest, before)
@@ -773,12 +779,13 @@ class Server:
         return max(_MIN_MARGIN, live.session.audio_lookahead(rate) if rate else 0.0)
 
     def _cut(self, live: _Live) -> tuple[float, _Question | None]:
-        """The media cut before the next pending question (inf when none is pending)."""
-        s = live.session
-        for q in live.questions:
-            if s.time < q.placed - _TIME_EPS:
-                return q.placed + self._margin(live), q
-        return math.inf, None
+        """The media cut of the first pending question (inf when none is pending): no media at or after
+        it goes in before the question is asked, also when the question is due but waits for the next
+        round's answer budget (or was asked late: then nothing more goes in until it is answered)."""
+        if not live.questions or live.questions_final:
+            return math.inf, None
+        q = live.questions[0]
+        return q.placed + self._margin(live), q
 
     def _ingest(self, live: _Live) -> tuple[bool, float | None]:
         """Push ``live``'s queued media into its session, up to the next question's cut. Returns
@@ -793,10 +800,11 @@ class Server:
             q.placed = place_text_time(max(q.t, s.t0), self.tau, s.t0)
             bisect.insort(live.questions, q, key=lambda x: x.placed)
             did = True
+        did |= self._question_due(live)  # deferred by the last round's answer budget
         cut, q = self._cut(live)
         oldest = self._push(live, cut)
         did |= oldest is not None
-        if q is not None:
+        if q is not None and s.time < q.placed - _TIME_EPS:
             with self._lock:
                 have = {"video": bool(live.video), "audio": bool(live.audio)}
             if all(have[m] for m in s.modalities):  # nothing before the cut can still arrive
@@ -809,7 +817,7 @@ class Server:
         if closing:
             with self._lock:
                 empty = not live.video and not live.audio
-            if empty and (q is None or live.questions_final):
+            if empty and (q is None or live.questions_final) and not self._question_due(live):
                 live.finishing = True
                 did = True
         return did, oldest
@@ -917,6 +925,9 @@ class Server:
             self._latency.extend([lat] * min(n, 64))
         out += self._drain(live)
         while live.questions and (finishing or s.time >= live.questions[0].placed - _TIME_EPS):
+            if not finishing and self._asked and time.perf_counter() > self._ask_deadline:
+                break
+            self._asked += 1
             q = live.questions.pop(0)
             asked_at = s.time
             answer: list[str] = []
@@ -947,7 +958,11 @@ class Server:
             self._snapshot(live, wait=False)
         with self._lock:
             queued = bool(live.video or live.audio or live.asks or live.close_requested)
-        return queued
+        return queued or self._question_due(live)
+
+    @staticmethod
+    def _question_due(live: _Live) -> bool:
+        return bool(live.questions) and live.session.time >= live.questions[0].placed - _TIME_EPS
 
     def _drain(self, live: _Live) -> list[dict]:
         s = live.session
