@@ -75,7 +75,6 @@ from ssm_mm.data.featurize import AudioFeaturizer, VideoFeaturizer  # noqa: E402
 from ssm_mm.data.manifest import Segment, StreamSpec  # noqa: E402
 from ssm_mm.layers.attention import AttentionLayer  # noqa: E402
 from ssm_mm.layers.mamba2 import Mamba2Mixer  # noqa: E402
-from ssm_mm.models.multimodal import HEADS  # noqa: E402
 from ssm_mm.ops.attention import BACKENDS, set_attention_backend  # noqa: E402
 from ssm_mm.training.trainer import TrainStep, build_optimizer  # noqa: E402
 
@@ -162,7 +161,7 @@ class Stepper:
         self.tc = tc
         self.device = torch.device(device)
         self.autocast = lambda: torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
-        self.step_module = TrainStep(model, {k: 1.0 for k in HEADS})
+        self.step_module = TrainStep(model, {k: 1.0 for k in model.objectives})
         self.opt = build_optimizer(model, tc)
 
     def step(self, batch: Batch) -> float:

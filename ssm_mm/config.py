@@ -77,48 +77,9 @@ class ModelConfig:
     norm_eps: float = 1e-5
     kernels: str = "auto"  # "auto" | "torch" | "cuda"
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
-    # multimodal frontends and heads (SPEC §6)
+    # multimodal frontends (SPEC §6); the heads belong to the objectives (the ``objectives`` section)
     patch_size: int = 32  # 64x64 frames -> 2x2 = 4 patch tokens
     tie_embeddings: bool = True
-    # > 0: a self-supervised head predicts each video patch token's own patch, average-pooled to
-    # N x N x 3, from the final hidden state (train.loss_video weighs it): keeps what the frames show
-    # (colour as well as shape) in the residual stream, where later layers and the state can use it
-    video_target: int = 0
-    # > 0: an auxiliary head reads, at every tick, how many times each event label has occurred since
-    # the stream began, as a class 0..N (counts above N are N; train.loss_count weighs it): dense
-    # supervision for the counters that "how many times ... so far?" questions need in the state
-    count_head: int = 0
-    # true: an auxiliary head reads, at every tick and for each event label, the rank of its first
-    # occurrence among the labels begun so far (0 = first; "not yet" is a class too; train.loss_order
-    # weighs it): dense supervision for the order that "which came first, the X or the Y?" asks
-    order_head: bool = False
-    # > 0: an auxiliary head reads, at every tick and for each event label, the frame shown when that
-    # label last happened (the middle of its last finished segment), average-pooled to N x N x 3
-    # (train.loss_recall weighs it): dense supervision for binding what was on screen to an event in
-    # the state, which "what color was the X when the Y last happened?" needs seconds later
-    recall_head: int = 0
-    # non-empty: an auxiliary head reads, at every tick and for each event label, the value of this
-    # segment attribute (manifest segments' "attributes", e.g. "color" of what made the sound) at the
-    # label's last finished segment, as a class over recall_values (filled from the
-    # training streams when empty; train.loss_attribute weighs it): the binding the recall head asks
-    # for from pixels, asked directly
-    recall_attribute: str = ""
-    # more segment attributes read by the same head, each a class over the shared recall_values
-    # (e.g. one per object on screen throughout the event: what questions about an object other than
-    # the event's own need); recall_attribute, if set, is the first
-    recall_attributes: list[str] = field(default_factory=list)
-    recall_values: list[str] = field(default_factory=list)
-
-    def attribute_names(self) -> list[str]:
-        """The segment attributes the attribute head reads, in order: ``recall_attribute`` (if set), then
-        ``recall_attributes`` (ValueError on an empty or repeated name)."""
-        names = ([self.recall_attribute] if self.recall_attribute else []) + list(self.recall_attributes)
-        if any(not n for n in names) or len(set(names)) != len(names):
-            raise ValueError(
-                f"model.recall_attribute={self.recall_attribute!r} + model.recall_attributes="
-                f"{list(self.recall_attributes)}: attribute names must be non-empty and distinct"
-            )
-        return names
 
     def layer_windows(self) -> list[int | None]:
         """The attention window of each "A" in ``pattern``, in order (ValueError if ``attn_windows`` does
@@ -184,18 +145,6 @@ class TrainConfig:
     grad_clip: float = 1.0
     bf16: bool = False
     modality_dropout: float = 0.0
-    loss_lm: float = 1.0
-    loss_event: float = 1.0
-    loss_speak: float = 1.0
-    loss_video: float = 1.0  # only with model.video_target > 0
-    loss_count: float = 1.0  # only with model.count_head > 0
-    loss_order: float = 1.0  # only with model.order_head
-    loss_recall: float = 1.0  # only with model.recall_head > 0
-    loss_attribute: float = 1.0  # only with model.recall_attribute(s)
-    # LM-loss weight of the answers to each question type (a user turn's manifest "type"; the answer is
-    # the assistant turn directly after it unless that is a proactive response: interleave.lm_weights),
-    # e.g. {count: 4.0}; every other LM token weighs 1 and the LM loss is the weighted mean (validation too)
-    loss_answer: dict[str, float] = field(default_factory=dict)
     ckpt_every: int = 100
     keep_last: int = 2
     eval_every: int = 0  # 0 = only at the end
@@ -264,6 +213,12 @@ def _tokenizer_config():
     return TokenizerConfig()
 
 
+def _objectives_config():
+    from ssm_mm.objectives import objectives_config
+
+    return objectives_config()
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -273,6 +228,10 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # what the model is trained for: one section per registered objective (ssm_mm.objectives), typed
+    # by its own config; lm, event and speak are always on, the others off (null) until given, e.g.
+    # objectives.count.max=7 or `order: {}` in a file; each has a weight in the total loss
+    objectives: Any = field(default_factory=_objectives_config)
 
 
 # ------------------------------------------------------------------------------------------ merge
@@ -289,8 +248,25 @@ def _valid_keys(node: Any, dotted: str) -> list[str]:
     return sorted(node.keys()) if isinstance(node, DictConfig) else []
 
 
+# keys that moved into the objectives section (issue 30): old key -> where it lives now
+MOVED = {
+    "model.video_target": "objectives.video.size",
+    "model.count_head": "objectives.count.max",
+    "model.order_head": "objectives.order (an empty section {} turns it on)",
+    "model.recall_head": "objectives.recall.size",
+    "model.recall_attribute": "objectives.attribute.names",
+    "model.recall_attributes": "objectives.attribute.names",
+    "model.recall_values": "objectives.attribute.values",
+    "train.loss_answer": "objectives.lm.answer_weights",
+    **{f"train.loss_{k}": f"objectives.{k}.weight" for k in ("lm", "event", "speak", "video", "count")},
+    **{f"train.loss_{k}": f"objectives.{k}.weight" for k in ("order", "recall", "attribute")},
+}
+
+
 def _explain(exc: OmegaConfBaseException, schema: DictConfig, source: str) -> ConfigError:
     key = getattr(exc, "full_key", None) or ""
+    if key in MOVED:
+        return ConfigError(f"{source}: config key '{key}' moved to {MOVED[key]}")
     if isinstance(exc, (ConfigKeyError, ConfigAttributeError)):
         valid = _valid_keys(schema, key)
         return ConfigError(f"{source}: unknown config key '{key}'. Valid keys here: {', '.join(valid)}")
@@ -376,9 +352,6 @@ RANGES: dict[str, tuple[str, float | None, float | None, str]] = {
     "model.mlp_ratio": ("(", 0, None, ")"),
     "model.norm_eps": ("(", 0, 1, "]"),
     "model.patch_size": ("[", 1, None, ")"),
-    "model.video_target": ("[", 0, None, ")"),
-    "model.count_head": ("[", 0, None, ")"),
-    "model.recall_head": ("[", 0, None, ")"),
     "model.temporal.n_periodic": ("[", 0, None, ")"),
     "model.temporal.min_period": ("(", 0, None, ")"),
     "model.temporal.max_period": ("(", 0, None, ")"),
@@ -399,14 +372,6 @@ RANGES: dict[str, tuple[str, float | None, float | None, str]] = {
     "train.betas": ("[", 0, 1, ")"),
     "train.grad_clip": ("(", 0, math.inf, "]"),  # inf = no clipping
     "train.modality_dropout": ("[", 0, 1, ")"),
-    "train.loss_lm": ("[", 0, None, ")"),
-    "train.loss_event": ("[", 0, None, ")"),
-    "train.loss_speak": ("[", 0, None, ")"),
-    "train.loss_video": ("[", 0, None, ")"),
-    "train.loss_count": ("[", 0, None, ")"),
-    "train.loss_order": ("[", 0, None, ")"),
-    "train.loss_recall": ("[", 0, None, ")"),
-    "train.loss_attribute": ("[", 0, None, ")"),
     "train.ckpt_every": ("[", 1, None, ")"),
     "train.keep_last": ("[", 1, None, ")"),
     "train.eval_every": ("[", 0, None, ")"),  # 0 = only at the end
@@ -443,13 +408,21 @@ def _range_text(rule: tuple[str, float | None, float | None, str]) -> str:
     return f"in {left}{lo:g}, {hi:g}{right}"
 
 
+def ranges() -> dict[str, tuple[str, float | None, float | None, str]]:
+    """:data:`RANGES` and every registered objective's (``objectives.<name>.<field>``, from its config's
+    own ``RANGES``)."""
+    from ssm_mm.objectives.base import ranges as objective_ranges
+
+    return {**RANGES, **objective_ranges()}
+
+
 def check_ranges(cfg: Config) -> None:
     """:class:`ConfigError` naming the first value outside its :data:`RANGES` entry, so a bad value
     fails before any work."""
-    for key, rule in RANGES.items():
+    for key, rule in ranges().items():
         node: Any = cfg
         for part in key.split("."):
-            node = getattr(node, part)
+            node = getattr(node, part, None)  # None: an objective that is off
         for v in node if isinstance(node, (list, tuple)) else [node]:
             if v is not None and not _in_range(float(v), rule):
                 raise ConfigError(f"{key}={node!r}: must be {_range_text(rule)}")
@@ -491,14 +464,9 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError(f"model.attn_window={m.attn_window} must be >= 1 or null (full attention)")
     try:
         m.layer_windows()
-        m.attribute_names()
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    from ssm_mm.data.interleave import bad_answer_weights
-
-    bad = bad_answer_weights(cfg.train.loss_answer)
-    if bad:
-        raise ConfigError(f"train.loss_answer={bad}: weights must be finite and >= 0")
+    _check_objectives(cfg.objectives)
     if cfg.train.parallel not in ("ddp", "fsdp"):
         raise ConfigError(f"train.parallel='{cfg.train.parallel}': expected ddp | fsdp")
     _check_worlds(cfg.data)
@@ -508,6 +476,22 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError(
             f"logging.wandb.mode='{cfg.logging.wandb.mode}': expected auto|online|offline|disabled"
         )
+
+
+def _check_objectives(section: Any) -> None:
+    """The always-on objectives are on, and each enabled objective's own checks pass."""
+    from ssm_mm.objectives import objective_class
+
+    for name, ocfg in vars(section).items():
+        cls = objective_class(name)
+        if ocfg is None:
+            if cls.always_on:
+                raise ConfigError(f"objectives.{name}: the {name} objective is always on (it cannot be null)")
+            continue
+        try:
+            cls.validate_config(ocfg)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def _check_worlds(d: DataConfig) -> None:

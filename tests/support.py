@@ -30,7 +30,8 @@ def tiny_model_config(**overrides) -> ModelConfig:
     return ModelConfig(**{**TINY_MODEL, **overrides})
 
 
-def tiny_model(seed: int = 0, labels: list[str] | None = None, **overrides) -> MultimodalSSM:
-    """A freshly initialised (seeded) tiny MultimodalSSM in eval mode."""
+def tiny_model(seed: int = 0, labels: list[str] | None = None, objectives=None, **overrides) -> MultimodalSSM:
+    """A freshly initialised (seeded) tiny MultimodalSSM in eval mode (``objectives``: ``{name: config}``
+    beside the always-on ones)."""
     torch.manual_seed(seed)
-    return MultimodalSSM(tiny_model_config(**overrides), labels=labels).eval()
+    return MultimodalSSM(tiny_model_config(**overrides), labels=labels, objectives=objectives).eval()

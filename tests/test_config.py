@@ -53,17 +53,16 @@ def test_wrong_type_and_bad_values():
         load_config(None, ["model.d_model=abc"])
     with pytest.raises(ConfigError, match="pattern"):
         load_config(None, ["model.pattern=MMX"])
-    with pytest.raises(ConfigError, match=r"train.loss_answer=\{'count': -1.0\}"):
-        load_config(None, ["train.loss_answer={count: -1.0}"])
-    with pytest.raises(ConfigError, match="loss_answer"):
-        load_config(None, ["train.loss_answer={count: nan}"])
-    assert load_config(None, ["train.loss_answer={count: 4}"]).train.loss_answer == {"count": 4.0}
-    with pytest.raises(ConfigError, match=r"recall_attributes=\['color'\].*distinct"):
-        load_config(None, ["model.recall_attribute=color", "model.recall_attributes=[color]"])
-    with pytest.raises(ConfigError, match="non-empty"):
-        load_config(None, ["model.recall_attributes=[color_of_circle, '']"])
-    m = load_config(None, ["model.recall_attribute=color", "model.recall_attributes=[shape_of_red]"]).model
-    assert m.attribute_names() == ["color", "shape_of_red"]
+    # the objectives' own checks (tests/objectives: answer weights, attribute names, ranges)
+    with pytest.raises(ConfigError, match=r"objectives.lm.answer_weights=\{'count': -1.0\}"):
+        load_config(None, ["objectives.lm.answer_weights={count: -1.0}"])
+    with pytest.raises(ConfigError, match=r"names=\['color_of_circle', ''\].*non-empty list of distinct"):
+        load_config(None, ["objectives.attribute.names=[color_of_circle, '']"])
+    assert load_config(None, ["objectives.attribute.names=[color]"]).objectives.attribute.names == ["color"]
+    with pytest.raises(
+        ConfigError, match="unknown config key 'objectives.cnt'. Valid keys here: attribute, count"
+    ):
+        load_config(None, ["objectives.cnt.max=3"])
     with pytest.raises(ConfigError, match="key=value"):
         load_config(None, ["model.d_model"])
     with pytest.raises(ConfigError, match="not found"):
@@ -117,7 +116,8 @@ def test_attn_windows_per_layer():
         ("train.lr=inf", "train.lr"),
         ("train.betas=[0.9,1.0]", "train.betas"),
         ("train.min_lr_ratio=2", "train.min_lr_ratio"),
-        ("train.loss_event=-1", "train.loss_event"),
+        ("objectives.event.weight=-1", "objectives.event.weight"),
+        ("objectives.count.max=0", "objectives.count.max"),
         ("data.window_seconds=0", "data.window_seconds"),
         ("logging.log_every=0", "logging.log_every"),
         ("eval.speak_threshold=1.5", "eval.speak_threshold"),
@@ -167,8 +167,13 @@ def test_every_numeric_field_has_a_range():
         "logging": C.LoggingConfig,
     }
     sections["eval"] = C.EvalConfig
+    from ssm_mm.objectives import objective_class, objective_names
+
+    sections.update({f"objectives.{n}": objective_class(n).Config for n in objective_names()})
     numeric = [k for name, cls in sections.items() for k in walk(cls, f"{name}.")]
     # mappings/lists checked where they are read: interleave.bad_answer_weights, the sweep knobs
-    numeric = [k for k in numeric if k not in ("train.loss_answer", "eval.sweep_values", "eval.sweeps")]
-    missing = [k for k in numeric if k not in C.RANGES]
-    assert not missing, f"add these to ssm_mm.config.RANGES: {missing}"
+    numeric = [
+        k for k in numeric if k not in ("objectives.lm.answer_weights", "eval.sweep_values", "eval.sweeps")
+    ]
+    missing = [k for k in numeric if k not in C.ranges()]
+    assert not missing, f"add these to ssm_mm.config.RANGES (objectives: their config's RANGES): {missing}"

@@ -1,5 +1,5 @@
 """Is a wrong count answer a memory error or a readout error? For a model trained with the count head
-(``model.count_head=N``), read at every "how many times did the X ...?" question of a results file
+(``objectives.count.max=N``), read at every "how many times did the X ...?" question of a results file
 what the count head says about X at the tick that ends at the question, beside the LM's answer.
 
     python research/avworld/count_probe.py runs/proxy/final runs/proxy/eval/results.json
@@ -49,7 +49,11 @@ def model_counts(model) -> Callable[[StreamDataset, int], torch.Tensor]:
     def predict(ds: StreamDataset, i: int) -> torch.Tensor:
         b = ds.collate([ds[i]])
         out = model.forward_batch(b)
-        return model.count_logits(model.tick_hidden(out.hidden, b.summary_pos))[0].argmax(-1)
+        return (
+            model.objectives["count"]
+            .logits(model.heads["count"], model.tick_hidden(out.hidden, b.summary_pos))[0]
+            .argmax(-1)
+        )
 
     return predict
 
@@ -122,8 +126,8 @@ def run(model_path: str, results: str, dataset: str, manifest: str | None, entry
     if not Path(model_path).exists():
         raise ProbeError(f"{model_path}: no such model")
     model = MultimodalSSM.from_pretrained(model_path).eval()
-    if model.count_head is None:
-        raise ProbeError(f"{model_path}: the model has no count head (train it with model.count_head=N)")
+    if "count" not in model.heads:
+        raise ProbeError(f"{model_path}: the model has no count head (train it with objectives.count.max=N)")
     try:
         res = read_json(results)
     except ValueError as e:
@@ -153,7 +157,7 @@ def run(model_path: str, results: str, dataset: str, manifest: str | None, entry
         qa,
         model.labels,
         model.features.tick_seconds,
-        model.cfg.count_head,
+        model.objectives["count"].cfg.max,
         model_counts(model),
     )
     return "\n".join(markdown_table(HEAD, [row(str(entries[0]["model"]), tab)]))
@@ -161,7 +165,7 @@ def run(model_path: str, results: str, dataset: str, manifest: str | None, entry
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", help="a model folder, checkpoint or run folder trained with model.count_head")
+    ap.add_argument("model", help="a model folder, checkpoint or run folder trained with objectives.count")
     ap.add_argument("results", help="the results.json (or .json.gz) of that model's evaluation")
     ap.add_argument("--dataset", default="val", help="dataset name in the results file (default: val)")
     ap.add_argument("--manifest", help="the dataset's manifest (default: the one the results file names)")

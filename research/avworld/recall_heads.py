@@ -1,5 +1,5 @@
 """How far back do the recall heads remember? For a model trained with the recall-attribute head
-(``model.recall_attribute(s)``) or the recall head (``model.recall_head``), read the head at every tick
+(``objectives.attribute``) or the recall head (``objectives.recall``), read the head at every tick
 of held-out streams for every event label that has happened, and score it by the seconds since that
 label's last segment ended (the age of the memory asked for). A head that reads several attributes
 is scored over all of them, each known (tick, label, attribute) one item.
@@ -68,18 +68,23 @@ def read_heads(model, ds: StreamDataset) -> dict[str, np.ndarray]:
         item = (last >= 0) & b.tick_valid[0, :, None].numpy()  # (K, C)
         cols["age"].append(age[item])
         cols["label"].append(np.nonzero(item)[1])
-        if model.attribute_head is not None:
-            cols["value"].append(b.recall_value[0].numpy()[item].reshape(-1))  # (n, A) -> n A
-            cols["pred"].append(model.attribute_logits(th).argmax(-1).numpy()[item].reshape(-1))
-            cols["value_age"].append(np.repeat(age[item], b.recall_value.shape[-1]))
-        if model.recall_head is not None:
-            idx = torch.from_numpy(w.recall_index.numpy()[item])
+        if "attribute" in model.heads:
+            value = b.targets["attribute"]
+            logits = model.objectives["attribute"].logits(model.heads["attribute"], th)
+            cols["value"].append(value[0].numpy()[item].reshape(-1))  # (n, A) -> n A
+            cols["pred"].append(logits.argmax(-1).numpy()[item].reshape(-1))
+            cols["value_age"].append(np.repeat(age[item], value.shape[-1]))
+        if "recall" in model.heads:
+            recall = model.objectives["recall"]
+            idx = torch.from_numpy(w.targets["recall"].numpy()[item])
             known = idx >= 0
             if not bool(known.all()):
                 raise ProbeError(f"stream {spec.id}: no video frame to recall (the recall head needs video)")
             if len(idx):
-                cols["frame_pred"].append(model.recall_logits(th)[torch.from_numpy(item)].numpy())
-                cols["frame"].append(model.recall_targets(w.recall_video)[idx].numpy())
+                cols["frame_pred"].append(
+                    recall.logits(model.heads["recall"], th)[torch.from_numpy(item)].numpy()
+                )
+                cols["frame"].append(recall.targets_of(w.targets["recall_frames"])[idx].numpy())
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()}
 
 
@@ -145,13 +150,13 @@ def main(argv: list[str] | None = None) -> int:
         if a.streams < 1:
             raise ProbeError(f"--streams must be >= 1, got {a.streams}")
         model = MultimodalSSM.from_pretrained(a.model).eval()
-        if model.attribute_head is None and model.recall_head is None:
+        if "attribute" not in model.heads and "recall" not in model.heads:
             raise ProbeError(
-                f"{a.model}: the model has neither a recall head (model.recall_head) nor a recall-attribute "
-                "head (model.recall_attribute(s))"
+                f"{a.model}: the model has neither a recall head (objectives.recall) nor an attribute "
+                "head (objectives.attribute)"
             )
         streams = read_manifest(manifest).streams[: a.streams]
-        attrs = model.attribute_names
+        attrs = model.objectives["attribute"].cfg.names if "attribute" in model.heads else []
         missing = missing_attributes(streams, attrs)
         if missing:
             raise ProbeError(f"{manifest}: no segment has the attribute(s) {missing} the model's head reads")
@@ -160,25 +165,25 @@ def main(argv: list[str] | None = None) -> int:
             model.features,
             model.tokenizer,
             model.labels,
-            recall_attributes=attrs,
-            recall_values=model.cfg.recall_values,
+            objectives=model.objectives,
         )
         items = read_heads(model, ds)
     except (ProbeError, OSError, ValueError) as e:
         print(f"recall_heads.py: {e}", file=sys.stderr)
         return 2
     out: dict = {"model": str(a.model), "manifest": str(manifest), "streams": len(streams)}
-    if model.attribute_head is not None:
+    if "attribute" in model.heads:
         rows = attribute_rows(items, edges)
-        out["attribute"] = {"names": attrs, "values": list(model.cfg.recall_values), "rows": rows}
+        values = list(model.objectives["attribute"].cfg.values)
+        out["attribute"] = {"names": attrs, "values": values, "rows": rows}
         print(f"attribute head ({', '.join(attrs)}), by seconds since the label's last segment ended:")
         cells = [
             [r["age"], fraction_cell(r["right"], r["n"]), fraction_cell(r["majority"], r["n"])] for r in rows
         ]
         print("\n".join(markdown_table(["age", "head right", "majority value"], cells)))
-    if model.recall_head is not None:
+    if "recall" in model.heads:
         rows = recall_rows(items, edges)
-        out["recall"] = {"pool": model.cfg.recall_head, "rows": rows}
+        out["recall"] = {"pool": model.objectives["recall"].cfg.size, "rows": rows}
         print("recall head: squared error per value of the pooled frame, by age:")
         fmt = lambda x: "–" if x is None else f"{x:.4f}"  # noqa: E731
         cells = [

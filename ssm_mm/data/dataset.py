@@ -18,7 +18,7 @@ Stream length: a stream covers ``num_ticks(duration)`` ticks; media decoded past
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -30,25 +30,16 @@ from ssm_mm.data.feature_cache import StreamFeatures, load_features
 from ssm_mm.data.featurize import FeaturizerConfig, audio_token_times
 from ssm_mm.data.interleave import (
     AUDIO,
-    IGNORE_INDEX,
     TEXT,
     VIDEO,
     TimedTokens,
-    bad_answer_weights,
     encode_dialogue,
     interleave,
-    lm_targets,
-    lm_weights,
     num_ticks,
-    speak_targets,
-    tick_event_counts,
-    tick_event_labels,
-    tick_first_ranks,
-    tick_recall_times,
-    tick_recall_values,
     tick_summary_positions,
 )
 from ssm_mm.data.tokenizer import TurnTokenizer
+from ssm_mm.objectives import Objective, StreamContext, WindowSpan, build_objectives, target_spec
 
 __all__ = [
     "StreamFeatures",
@@ -70,22 +61,11 @@ __all__ = [
 class StreamExample:
     """A whole stream as one interleaved sequence with its targets.
 
-    tokens:      TimedTokens (L,), stream-clock times; ``src`` indexes ``features`` rows (video:
-                 ``frame · patches_per_frame + patch``; audio: token row; text: token id).
-    event_label: (n_ticks,) int64 per-tick label index (0 = background).
-    speak:       (n_ticks,) int64 per-tick speak-now target (0/1).
-    lm_target:   (L,) int64 next-token targets (``IGNORE_INDEX`` where unsupervised).
-    lm_weight:   (L,) float32 weight of each position's LM loss (:func:`~ssm_mm.data.interleave.lm_weights`).
-    event_count: (n_ticks, C) int64 running count of each event label (C = labels − background).
-    first_rank:  (n_ticks, C) int64 rank of each event label's first occurrence among the labels
-                 begun so far, C while it has not begun (:func:`~ssm_mm.data.interleave.tick_first_ranks`).
-    recall_frame: (n_ticks, C) int64 stream frame shown when each event label last happened, seen
-                 from each tick (the frame nearest the midpoint of the label's last finished segment,
-                 :func:`~ssm_mm.data.interleave.tick_recall_times`); −1 while none has, or without video.
-    recall_value: (n_ticks, C, A) int64 index into the dataset's ``recall_values`` of that segment's
-                 ``recall_attributes`` (A of them, 1 when none is named;
-                 :func:`~ssm_mm.data.interleave.tick_recall_values`); −1 while none has happened,
-                 where the segment lacks the attribute, or when the dataset names no attribute.
+    tokens:   TimedTokens (L,), stream-clock times; ``src`` indexes ``features`` rows (video:
+              ``frame · patches_per_frame + patch``; audio: token row; text: token id).
+    targets:  every objective's stream targets by key (:meth:`Objective.stream_targets`: token axis
+              (L, ...), tick axis (n_ticks, ...)), e.g. ``lm`` (L,), ``event`` (n_ticks,).
+    objectives: the objectives that built them (they cut them into windows).
     """
 
     stream_id: str
@@ -94,30 +74,8 @@ class StreamExample:
     n_ticks: int
     tokens: TimedTokens
     features: StreamFeatures
-    event_label: Tensor
-    speak: Tensor
-    lm_target: Tensor
-    lm_weight: Tensor
-    event_count: Tensor
-    first_rank: Tensor
-    recall_frame: Tensor
-    recall_value: Tensor
-
-
-def nearest_frames(times: Tensor, frame_times: np.ndarray) -> Tensor:
-    """Index of the frame nearest each of ``times`` (any shape, float64; NaN -> −1), ``frame_times``
-    sorted ascending (F,); −1 everywhere when there are no frames. Ties go to the earlier frame."""
-    out = torch.full(times.shape, -1, dtype=torch.int64)
-    ft = np.asarray(frame_times, dtype=np.float64)
-    known = ~torch.isnan(times)
-    if len(ft) == 0 or not bool(known.any()):
-        return out
-    q = times[known].numpy()
-    hi = np.minimum(np.searchsorted(ft, q, side="left"), len(ft) - 1)  # first frame at or after q
-    lo = np.maximum(hi - 1, 0)
-    pick = np.where(np.abs(ft[hi] - q) < np.abs(q - ft[lo]), hi, lo)
-    out[known] = torch.from_numpy(pick.astype(np.int64))
-    return out
+    targets: dict[str, Tensor]
+    objectives: list[Objective]
 
 
 def build_example(
@@ -127,14 +85,10 @@ def build_example(
     labels: Sequence[str],
     cfg: FeaturizerConfig,
     stream_index: int = 0,
-    recall_attributes: Sequence[str] = (),
-    recall_values: Sequence[str] = (),
-    answer_weights: Mapping[str, float] | None = None,
+    objectives: Iterable[Objective] | None = None,
 ) -> StreamExample:
-    """Interleave one stream's features and dialogue and build its targets (``spec``: a StreamSpec;
-    ``recall_attributes``/``recall_values``: the segment attributes and value vocabulary of
-    ``recall_value``; ``answer_weights``: LM-loss weight of the answers to each question type,
-    :func:`~ssm_mm.data.interleave.lm_weights`)."""
+    """Interleave one stream's features and dialogue and build the targets of ``objectives`` (default:
+    the always-on ones) (``spec``: a StreamSpec)."""
     t0 = float(spec.t0)
     video_times = t0 + torch.from_numpy(np.asarray(features.video_times, dtype=np.float64))  # (F,)
     fz_t0 = t0 + features.audio_t0  # same sum as a streaming featurizer started at t0 + audio_t0
@@ -149,37 +103,12 @@ def build_example(
     )
     n_ticks = num_ticks(float(spec.duration), cfg.tick_seconds)
     tokens = tokens.select(tokens.tick < n_ticks)  # media past the declared duration is dropped
-    return StreamExample(
-        stream_id=spec.id,
-        stream_index=stream_index,
-        t0=t0,
-        n_ticks=n_ticks,
-        tokens=tokens,
-        features=features,
-        event_label=tick_event_labels(spec.segments, labels, n_ticks, cfg.tick_seconds, stream_id=spec.id),
-        speak=speak_targets(spec.dialogue, n_ticks, cfg.tick_seconds, stream_id=spec.id),
-        lm_target=lm_targets(tokens, tokenizer),
-        lm_weight=lm_weights(tokens, spec.dialogue, answer_weights or {}, cfg.tick_seconds),
-        event_count=tick_event_counts(spec.segments, labels, n_ticks, cfg.tick_seconds, stream_id=spec.id),
-        first_rank=tick_first_ranks(spec.segments, labels, n_ticks, cfg.tick_seconds, stream_id=spec.id),
-        recall_frame=nearest_frames(
-            tick_recall_times(spec.segments, labels, n_ticks, cfg.tick_seconds, stream_id=spec.id),
-            features.video_times if features.video is not None else np.zeros(0),
-        ),
-        recall_value=(
-            tick_recall_values(
-                spec.segments,
-                labels,
-                n_ticks,
-                cfg.tick_seconds,
-                recall_attributes,
-                recall_values,
-                stream_id=spec.id,
-            )
-            if recall_attributes
-            else torch.full((n_ticks, len(labels) - 1, 1), -1, dtype=torch.int64)
-        ),
-    )
+    ctx = StreamContext(spec, tokens, features, tokenizer, labels, n_ticks, cfg.tick_seconds)
+    objectives = list(build_objectives(None, labels).values() if objectives is None else objectives)
+    targets: dict[str, Tensor] = {}
+    for obj in objectives:
+        targets.update(obj.stream_targets(ctx))
+    return StreamExample(spec.id, stream_index, t0, n_ticks, tokens, features, targets, objectives)
 
 
 # ---------------------------------------------------------------------------------------- windows
@@ -193,17 +122,8 @@ class Window:
                   ``audio`` rows (video: ``local_frame · patches_per_frame + patch``).
     video:        (F, 3, S, S) float32 frames used by the window; frame 0 is stream frame ``video_offset``.
     audio:        (A, D) float32 audio tokens; row 0 is stream audio token ``audio_offset``.
-    lm_target:    (L,) int64 (``IGNORE_INDEX`` where unsupervised).
-    lm_weight:    (L,) float32 weight of each position's LM loss.
-    event_label:  (K,) int64, K = tick_end − tick_start.
-    speak:        (K,) int64 0/1.
-    event_count:  (K, C) int64 running count of each event label (C = labels − background).
-    first_rank:   (K, C) int64 order of first occurrences since the stream began (see StreamExample).
-    recall_video: (R, 3, S, S) float32 the distinct stream frames that ``recall_index`` refers to (they
-                  may lie before the window: the recall head looks back across windows).
-    recall_index: (K, C) int64 row of ``recall_video`` shown when each event label last happened,
-                  seen from each tick; −1 while none has.
-    recall_value: (K, C, A) int64 what each event label looked like then (see StreamExample), −1 = none.
+    targets:      every objective's window targets by key (:meth:`Objective.window_targets`): token
+                  axis (L, ...), tick axis (K, ...), rows (R, ...) (e.g. ``recall_frames``).
     summary_pos:  (K,) int64 position in ``tokens`` of each tick's last media token, −1 when the
                   tick has no media token (then it has no prediction and no loss).
     patches_per_frame: video tokens per frame (to re-base video ``src`` when batching).
@@ -220,15 +140,7 @@ class Window:
     audio: Tensor
     video_offset: int
     audio_offset: int
-    lm_target: Tensor
-    lm_weight: Tensor
-    event_label: Tensor
-    speak: Tensor
-    event_count: Tensor
-    first_rank: Tensor
-    recall_video: Tensor
-    recall_index: Tensor
-    recall_value: Tensor
+    targets: dict[str, Tensor]
     summary_pos: Tensor
     patches_per_frame: int
 
@@ -268,13 +180,10 @@ def cut_window(
     summary = torch.full((k1 - k0,), -1, dtype=torch.int64)
     ticks, pos = tick_summary_positions(tokens)
     summary[ticks - k0] = pos
-    recall = ex.recall_frame[k0:k1]
-    frames, recall_index = torch.unique(recall[recall >= 0], return_inverse=True)  # sorted stream frames
-    recall_index = torch.full_like(recall, -1).masked_scatter(recall >= 0, recall_index)
-    if len(frames):
-        recall_video = torch.from_numpy(np.array(ex.features.video[frames.numpy()], dtype=np.float32))
-    else:
-        recall_video = torch.zeros(0, 3, s, s, dtype=torch.float32)
+    span = WindowSpan(k0, k1, lo, hi, ex.features, s)
+    targets: dict[str, Tensor] = {}
+    for obj in ex.objectives:
+        targets.update(obj.window_targets(ex.targets, span))
     return Window(
         stream_id=ex.stream_id,
         stream_index=ex.stream_index,
@@ -287,15 +196,7 @@ def cut_window(
         audio=_rows(ex.features.audio, a_lo, a_hi, (d,)),
         video_offset=f_lo,
         audio_offset=a_lo,
-        lm_target=ex.lm_target[lo:hi].clone(),
-        lm_weight=ex.lm_weight[lo:hi].clone(),
-        event_label=ex.event_label[k0:k1].clone(),
-        speak=ex.speak[k0:k1].clone(),
-        event_count=ex.event_count[k0:k1].clone(),
-        first_rank=ex.first_rank[k0:k1].clone(),
-        recall_video=recall_video,
-        recall_index=recall_index,
-        recall_value=ex.recall_value[k0:k1].clone(),
+        targets=targets,
         summary_pos=summary,
         patches_per_frame=ppf,
     )
@@ -317,9 +218,6 @@ class Batch:
       tick       int64  absolute tick index in its stream; −1 on padding.
       role, turn int64  text role index / dialogue turn index; −1 on media and padding.
       valid      bool   real tokens.
-      lm_target  int64  next-token target at each position (``IGNORE_INDEX`` = −100 where unsupervised):
-                        ``cross_entropy(logits[b, l], lm_target[b, l])`` with no shift.
-      lm_weight  float32 weight of each position's LM loss (1 on padding; read only where supervised).
     Flat per-modality features:
       video        (F, 3, S, S) float32 frames of all windows, window by window.
       video_batch  (F,) int64 batch row of each frame.
@@ -329,21 +227,12 @@ class Batch:
       tick_index   int64 absolute tick, −1 on padding.
       tick_valid   bool  the tick exists and has a media token (its heads are trained).
       summary_pos  int64 position in L of the tick's last media token (0 where not ``tick_valid``).
-      event_label  int64 label index, ``IGNORE_INDEX`` where not ``tick_valid``.
-      speak        float32 0/1 speak-now target (0 where not ``tick_valid``; mask with ``tick_valid``).
-      event_count  (B, K, C) int64 running count of each event label since the stream began
-                   (:func:`ssm_mm.data.interleave.tick_event_counts`), ``IGNORE_INDEX`` where not
-                   ``tick_valid``; C = event labels without background.
-      first_rank   (B, K, C) int64 rank of each event label's first occurrence since the stream began
-                   among the labels begun so far, C while not begun
-                   (:func:`ssm_mm.data.interleave.tick_first_ranks`), ``IGNORE_INDEX`` where not
-                   ``tick_valid``.
-      recall_index (B, K, C) int64 row of ``recall_video`` shown when each event label last happened
-                   (window ``recall_index`` re-based), −1 while none has and where not ``tick_valid``.
-      recall_video (R, 3, S, S) float32 the windows' recall frames, window by window.
-      recall_value (B, K, C, A) int64 index into the dataset's ``recall_values`` of what each event
-                   label looked like when it last happened (A = attributes), ``IGNORE_INDEX`` where
-                   unknown or not ``tick_valid``.
+    Targets, ``targets[key]`` for every key of the batch's objectives, padded by its declared
+    :class:`~ssm_mm.objectives.Target`: token axis (B, L, ...) and tick axis (B, K, ...) hold the
+    target's ``pad`` on padding (tick targets also where not ``tick_valid``); "rows" targets are the
+    windows' rows concatenated (R, ...) and the tick targets that index them are re-based onto them.
+    E.g. ``lm`` (B, L) next-token ids (``IGNORE_INDEX`` = −100 where unsupervised; no shift),
+    ``lm_weight`` (B, L), ``event`` (B, K), ``speak`` (B, K) float32 0/1.
     Per row, (B,):
       stream_index, window_index, n_windows, tick_start  int64.
       is_first  bool  first window of its stream (start from a fresh state).
@@ -358,8 +247,6 @@ class Batch:
     role: Tensor
     turn: Tensor
     valid: Tensor
-    lm_target: Tensor
-    lm_weight: Tensor
     video: Tensor
     video_batch: Tensor
     audio: Tensor
@@ -367,13 +254,7 @@ class Batch:
     tick_index: Tensor
     tick_valid: Tensor
     summary_pos: Tensor
-    event_label: Tensor
-    speak: Tensor
-    event_count: Tensor
-    first_rank: Tensor
-    recall_index: Tensor
-    recall_video: Tensor
-    recall_value: Tensor
+    targets: dict[str, Tensor]
     stream_index: Tensor
     window_index: Tensor
     n_windows: Tensor
@@ -404,6 +285,8 @@ class Batch:
 
 
 def _apply(fn, v):
+    if isinstance(v, dict):
+        return {k: _apply(fn, x) for k, x in v.items()}
     return fn(v) if isinstance(v, Tensor) else v
 
 
@@ -416,6 +299,10 @@ def collate(windows: Sequence[Window], pad_id: int) -> Batch:
     K = max(w.tick_end - w.tick_start for w in windows)
     if len({w.patches_per_frame for w in windows}) > 1:
         raise ValueError("collate: windows disagree on patches_per_frame")
+    if len({tuple(w.targets) for w in windows}) > 1:
+        raise ValueError(
+            f"collate: windows disagree on their targets ({sorted({tuple(w.targets) for w in windows})})"
+        )
 
     def full(shape, value, dtype):
         return torch.full(shape, value, dtype=dtype)
@@ -429,25 +316,11 @@ def collate(windows: Sequence[Window], pad_id: int) -> Batch:
         full((B, L), -1, torch.int64),
     )
     valid = full((B, L), False, torch.bool)
-    lm_target = full((B, L), IGNORE_INDEX, torch.int64)
-    lm_weight = full((B, L), 1.0, torch.float32)
     tick_index = full((B, K), -1, torch.int64)
     tick_valid = full((B, K), False, torch.bool)
     summary_pos = full((B, K), 0, torch.int64)
-    event_label = full((B, K), IGNORE_INDEX, torch.int64)
-    speak = full((B, K), 0.0, torch.float32)
-    n_count = {w.event_count.shape[1] for w in windows}
-    if len(n_count) > 1:
-        raise ValueError(f"collate: windows disagree on the number of event labels ({sorted(n_count)})")
-    event_count = full((B, K, n_count.pop()), IGNORE_INDEX, torch.int64)
-    first_rank = full(event_count.shape, IGNORE_INDEX, torch.int64)
-    recall_index = full(event_count.shape, -1, torch.int64)
-    n_attr = {w.recall_value.shape[-1] for w in windows}
-    if len(n_attr) > 1:
-        raise ValueError(f"collate: windows disagree on the number of recall attributes ({sorted(n_attr)})")
-    recall_value = full((*event_count.shape, n_attr.pop()), IGNORE_INDEX, torch.int64)
 
-    f_off = a_off = r_off = 0
+    f_off = a_off = 0
     for b, w in enumerate(windows):
         n, k = len(w.tokens), w.tick_end - w.tick_start
         tk = w.tokens
@@ -457,27 +330,16 @@ def collate(windows: Sequence[Window], pad_id: int) -> Batch:
         kind[b, :n], t[b, :n], src[b, :n] = tk.kind, tk.t, s
         tick[b, :n], role[b, :n], turn[b, :n] = tk.tick, tk.role, tk.turn
         valid[b, :n] = True
-        lm_target[b, :n] = w.lm_target
-        lm_weight[b, :n] = w.lm_weight
         if n:
             t[b, n:] = tk.t[-1]  # Δt = 0 over the padding
         tick_index[b, :k] = torch.arange(w.tick_start, w.tick_end)
         has = w.summary_pos >= 0
         tick_valid[b, :k] = has
         summary_pos[b, :k] = torch.where(has, w.summary_pos, 0)
-        event_label[b, :k] = torch.where(has, w.event_label, IGNORE_INDEX)
-        speak[b, :k] = torch.where(has, w.speak.float(), 0.0)
-        event_count[b, :k] = torch.where(has[:, None], w.event_count, IGNORE_INDEX)
-        first_rank[b, :k] = torch.where(has[:, None], w.first_rank, IGNORE_INDEX)
-        recall_index[b, :k] = torch.where(has[:, None] & (w.recall_index >= 0), w.recall_index + r_off, -1)
-        recall_value[b, :k] = torch.where(
-            has[:, None, None] & (w.recall_value >= 0), w.recall_value, IGNORE_INDEX
-        )
-        r_off += w.recall_video.shape[0]
         f_off += w.video.shape[0]
         a_off += w.audio.shape[0]
 
-    video_shapes = {tuple(v.shape[1:]) for w in windows for v in (w.video, w.recall_video) if v.shape[0]}
+    video_shapes = {tuple(w.video.shape[1:]) for w in windows if w.video.shape[0]}
     audio_shapes = {tuple(w.audio.shape[1:]) for w in windows if w.audio.shape[0]}
     if len(video_shapes) > 1 or len(audio_shapes) > 1:
         raise ValueError(
@@ -492,8 +354,6 @@ def collate(windows: Sequence[Window], pad_id: int) -> Batch:
         role=role,
         turn=turn,
         valid=valid,
-        lm_target=lm_target,
-        lm_weight=lm_weight,
         video=torch.cat([w.video for w in windows]),
         video_batch=torch.cat(
             [torch.full((w.video.shape[0],), b, dtype=torch.int64) for b, w in enumerate(windows)]
@@ -505,13 +365,7 @@ def collate(windows: Sequence[Window], pad_id: int) -> Batch:
         tick_index=tick_index,
         tick_valid=tick_valid,
         summary_pos=summary_pos,
-        event_label=event_label,
-        speak=speak,
-        event_count=event_count,
-        first_rank=first_rank,
-        recall_index=recall_index,
-        recall_video=torch.cat([w.recall_video for w in windows]),
-        recall_value=recall_value,
+        targets={key: collate_target(key, windows, L, K) for key in windows[0].targets},
         stream_index=as_long([w.stream_index for w in windows]),
         window_index=as_long([w.window_index for w in windows]),
         n_windows=as_long([w.n_windows for w in windows]),
@@ -520,6 +374,34 @@ def collate(windows: Sequence[Window], pad_id: int) -> Batch:
         is_last=torch.tensor([w.window_index == w.n_windows - 1 for w in windows]),
         stream_ids=[w.stream_id for w in windows],
     )
+
+
+def collate_target(key: str, windows: Sequence[Window], L: int, K: int) -> Tensor:
+    """One target of ``windows`` padded into its batch tensor by its declared
+    :class:`~ssm_mm.objectives.Target` (see :class:`Batch`); ``L`` / ``K``: the batch's longest
+    sequence / most ticks."""
+    spec = target_spec(key)
+    parts = [w.targets[key] for w in windows]
+    tails = {tuple(x.shape[1:]) for x in parts if spec.axis != "rows" or x.shape[0]}
+    if len(tails) > 1:
+        raise ValueError(f"collate: windows disagree on the shape of target {key!r} ({sorted(tails)})")
+    if spec.axis == "rows":
+        return torch.cat(parts).to(spec.dtype)
+    tail = tails.pop() if tails else ()
+    out = torch.full((len(windows), L if spec.axis == "token" else K, *tail), spec.pad, dtype=spec.dtype)
+    offset = 0  # rows of the indexed "rows" target in the windows before this one
+    for b, (w, x) in enumerate(zip(windows, parts)):
+        if spec.axis == "token":
+            out[b, : len(x)] = x
+            continue
+        keep = (w.summary_pos >= 0).reshape(-1, *[1] * len(tail))  # (K, 1, ...): a tick with media
+        if spec.missing_below_zero:
+            keep = keep & (x >= 0)
+        if spec.rows is not None:
+            x = torch.where(x >= 0, x + offset, x)
+            offset += w.targets[spec.rows].shape[0]
+        out[b, : len(x)] = torch.where(keep, x.to(spec.dtype), torch.tensor(spec.pad, dtype=spec.dtype))
+    return out
 
 
 # ---------------------------------------------------------------------------------------- dataset
@@ -546,10 +428,9 @@ class StreamDataset(torch.utils.data.Dataset):
         cache_dir: optional on-disk feature cache (see :func:`load_features`).
         memory_cache: how many decoded streams each process keeps in memory (consecutive windows of
             one stream decode it once); 0 disables. Not pickled: DataLoader workers start empty.
-        recall_attributes, recall_values: the segment attributes (e.g. ["color"]) whose values at each
-            label's last segment are the ``recall_value`` targets, and their shared value vocabulary.
-        answer_weights: LM-loss weight of the answer to each question type (a user turn's ``type``),
-            e.g. ``{"count": 4.0}``; other supervised tokens weigh 1 (:func:`lm_weights`).
+        objectives: whose targets the windows carry: a config section (``cfg.objectives``, or
+            ``{name: config}``) bound to ``labels`` here, or ``model.objectives`` (a model's own);
+            default: the always-on objectives (lm, event, speak) with their default configs.
 
     Item ``i`` is window ``w`` of stream ``s`` with ``i = index(s, w)`` (stream-major). The number of
     windows comes from the manifest's ``duration``, so nothing is decoded before an item is read.
@@ -566,23 +447,9 @@ class StreamDataset(torch.utils.data.Dataset):
         window_seconds: float | None = None,
         cache_dir: str | Path | None = None,
         memory_cache: int = 1,
-        recall_attributes: Sequence[str] = (),
-        recall_values: Sequence[str] = (),
-        answer_weights: Mapping[str, float] | None = None,
+        objectives=None,
     ):
         cfg.validate()
-        self.answer_weights = dict(answer_weights or {})
-        bad = bad_answer_weights(self.answer_weights)
-        if bad:
-            raise ValueError(f"answer_weights must be finite and >= 0, got {bad}")
-        if isinstance(recall_attributes, str):
-            raise TypeError(
-                f"recall_attributes must be a sequence of names, got the string {recall_attributes!r}"
-            )
-        self.recall_attributes = list(recall_attributes)
-        self.recall_values = list(recall_values)
-        if self.recall_attributes and not self.recall_values:
-            raise ValueError(f"recall_attributes={self.recall_attributes} needs a non-empty recall_values")
         manifest_labels = getattr(streams, "labels", None)
         self.streams = list(getattr(streams, "streams", streams))
         self.cfg = cfg
@@ -590,6 +457,7 @@ class StreamDataset(torch.utils.data.Dataset):
         self.labels = list(labels) if labels is not None else _default_labels(self.streams, manifest_labels)
         if not self.labels or self.labels[0] != "background":
             raise ValueError(f"labels must start with 'background', got {self.labels[:3]}")
+        self.objectives = build_objectives(objectives, self.labels)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.memory_cache = int(memory_cache)
         self._examples: OrderedDict[int, StreamExample] = OrderedDict()
@@ -641,9 +509,7 @@ class StreamDataset(torch.utils.data.Dataset):
             self.labels,
             self.cfg,
             stream_index=s,
-            recall_attributes=self.recall_attributes,
-            recall_values=self.recall_values,
-            answer_weights=self.answer_weights,
+            objectives=self.objectives.values(),
         )
         if self.memory_cache > 0:
             self._examples[s] = ex

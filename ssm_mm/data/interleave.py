@@ -403,7 +403,7 @@ def tick_event_counts(
     ``out[k, j]`` is the number of segments of ``labels[j + 1]`` that started before the end of tick
     ``k`` (media time ``(k+1)τ``): what "how many times has the X happened so far?" asks at that tick.
     Every segment is one occurrence (segments of one label that overlap are counted apart). The
-    target of the auxiliary count head (``model.count_head``).
+    target of the count objective (``objectives.count``).
     """
     per_label = _segments_by_label(segments, labels, stream_id)
     ends = (np.arange(n_ticks, dtype=np.float64) + 1.0) * tick_seconds  # (K,)
@@ -430,7 +430,7 @@ def tick_first_ranks(
     len(labels) - 1`` while the label has not begun. Labels whose first segments start at the same
     time share a rank. A rank never changes once given (a later label can only rank after it), so
     "which came first, the X or the Y?" is answered by comparing two entries. The target of the
-    auxiliary order head (``model.order_head``).
+    order objective (``objectives.order``).
     """
     per_label = _segments_by_label(segments, labels, stream_id)
     n_events = len(labels) - 1
@@ -486,7 +486,7 @@ def tick_recall_times(
     ``out[k, j]`` is the midpoint of the last segment of ``labels[j + 1]`` that is over by the end of
     tick ``k`` (media time ``(k+1)τ``), NaN while none is: the moment that "what did X look like when
     the Y last happened?" refers to at that tick. Among segments ending at the same time the one that
-    started last wins. The target times of the auxiliary recall head (``model.recall_head``).
+    started last wins. The target times of the recall objective (``objectives.recall``).
     """
     last = tick_last_segments(segments, labels, n_ticks, tick_seconds, stream_id)
     mids = np.array([(float(s.start) + float(s.end)) / 2.0 for s in segments] + [np.nan], dtype=np.float64)
@@ -514,7 +514,7 @@ def tick_recall_values(
     len(labels) - 1, len(attributes)) int64 index into ``values`` of each segment attribute of
     ``attributes`` of the label's last finished segment (the one :func:`tick_recall_times` points
     at); −1 while none is over, or when that segment lacks the attribute or has a value outside
-    ``values``. The targets of the recall-attribute head (``model.recall_attribute(s)``)."""
+    ``values``. The targets of the attribute objective (``objectives.attribute``)."""
     if isinstance(attributes, str):
         raise TypeError(f"attributes must be a sequence of names, got the string {attributes!r}")
     last = tick_last_segments(segments, labels, n_ticks, tick_seconds, stream_id)

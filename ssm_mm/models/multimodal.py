@@ -4,13 +4,10 @@ One early-fusion model over the interleaved timed tokens of :mod:`ssm_mm.data.in
 
     x_i = frontend_{kind_i}(token_i) + modality_emb[kind_i] + temporal_emb(t_i, gap_i, gap_same_i)
     h   = HybridBackbone(x, dt = gap, state)
-    heads: lm_head(h_i) (next text token), event_head(h at a tick's summary position),
-           speak_head(h at a tick's summary position) ("speak now" for proactive responses),
-           optional training-only heads: video_head (each video token's pooled patch),
-           count_head (each event label's running count at a tick's summary position),
-           order_head (the rank of each event label's first occurrence, at the same position),
-           recall_head (each event label's frame when it last happened, pooled, at the same position)
-           and attribute_head (segment attributes of each event label's last segment, there too).
+    heads: one per objective (:mod:`ssm_mm.objectives`), ``heads[name]``: "lm" (next text token at
+           every position), "event" and "speak" (at a tick's summary position: its label, and
+           "speak now" for proactive responses), and the optional training-only objectives' heads
+           (video, count, order, recall, attribute, or a user's own).
 
 Time enters twice: the temporal embedding (bounded features of the gaps and of t, see
 :mod:`ssm_mm.layers.temporal`) and the SSM decay, which advances by ``gap`` real seconds (SPEC §6).
@@ -27,24 +24,24 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from ssm_mm.config import ModelConfig, TemporalConfig
 from ssm_mm.data.featurize import FeaturizerConfig
-from ssm_mm.data.interleave import AUDIO, IGNORE_INDEX, TEXT, VIDEO
+from ssm_mm.data.interleave import AUDIO, TEXT, VIDEO
 from ssm_mm.data.tokenizer import TurnTokenizer, load_tokenizer, tokenizer_from_dict
 from ssm_mm.layers.frontends import AudioFrontend, TextFrontend, VideoFrontend
 from ssm_mm.layers.temporal import TemporalEmbedding
 from ssm_mm.models.backbone import HybridBackbone
+from ssm_mm.objectives import HeadSpec, Objective, Readout, build_objectives
+from ssm_mm.objectives.base import config_from_dict
 from ssm_mm.state import ModelState
 
-FORMAT_VERSION = 1
+# 2: objectives (their configs under "objectives", heads as heads.<name>.*); 1: the heads' settings in
+# "model" and parameters <name>_head.* (read through upgrade_format_1)
+FORMAT_VERSION = 2
 N_KINDS = 3
-# the training losses (video / count / order / recall / attribute: only with model.video_target /
-# count_head / order_head / recall_head / recall_attribute)
-HEADS = ("lm", "event", "speak", "video", "count", "order", "recall", "attribute")
 
 
 WEIGHTS_FILE = "model.safetensors"
@@ -132,6 +129,52 @@ class ModelOutput:
     state: ModelState
 
 
+# format 1: the settings of the optional heads in "model", and each head's parameter prefix
+_V1_HEAD_KEYS = (
+    "video_target",
+    "count_head",
+    "order_head",
+    "recall_head",
+    "recall_attribute",
+    "recall_attributes",
+    "recall_values",
+)
+_V1_HEADS = ("lm", "event", "speak", "video", "count", "order", "recall", "attribute")
+_V1_PREFIXES = {f"{name}_head.": f"heads.{name}." for name in _V1_HEADS}
+
+
+def upgrade_format_1(cfg: dict) -> dict:
+    """A format-1 ``config.json`` dict (heads configured in ``model``: video_target, count_head,
+    order_head, recall_head, recall_attribute(s), recall_values) as format 2 (``objectives``)."""
+    cfg = dict(cfg)
+    m = dict(cfg["model"])
+    old = {k: m.pop(k) for k in _V1_HEAD_KEYS if k in m}
+    objectives: dict[str, dict] = {"lm": {}, "event": {}, "speak": {}}
+    if old.get("video_target"):
+        objectives["video"] = {"size": old["video_target"]}
+    if old.get("count_head"):
+        objectives["count"] = {"max": old["count_head"]}
+    if old.get("order_head") and len(cfg["labels"]) > 1:  # format 1 had no order head without events
+        objectives["order"] = {}
+    if old.get("recall_head"):
+        objectives["recall"] = {"size": old["recall_head"]}
+    names = ([old["recall_attribute"]] if old.get("recall_attribute") else []) + list(
+        old.get("recall_attributes", [])
+    )
+    if names:
+        objectives["attribute"] = {"names": names, "values": list(old.get("recall_values", []))}
+    return {**cfg, "format_version": 2, "model": m, "objectives": objectives}
+
+
+def upgrade_weight_names(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Format-1 parameter names (``count_head.weight``) as format 2 (``heads.count.weight``)."""
+    out = {}
+    for k, v in tensors.items():
+        prefix = next((p for p in _V1_PREFIXES if k.startswith(p)), None)
+        out[_V1_PREFIXES[prefix] + k[len(prefix) :] if prefix else k] = v
+    return out
+
+
 def _model_config_from_dict(d: dict) -> ModelConfig:
     d = dict(d)
     temporal = TemporalConfig(**d.pop("temporal", {}))
@@ -150,6 +193,9 @@ class MultimodalSSM(nn.Module):
         features: the featurizer settings the model was trained with (saved with it).
         labels: event-label vocabulary; index 0 is ``background``.
         tokenizer: the text tokenizer (default: byte-level).
+        objectives: what the model is trained for: a config section (``cfg.objectives``, or
+            ``{name: config}``; default: the always-on lm, event and speak). One head per objective,
+            ``heads[name]``, in registration order (:mod:`ssm_mm.objectives`).
     """
 
     def __init__(
@@ -158,6 +204,7 @@ class MultimodalSSM(nn.Module):
         features: FeaturizerConfig | None = None,
         labels: list[str] | None = None,
         tokenizer: TurnTokenizer | None = None,
+        objectives=None,
     ):
         super().__init__()
         self.cfg = cfg
@@ -183,31 +230,11 @@ class MultimodalSSM(nn.Module):
         nn.init.normal_(self.kind_emb.weight, std=0.02)
         self.time_emb = TemporalEmbedding(cfg.temporal, d)
         self.backbone = HybridBackbone(cfg)
-        self.lm_head = nn.Linear(d, self.tokenizer.vocab_size, bias=False)
+        self.objectives: dict[str, Objective] = build_objectives(objectives, self.labels)
+        spec = HeadSpec(d, self.tokenizer.vocab_size, cfg.patch_size, fc.frame_size)
+        self.heads = nn.ModuleDict({name: obj.build_head(spec) for name, obj in self.objectives.items()})
         if cfg.tie_embeddings:
-            self.lm_head.weight = self.text_in.embed.weight
-        self.event_head = nn.Linear(d, len(self.labels))
-        self.speak_head = nn.Linear(d, 1)
-        if cfg.video_target < 0 or cfg.video_target > cfg.patch_size:
-            raise ValueError(
-                f"model.video_target={cfg.video_target} must be in [0, patch_size={cfg.patch_size}]"
-            )
-        n = cfg.video_target
-        self.video_head = nn.Linear(d, 3 * n * n) if n else None
-        if cfg.count_head < 0:
-            raise ValueError(f"model.count_head={cfg.count_head} must be >= 0 (0 = no count head)")
-        n_events = len(self.labels) - 1
-        self.count_head = nn.Linear(d, n_events * (cfg.count_head + 1)) if cfg.count_head else None
-        self.order_head = nn.Linear(d, n_events * (n_events + 1)) if cfg.order_head and n_events else None
-        n = cfg.recall_head
-        if n < 0 or n > fc.frame_size:
-            raise ValueError(f"model.recall_head={n} must be in [0, frame_size={fc.frame_size}] (0 = none)")
-        self.recall_head = nn.Linear(d, n_events * 3 * n * n) if n else None
-        self.attribute_names = cfg.attribute_names()  # ValueError on an empty or repeated name
-        if self.attribute_names and not cfg.recall_values:
-            raise ValueError(f"model.recall_attribute(s)={self.attribute_names} needs model.recall_values")
-        n = len(self.attribute_names) * len(cfg.recall_values)
-        self.attribute_head = nn.Linear(d, n_events * n) if self.attribute_names else None
+            self.heads["lm"].weight = self.text_in.embed.weight
 
     # ------------------------------------------------------------------------------- state
 
@@ -302,147 +329,26 @@ class MultimodalSSM(nn.Module):
         idx = summary_pos.clamp_min(0).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         return hidden.gather(1, idx)
 
-    def video_targets(self, video: Tensor) -> Tensor:
-        """Targets of the video head: every patch of ``video`` (F, 3, S, S) average-pooled to
-        N x N x 3 (N = ``model.video_target``), as (F * P, 3 N^2) rows in the frontend's patch order
-        (row-major), so that patch token ``src`` has target row ``src``."""
-        n, g = self.cfg.video_target, self.video_in.grid
-        pooled = F.adaptive_avg_pool2d(video, g * n)  # (F, 3, g*n, g*n)
-        f = pooled.shape[0]
-        return pooled.reshape(f, 3, g, n, g, n).permute(0, 2, 4, 1, 3, 5).reshape(f * g * g, 3 * n * n)
+    def readout(self, out: ModelOutput, batch) -> Readout:
+        """What the objectives read from a forward pass over ``batch``: the hidden states and, once for
+        all tick-level heads, the hidden state at each valid tick's summary position (T, d)."""
+        ticks = self.tick_hidden(out.hidden, batch.summary_pos)[batch.tick_valid]
+        return Readout(out.hidden, ticks)
 
     def supervised_counts(self, batch) -> dict[str, float]:
-        """The number of supervised items of each loss in :data:`HEADS` for a Batch (for "lm", the sum
-        of the supervised positions' ``lm_weight``: the LM loss is their weighted mean)."""
-        ticks = int(batch.tick_valid.sum())
-        video = int(((batch.kind == VIDEO) & batch.valid).sum()) if self.video_head is not None else 0
-        count = ticks * (len(self.labels) - 1) if self.count_head is not None else 0
-        order = ticks * (len(self.labels) - 1) if self.order_head is not None else 0
-        recall = int((batch.recall_index >= 0).sum()) if self.recall_head is not None else 0
-        attribute = int((batch.recall_value >= 0).sum()) if self.attribute_head is not None else 0
-        return {
-            "lm": float(batch.lm_weight[batch.lm_target != IGNORE_INDEX].sum()),
-            "event": ticks,
-            "speak": ticks,
-            "video": video,
-            "count": count,
-            "order": order,
-            "recall": recall,
-            "attribute": attribute,
-        }
-
-    def loss_heads(self) -> dict[str, nn.Module | None]:
-        """The module each loss of :data:`HEADS` trains (None for an optional head this model lacks)."""
-        return {
-            "lm": self.lm_head,
-            "event": self.event_head,
-            "speak": self.speak_head,
-            "video": self.video_head,
-            "count": self.count_head,
-            "order": self.order_head,
-            "recall": self.recall_head,
-            "attribute": self.attribute_head,
-        }
-
-    def active_heads(self) -> list[str]:
-        """The losses of :data:`HEADS` this model trains (its optional heads only when it has them)."""
-        heads = self.loss_heads()
-        return [k for k in HEADS if heads[k] is not None]
-
-    def count_logits(self, tick_hidden: Tensor) -> Tensor:
-        """(..., C, N+1) count-head logits from tick hidden states (..., d); C = event labels."""
-        n = self.cfg.count_head + 1
-        return self.count_head(tick_hidden).unflatten(-1, (len(self.labels) - 1, n))
-
-    def order_logits(self, tick_hidden: Tensor) -> Tensor:
-        """(..., C, C+1) order-head logits from tick hidden states (..., d); class r < C is "began
-        r-th", class C "not begun yet" (:func:`~ssm_mm.data.interleave.tick_first_ranks`)."""
-        n = len(self.labels) - 1
-        return self.order_head(tick_hidden).unflatten(-1, (n, n + 1))
-
-    def recall_logits(self, tick_hidden: Tensor) -> Tensor:
-        """(..., C, 3 N^2) recall-head predictions from tick hidden states (..., d); C = event labels,
-        N = ``model.recall_head`` (channel-major, like :meth:`recall_targets`)."""
-        return self.recall_head(tick_hidden).unflatten(-1, (len(self.labels) - 1, -1))
-
-    def attribute_logits(self, tick_hidden: Tensor) -> Tensor:
-        """(..., C, A, V) attribute-head logits from tick hidden states (..., d); C = event labels,
-        A = attributes (``cfg.attribute_names()``), V = ``len(model.recall_values)``."""
-        C, A = len(self.labels) - 1, len(self.attribute_names)
-        return self.attribute_head(tick_hidden).unflatten(-1, (C, A, -1))
-
-    def recall_targets(self, frames: Tensor) -> Tensor:
-        """(R, 3 N^2) recall-head targets: frames (R, 3, S, S) average-pooled to N x N, flattened."""
-        return F.adaptive_avg_pool2d(frames, self.cfg.recall_head).flatten(1)
+        """The number of supervised items of each objective's loss for a Batch (for "lm", the sum of
+        the supervised positions' weights: the LM loss is their weighted mean)."""
+        return {name: obj.count(batch) for name, obj in self.objectives.items()}
 
     def loss_sums(self, out: ModelOutput, batch) -> tuple[dict[str, Tensor], dict[str, float]]:
-        """Per-head loss *sums* and the number of supervised items, for a Batch.
-
-        lm: cross-entropy over supervised text positions, each weighted by ``batch.lm_weight``
-        (``train.loss_answer``; 1 by default); event: cross-entropy over ticks with a
-        media token; speak: binary cross-entropy of the speak-now logit over the same ticks; video
-        (with ``model.video_target``): squared error of the pooled patch predicted at each video token,
-        averaged over its values; count (with ``model.count_head`` = N): cross-entropy of each event
-        label's running count, clipped to N, over the same ticks (one item per tick and label);
-        order (with ``model.order_head``): cross-entropy of each event label's first-occurrence rank
-        (or "not begun"), over the same ticks and labels;
-        recall (with ``model.recall_head`` = N): squared error of each event label's frame when it
-        last happened, pooled to N x N x 3, averaged over its values (one item per tick and label
-        that has happened); attribute (with ``model.recall_attribute(s)``): cross-entropy of each attribute
-        value of each event label's last segment, over the ticks, labels and attributes where it is known.
-        Sums (not means) so that data-parallel ranks can normalise by the global count. A head with
-        nothing to supervise contributes an exact zero that still depends on its weights (so every
-        parameter takes part in every step, as DDP requires).
-        """
-        h = out.hidden
-        sup = batch.lm_target != IGNORE_INDEX
-        zero = {
-            k: h.new_zeros(()) if head is None else head.weight.sum() * 0.0
-            for k, head in self.loss_heads().items()
-        }
-        sums = dict(zero)
-        if sup.any():
-            logits = self.lm_head(h[sup]).float()
-            ce = F.cross_entropy(logits, batch.lm_target[sup], reduction="none")
-            sums["lm"] = (ce * batch.lm_weight[sup]).sum() + zero["lm"]
-        th = self.tick_hidden(h, batch.summary_pos)
-        tv = batch.tick_valid
-        if tv.any():
-            sums["event"] = F.cross_entropy(
-                self.event_head(th[tv]).float(), batch.event_label[tv], reduction="sum"
-            )
-            speak_logit = self.speak_head(th[tv]).squeeze(-1).float()
-            sums["speak"] = F.binary_cross_entropy_with_logits(
-                speak_logit, batch.speak[tv].float(), reduction="sum"
-            )
-            if self.count_head is not None and self.labels[1:]:
-                logits = self.count_logits(th[tv]).float()  # (T, C, N+1)
-                target = batch.event_count[tv].clamp_max(self.cfg.count_head)  # (T, C)
-                sums["count"] = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum")
-            if self.order_head is not None:
-                logits = self.order_logits(th[tv]).float()  # (T, C, C+1)
-                target = batch.first_rank[tv]  # (T, C)
-                sums["order"] = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum")
-            if self.recall_head is not None:
-                index = batch.recall_index[tv]  # (T, C); -1: the label has not happened yet
-                seen = index >= 0
-                if seen.any():
-                    pred = self.recall_logits(th[tv])[seen].float()  # (n, 3 N^2)
-                    target = self.recall_targets(batch.recall_video)[index[seen]].float()
-                    sums["recall"] = (pred - target).pow(2).mean(-1).sum() + zero["recall"]
-            if self.attribute_head is not None:
-                target = batch.recall_value[tv]  # (T, C, A), IGNORE_INDEX where unknown
-                if (target >= 0).any():
-                    logits = self.attribute_logits(th[tv]).float()  # (T, C, A, V)
-                    sums["attribute"] = F.cross_entropy(
-                        logits.flatten(0, 2), target.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-                    )
-        counts = self.supervised_counts(batch)
-        if counts["video"] and batch.video is not None:
-            is_v = (batch.kind == VIDEO) & batch.valid
-            target = self.video_targets(batch.video)[batch.src[is_v]].float()
-            err = (self.video_head(h[is_v]).float() - target).pow(2).mean(-1)
-            sums["video"] = err.sum() + zero["video"]
+        """Per-objective loss *sums* and numbers of supervised items for a Batch, in objective order
+        (:meth:`ssm_mm.objectives.Objective.loss`). Sums (not means) so that data-parallel ranks can
+        normalise by the global count; an objective with nothing to supervise gives an exact zero
+        that still depends on its head (every parameter takes part in every step, as DDP requires)."""
+        r = self.readout(out, batch)
+        sums, counts = {}, {}
+        for name, obj in self.objectives.items():
+            sums[name], counts[name] = obj.loss(self.heads[name], r, batch)
         return sums, counts
 
     def losses(self, out: ModelOutput, batch) -> dict[str, Tensor]:
@@ -471,7 +377,8 @@ class MultimodalSSM(nn.Module):
         kind = torch.full((b, 2), TEXT, device=dev)
         out = self(kind, t.expand(b, 2), prefix, state=state)
         state = out.state
-        logits = self.lm_head(out.hidden[:, -1])  # (B, V)
+        lm = self.heads["lm"]
+        logits = lm(out.hidden[:, -1])  # (B, V)
         steps = [logits]
         done = torch.zeros(b, dtype=torch.bool, device=dev)
         ids: list[list[int]] = [[] for _ in range(b)]
@@ -488,7 +395,7 @@ class MultimodalSSM(nn.Module):
             done = done | (nxt == tok.eot_id)
             if bool(done.all()):
                 break
-            logits = self.lm_head(out.hidden[:, -1])
+            logits = lm(out.hidden[:, -1])
             steps.append(logits)
         if not bool(done.all()):  # close turns cut by the length cap
             eot = torch.full((b, 1), tok.eot_id, device=dev)
@@ -518,6 +425,7 @@ class MultimodalSSM(nn.Module):
             "features": asdict(self.features),
             "labels": self.labels,
             "tokenizer": self.tokenizer.to_dict(),
+            "objectives": {name: asdict(obj.cfg) for name, obj in self.objectives.items()},
         }
 
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -531,7 +439,7 @@ class MultimodalSSM(nn.Module):
         d.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         if self.cfg.tie_embeddings:
-            tensors.pop("lm_head.weight", None)  # shared with text_in.embed.weight
+            tensors.pop("heads.lm.weight", None)  # shared with text_in.embed.weight
         tmp = d / "model.safetensors.tmp"
         save_file(tensors, str(tmp), metadata={"format_version": str(FORMAT_VERSION)})
         record = weights_record(tmp)
@@ -543,16 +451,22 @@ class MultimodalSSM(nn.Module):
 
     @classmethod
     def from_config_dict(cls, cfg: dict) -> MultimodalSSM:
+        """A fresh model from :meth:`config_dict` (format 1 is upgraded, :func:`upgrade_format_1`;
+        every objective it names must be registered)."""
         version = cfg.get("format_version")
-        if version != FORMAT_VERSION:
+        if version == 1:
+            cfg = upgrade_format_1(cfg)
+        elif version != FORMAT_VERSION:
             raise ValueError(
-                f"unsupported model format_version {version!r} (this ssm_mm reads {FORMAT_VERSION})"
+                f"unsupported model format_version {version!r} (this ssm_mm reads 1 and {FORMAT_VERSION})"
             )
+        objectives = {name: config_from_dict(name, d) for name, d in cfg["objectives"].items()}
         return cls(
             _model_config_from_dict(cfg["model"]),
             FeaturizerConfig(**cfg["features"]),
             cfg["labels"],
             tokenizer_from_dict(cfg["tokenizer"]),
+            objectives,
         )
 
     @classmethod
@@ -578,9 +492,11 @@ class MultimodalSSM(nn.Module):
             except json.JSONDecodeError as e:
                 raise ValueError(f"{p / 'config.json'}: not valid JSON ({e})") from None
             model = cls.from_config_dict(cfg)
-            tensors = _load_weights(p / WEIGHTS_FILE, cfg.get("weights"), map_location)
+            tensors = _load_weights(p / WEIGHTS_FILE, cfg.get("weights"), map_location)  # verified as stored
+            if cfg.get("format_version") == 1:
+                tensors = upgrade_weight_names(tensors)
             if model.cfg.tie_embeddings:
-                tensors["lm_head.weight"] = tensors["text_in.embed.weight"]
+                tensors["heads.lm.weight"] = tensors["text_in.embed.weight"]
             where = p
         else:
             from ssm_mm.training.checkpoint import load_checkpoint, load_latest
@@ -602,6 +518,8 @@ class MultimodalSSM(nn.Module):
                 raise ValueError(f"{p}: not an ssm_mm training checkpoint (no model / model_config)")
             model = cls.from_config_dict(ck["model_config"])
             tensors = {k: v.to(map_location) for k, v in ck["model"].items()}
+            if ck["model_config"].get("format_version") == 1:
+                tensors = upgrade_weight_names(tensors)
             where = p
         missing, unexpected = model.load_state_dict(tensors, strict=False)
         if missing or unexpected:
@@ -615,9 +533,7 @@ class MultimodalSSM(nn.Module):
         parts = {
             "frontends": [self.video_in, self.audio_in, self.text_in, self.kind_emb, self.time_emb],
             "backbone": [self.backbone],
-            "heads": [self.event_head, self.speak_head]
-            + ([] if self.cfg.tie_embeddings else [self.lm_head])
-            + ([] if self.video_head is None else [self.video_head]),
+            "heads": [h for name, h in self.heads.items() if name != "lm" or not self.cfg.tie_embeddings],
         }
         out = {k: sum(p.numel() for m in ms for p in m.parameters()) for k, ms in parts.items()}
         out["total"] = sum(p.numel() for p in self.parameters())

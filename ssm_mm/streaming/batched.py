@@ -139,9 +139,9 @@ def step_round(sessions: Sequence[TickSource]) -> None:
     out = model(kind.to(dev), t.to(dev), src.to(dev), valid.to(dev), video.to(dev), audio.to(dev), state)
     last = torch.tensor(lens, device=dev) - 1  # summary position: the tick's last media token
     h = out.hidden[torch.arange(b, device=dev), last]  # (B, d)
-    probs = torch.softmax(model.event_head(h).float(), -1)  # (B, n_labels)
+    probs = torch.softmax(model.heads["event"](h).float(), -1)  # (B, n_labels)
     score, label = probs.max(-1)
-    speak = torch.sigmoid(model.speak_head(h).float().squeeze(-1))  # (B,)
+    speak = torch.sigmoid(model.heads["speak"](h).float().squeeze(-1))  # (B,)
     rows = [out.state.select([i]) for i in range(b)]  # per-session states (copies: compact storage)
     responses: list[list[int] | None] = [None] * b
     by_cap: dict[int, list[int]] = {}

@@ -74,14 +74,8 @@ class RunLogger:
                 eta = metrics.get("eta_s", float("nan"))
                 print(
                     f"step {step}/{total} loss {metrics.get('loss', float('nan')):.4f} "
-                    f"lm {metrics.get('loss_lm', float('nan')):.3f} "
-                    f"event {metrics.get('loss_event', float('nan')):.3f} "
-                    f"speak {metrics.get('loss_speak', float('nan')):.3f} "
-                    + (f"video {metrics['loss_video']:.3f} " if metrics.get("loss_video") else "")
-                    + (f"count {metrics['loss_count']:.3f} " if metrics.get("loss_count") else "")
-                    + (f"order {metrics['loss_order']:.3f} " if metrics.get("loss_order") else "")
-                    + (f"recall {metrics['loss_recall']:.3f} " if metrics.get("loss_recall") else "")
-                    + (f"attribute {metrics['loss_attribute']:.3f} " if metrics.get("loss_attribute") else "")
+                    # every objective's loss (loss_<name>), in objective order
+                    + "".join(f"{k[5:]} {v:.3f} " for k, v in metrics.items() if k.startswith("loss_"))
                     + f"lr {metrics.get('lr', 0):.2e} "
                     f"tok/s {metrics.get('tokens_per_s', 0):.0f} eta {eta:.0f}s",
                     flush=True,

@@ -110,6 +110,11 @@ def upgrade_view(old: dict[str, Any]) -> dict[str, Any]:
 def resume_view(cfg_dict: dict) -> dict[str, Any]:
     """The resume-relevant keys of a config dict (``to_dict(cfg)``), dotted -> JSON-normal value."""
     flat = json.loads(json.dumps(_flatten(cfg_dict), default=str))
+    # an objective that is off (objectives.<name>: null) is the same as one this process has not
+    # registered (a user's plugin imported by one run and not by another)
+    flat = {
+        k: v for k, v in flat.items() if not (v is None and k.startswith("objectives.") and k.count(".") == 1)
+    }
     return {k: v for k, v in sorted(flat.items()) if not _may_change(k)}
 
 
@@ -300,4 +305,3 @@ def check_weights_fit(model_sd: dict, weights: dict, source: str) -> None:
             f"train.init_from={source}: the weights do not fit this model ({', '.join(parts)}); "
             "the architecture (model.d_model, model.pattern, ... and the labels) must match"
         )
-

@@ -43,10 +43,11 @@ from torch.distributed.checkpoint.state_dict import (
 from ssm_mm.config import Config, ConfigError, save_config, to_dict
 from ssm_mm.data.dataset import StreamDataset
 from ssm_mm.data.feature_cache import load_features
-from ssm_mm.data.interleave import missing_attributes
 from ssm_mm.data.manifest import read_manifest
 from ssm_mm.data.tokenizer import load_tokenizer
-from ssm_mm.models.multimodal import HEADS, ModelState, MultimodalSSM
+from ssm_mm.models.multimodal import ModelState, MultimodalSSM
+from ssm_mm.objectives import objective_class
+from ssm_mm.objectives.base import enabled_configs
 from ssm_mm.training import distributed as D
 from ssm_mm.training.checkpoint import load_checkpoint, save_checkpoint
 from ssm_mm.training.logger import RunLogger, Throughput
@@ -67,18 +68,21 @@ class DataError(ValueError):
 
 
 class TrainStep(nn.Module):
-    """Model + losses in one ``forward`` so that DDP sees every head's parameters used."""
+    """Model + losses in one ``forward`` so that DDP sees every head's parameters used.
 
-    def __init__(self, model: MultimodalSSM, weights: dict[str, float]):
+    ``weights``: each objective's weight in the total loss (default: its config's ``weight``);
+    ``norm`` (forward): each objective's normaliser (its global count of supervised items)."""
+
+    def __init__(self, model: MultimodalSSM, weights: dict[str, float] | None = None):
         super().__init__()
         self.model = model
-        self.weights = weights
+        self.weights = weights or {k: obj.cfg.weight for k, obj in model.objectives.items()}
 
     def forward(self, batch, state: ModelState, norm: dict[str, float]):
         out = self.model.forward_batch(batch, state)
         sums, counts = self.model.loss_sums(out, batch)
-        loss = sum(self.weights[k] * sums[k] / norm[k] for k in HEADS)
-        return loss, {k: sums[k].detach() for k in HEADS}, counts, out.state
+        loss = sum(self.weights[k] * sums[k] / norm[k] for k in sums)
+        return loss, {k: v.detach() for k, v in sums.items()}, counts, out.state
 
 
 def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -171,22 +175,11 @@ def prepare_data(cfg: Config, log=print) -> DataSetup:
     if d.manifest is None and world.labels(world_cfg) is not None:  # a world may pin its whole vocabulary
         labels = list(world.labels(world_cfg))
     labels = ["background"] + [x for x in labels if x != "background"]
-    attrs = cfg.model.attribute_names()
-    missing = missing_attributes(train_streams, attrs)
-    if missing:
-        raise ConfigError(
-            f"model.recall_attribute(s) {missing}: no segment of the training streams ({train_m}) has that "
-            'attribute (manifest segments\' "attributes")'
-        )
-    if attrs and not cfg.model.recall_values:  # the values of the training streams (pinned in the model)
-        cfg.model.recall_values = sorted(
-            {s.attributes[a] for st in train_streams for s in st.segments for a in attrs if a in s.attributes}
-        )
-    targets = {  # what StreamDataset builds beyond the defaults
-        "recall_attributes": attrs,
-        "recall_values": list(cfg.model.recall_values),
-        "answer_weights": dict(cfg.train.loss_answer),
-    }
+    for name, ocfg in enabled_configs(cfg.objectives).items():  # fit each objective to the training streams
+        try:
+            objective_class(name).prepare(ocfg, train_streams, str(train_m))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     tok = load_tokenizer(cfg.tokenizer)
     fcache = cache / "features" if d.feature_cache else None
     mem = max(1, cfg.train.batch_size)
@@ -198,7 +191,7 @@ def prepare_data(cfg: Config, log=print) -> DataSetup:
         window_seconds=d.window_seconds,
         cache_dir=fcache,
         memory_cache=mem,
-        **targets,
+        objectives=cfg.objectives,
     )
     val = (
         StreamDataset(
@@ -209,7 +202,7 @@ def prepare_data(cfg: Config, log=print) -> DataSetup:
             window_seconds=None,
             cache_dir=fcache,
             memory_cache=1,
-            **targets,
+            objectives=cfg.objectives,
         )
         if val_streams
         else None
@@ -291,9 +284,11 @@ class Trainer:
 
         torch.manual_seed(tc.seed)
         random.seed(tc.seed)
-        model = MultimodalSSM(cfg.model, cfg.features, data.labels, data.train.tokenizer).to(info.device)
-        self.loss_names = list(HEADS)  # the losses, in report order
-        self.weights = {k: getattr(tc, f"loss_{k}") for k in HEADS}  # train.loss_<head>
+        model = MultimodalSSM(cfg.model, cfg.features, data.labels, data.train.tokenizer, cfg.objectives)
+        model = model.to(info.device)
+        self.loss_names = list(model.objectives)  # the losses, in objective order
+        # objectives.<name>.weight
+        self.weights = {k: obj.cfg.weight for k, obj in model.objectives.items()}
         step_module: nn.Module = TrainStep(model, self.weights)
         if info.enabled and tc.parallel == "fsdp":
             # FSDP2: shard each backbone block, then the rest (frontends, heads) at the root, which is
@@ -524,7 +519,7 @@ class Trainer:
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if not info.is_main:
             return None
-        copy = MultimodalSSM(model.cfg, model.features, model.labels, model.tokenizer)
+        copy = MultimodalSSM(model.cfg, model.features, model.labels, model.tokenizer, model.objectives)
         copy.load_state_dict(full)
         return copy
 
@@ -561,40 +556,26 @@ class Trainer:
         D.barrier(info)
 
     def _report_eval(self, res: dict, logger: RunLogger, step: int) -> None:
+        """Print and log :func:`validate`'s result: the event metrics, every objective's validation loss
+        and, after it, its own metrics (e.g. ``count 0.412 (count accuracy 0.875)``)."""
+        own = {name: m for name, m in res["objectives"].items() if name != "event"}  # event's: the header
+        parts = []
+        for name, loss in res["loss"].items():
+            extra = ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in own.get(name, {}).items())
+            parts.append(f"{name} {loss:.3f}" + (f" ({extra})" if extra else ""))
         logger.print(
             f"eval @ step {step}: tick accuracy {res['tick_accuracy']:.3f} (majority-class rate "
-            f"{res['majority_rate']:.3f}) | event macro-F1 {res['macro_f1']:.3f} | val loss lm "
-            f"{res['loss']['lm']:.3f} event {res['loss']['event']:.3f} speak {res['loss']['speak']:.3f}"
-            + (f" video {res['loss']['video']:.3f}" if "video" in res["loss"] else "")
-            + (
-                f" count {res['loss']['count']:.3f} (count accuracy {res['count_accuracy']:.3f})"
-                if "count" in res["loss"]
-                else ""
-            )
-            + (
-                f" order {res['loss']['order']:.3f} (order accuracy {res['order_accuracy']:.3f})"
-                if "order" in res["loss"]
-                else ""
-            )
-            + (f" recall {res['loss']['recall']:.3f}" if "recall" in res["loss"] else "")
-            + (
-                f" attribute {res['loss']['attribute']:.3f} (attribute accuracy "
-                f"{res['attribute_accuracy']:.3f}, majority {res['attribute_majority']:.3f})"
-                if "attribute" in res["loss"]
-                else ""
-            )
+            f"{res['majority_rate']:.3f}) | event macro-F1 {res['macro_f1']:.3f} | val loss "
+            + " ".join(parts)
         )
+        extra = {k: v for m in own.values() for k, v in m.items()}
         logger.log(
             {
                 "eval/tick_accuracy": res["tick_accuracy"],
                 "eval/macro_f1": res["macro_f1"],
                 "eval/majority_rate": res["majority_rate"],
                 **{f"eval/loss_{k}": v for k, v in res["loss"].items()},
-                **{
-                    f"eval/{k}": res[k]
-                    for k in ("count_accuracy", "order_accuracy", "attribute_accuracy", "attribute_majority")
-                    if k in res
-                },
+                **{f"eval/{k}": v for k, v in extra.items()},
             },
             step=step,
         )

@@ -18,7 +18,6 @@ from ssm_mm.data.dataset import (
     build_example,
     collate,
     cut_window,
-    nearest_frames,
     window_bounds,
 )
 from ssm_mm.data.featurize import FeaturizerConfig
@@ -26,6 +25,7 @@ from ssm_mm.data.interleave import AUDIO, IGNORE_INDEX, TEXT, VIDEO, TimedTokens
 from ssm_mm.data.manifest import Segment, StreamSpec, Turn
 from ssm_mm.data.tokenizer import ByteTokenizer
 from ssm_mm.media import MediaError
+from ssm_mm.objectives import LMConfig, Recall
 
 CFG = FeaturizerConfig(frame_size=16)  # small frames keep the synthetic tensors tiny
 TOK = ByteTokenizer()
@@ -90,9 +90,9 @@ def test_windows_concatenated_equal_the_whole_stream(t0, drop, ticks_per_window)
     bounds = window_bounds(ex.n_ticks, ticks_per_window)
     wins = [cut_window(ex, k0, k1, CFG, i, len(bounds)) for i, (k0, k1) in enumerate(bounds)]
     assert TimedTokens.cat([_globalise(w) for w in wins]).equal(ex.tokens)
-    assert torch.equal(torch.cat([w.lm_target for w in wins]), ex.lm_target)
-    assert torch.equal(torch.cat([w.event_label for w in wins]), ex.event_label)
-    assert torch.equal(torch.cat([w.speak for w in wins]), ex.speak)
+    assert torch.equal(torch.cat([w.targets["lm"] for w in wins]), ex.targets["lm"])
+    assert torch.equal(torch.cat([w.targets["event"] for w in wins]), ex.targets["event"])
+    assert torch.equal(torch.cat([w.targets["speak"] for w in wins]), ex.targets["speak"])
     # per-tick summary positions, shifted back to stream positions, are the whole stream's
     offsets = np.cumsum([0] + [len(w.tokens) for w in wins[:-1]])
     summ = torch.cat(
@@ -121,14 +121,16 @@ def test_example_targets_and_times():
     ex = build_example(_spec(t0=100.0), _features(6.0), TOK, LABELS, CFG)
     # ticks: drum [2.0, 2.6) -> ticks 4 (0.5 s) and 5 (0.1 s: background); bell [3.0, 3.2) -> tick 6
     # background (0.2 < 0.3); bell [5.0, 6.0) -> ticks 10, 11
-    assert ex.event_label.tolist() == [0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 1, 1]
-    assert torch.nonzero(ex.speak).squeeze(1).tolist() == [4]  # proactive "drum" at 2.3 -> end of tick 4
+    assert ex.targets["event"].tolist() == [0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 1, 1]
+    assert torch.nonzero(ex.targets["speak"]).squeeze(1).tolist() == [
+        4
+    ]  # proactive "drum" at 2.3 -> end of tick 4
     assert ex.tokens.t[0].item() == 100.0  # first frame at media time 0, on the clock
     audio_t = ex.tokens.t[ex.tokens.kind == AUDIO]
     assert torch.equal(audio_t, 100.0 + torch.arange(1, 61, dtype=torch.float64) * 0.1)
     text_t = ex.tokens.t[ex.tokens.kind == TEXT].unique().tolist()
     assert text_t == [101.0, 102.5, 104.5]
-    assert (ex.lm_target != IGNORE_INDEX).sum().item() == len("ok") + len("drum") + len("2") + 3
+    assert (ex.targets["lm"] != IGNORE_INDEX).sum().item() == len("ok") + len("drum") + len("2") + 3
 
 
 def test_media_past_the_duration_is_dropped_and_single_modalities_work():
@@ -157,15 +159,23 @@ def test_collate_pads_masks_and_gathers():
     b = collate(wins, TOK.pad_id)
     n = [len(w.tokens) for w in wins]
     B, L, K = 3, max(n), 4
-    assert b.kind.shape == b.t.shape == b.src.shape == b.valid.shape == b.lm_target.shape == (B, L)
-    assert b.tick_index.shape == b.tick_valid.shape == b.event_label.shape == b.speak.shape == (B, K)
-    assert b.lengths.tolist() == n and b.t.dtype == torch.float64 and b.speak.dtype == torch.float32
+    assert b.kind.shape == b.t.shape == b.src.shape == b.valid.shape == b.targets["lm"].shape == (B, L)
+    assert (
+        b.tick_index.shape
+        == b.tick_valid.shape
+        == b.targets["event"].shape
+        == b.targets["speak"].shape
+        == (B, K)
+    )
+    assert (
+        b.lengths.tolist() == n and b.t.dtype == torch.float64 and b.targets["speak"].dtype == torch.float32
+    )
     for r, w in enumerate(wins):
         m = n[r]
         assert torch.equal(b.kind[r, :m], w.tokens.kind) and torch.equal(b.t[r, :m], w.tokens.t)
         # padding: PAD text tokens, repeated last time, no targets, no ticks
         assert torch.all(b.kind[r, m:] == TEXT) and torch.all(b.src[r, m:] == TOK.pad_id)
-        assert torch.all(b.t[r, m:] == w.tokens.t[-1]) and torch.all(b.lm_target[r, m:] == IGNORE_INDEX)
+        assert torch.all(b.t[r, m:] == w.tokens.t[-1]) and torch.all(b.targets["lm"][r, m:] == IGNORE_INDEX)
         assert torch.all(b.tick[r, m:] == -1) and not b.valid[r, m:].any()
         # gather indices reach the same feature rows as the window's own
         vid = b.kind[r, :m] == VIDEO
@@ -180,23 +190,14 @@ def test_collate_pads_masks_and_gathers():
         assert torch.all(b.tick_index[r, k:] == -1) and not b.tick_valid[r, k:].any()
         has = w.summary_pos >= 0
         assert torch.equal(b.tick_valid[r, :k], has)
-        assert torch.equal(b.event_label[r, :k][has], w.event_label[has])
-        assert torch.all(b.event_label[r][~b.tick_valid[r]] == IGNORE_INDEX)
+        assert torch.equal(b.targets["event"][r, :k][has], w.targets["event"][has])
+        assert torch.all(b.targets["event"][r][~b.tick_valid[r]] == IGNORE_INDEX)
         assert torch.all(b.kind[r][b.summary_pos[r][b.tick_valid[r]]] != TEXT)
     assert b.video.shape == (wins[0].video.shape[0] + wins[1].video.shape[0], 3, 16, 16)
     assert b.is_first.tolist() == [True, False, False] and b.is_last.tolist() == [False, True, True]
     assert b.stream_ids == ["a", "a", "b"] and b.tick_start.tolist() == [0, 8, 10]
     moved = b.to("cpu")
     assert isinstance(moved, Batch) and torch.equal(moved.src, b.src) and moved.stream_ids == b.stream_ids
-
-
-def test_nearest_frames():
-    ft = np.array([0.0, 0.25, 0.5, 1.0])
-    q = torch.tensor([[-1.0, 0.1, 0.125, 0.13], [0.75, 0.9, 5.0, float("nan")]], dtype=torch.float64)
-    # before the first / after the last frame: the end frames; a tie (0.125, 0.75): the earlier one
-    assert nearest_frames(q, ft).tolist() == [[0, 0, 0, 1], [2, 3, 3, -1]]
-    assert nearest_frames(q, np.array([2.0])).tolist() == [[0, 0, 0, 0], [0, 0, 0, -1]]
-    assert nearest_frames(q, np.zeros(0)).tolist() == [[-1] * 4] * 2
 
 
 def test_recall_frames_reach_back_across_windows():
@@ -206,34 +207,39 @@ def test_recall_frames_reach_back_across_windows():
     # segments (_spec): drum [2.0, 2.6) -> mid 2.3, over in tick 5; bell [3.0, 3.2) -> mid 3.1, tick 6;
     # bell [5.0, 6.0) -> mid 5.5, tick 11. Frames every 0.25 s, frame 3 dropped: frame rows shift.
     feats = _features(6.0, drop=(3,))
-    ex = build_example(_spec(), feats, TOK, LABELS, CFG)
+    recall = [Recall(labels=LABELS)]
+    ex = build_example(_spec(), feats, TOK, LABELS, CFG, objectives=recall)
     ts = feats.video_times
     row = lambda t: int(np.argmin(np.abs(ts - t)))  # noqa: E731
     none = [-1, -1]
     expect = [none] * 5 + [[-1, row(2.3)]] + [[row(3.1), row(2.3)]] * 5 + [[row(5.5), row(2.3)]]
-    assert ex.recall_frame.tolist() == expect and row(2.3) == 8  # 2.25 is row 8 after the drop
+    assert ex.targets["recall"].tolist() == expect and row(2.3) == 8  # 2.25 is row 8 after the drop
     wins = [cut_window(ex, k0, k1, CFG, i, 3) for i, (k0, k1) in enumerate(window_bounds(12, 4))]
     for w in wins:
         k = slice(w.tick_start, w.tick_end)
-        seen = w.recall_index >= 0
-        assert torch.equal(seen, ex.recall_frame[k] >= 0)
+        seen = w.targets["recall"] >= 0
+        assert torch.equal(seen, ex.targets["recall"][k] >= 0)
         # synthetic frame f is filled with the value f: the carried rows are the stream's frames
-        values = w.recall_video[w.recall_index[seen], 0, 0, 0]
-        assert torch.equal(values, ex.recall_frame[k][seen].float())
-        assert w.recall_video.shape[0] == len(ex.recall_frame[k][seen].unique())  # each frame once
-    assert wins[0].recall_video.shape == (0, 3, 16, 16)
+        values = w.targets["recall_frames"][w.targets["recall"][seen], 0, 0, 0]
+        assert torch.equal(values, ex.targets["recall"][k][seen].float())
+        assert w.targets["recall_frames"].shape[0] == len(
+            ex.targets["recall"][k][seen].unique()
+        )  # each frame once
+    assert wins[0].targets["recall_frames"].shape == (0, 3, 16, 16)
     assert wins[2].video_offset > row(2.3)  # the drum's frame lies before the last window: carried anyway
     b = collate(wins[1:], TOK.pad_id)
-    assert b.recall_video.shape[0] == sum(w.recall_video.shape[0] for w in wins[1:])
+    assert b.targets["recall_frames"].shape[0] == sum(w.targets["recall_frames"].shape[0] for w in wins[1:])
     for r, w in enumerate(wins[1:]):
-        seen = b.recall_index[r] >= 0
-        assert torch.equal(seen, (w.recall_index >= 0) & (w.summary_pos >= 0)[:, None])
-        values = b.recall_video[b.recall_index[r][seen], 0, 0, 0]
-        assert torch.equal(values, ex.recall_frame[w.tick_start : w.tick_end][seen].float())
-    no_video = build_example(_spec(video=False), _features(6.0, video=False), TOK, LABELS, CFG)
-    assert bool((no_video.recall_frame == -1).all())
+        seen = b.targets["recall"][r] >= 0
+        assert torch.equal(seen, (w.targets["recall"] >= 0) & (w.summary_pos >= 0)[:, None])
+        values = b.targets["recall_frames"][b.targets["recall"][r][seen], 0, 0, 0]
+        assert torch.equal(values, ex.targets["recall"][w.tick_start : w.tick_end][seen].float())
+    no_video = build_example(
+        _spec(video=False), _features(6.0, video=False), TOK, LABELS, CFG, objectives=recall
+    )
+    assert bool((no_video.targets["recall"] == -1).all())
     w = cut_window(no_video, 4, 12, CFG)
-    assert w.recall_video.shape == (0, 3, 16, 16) and bool((w.recall_index == -1).all())
+    assert w.targets["recall_frames"].shape == (0, 3, 16, 16) and bool((w.targets["recall"] == -1).all())
 
 
 def test_collate_rejects_mismatched_windows():
@@ -291,17 +297,21 @@ def test_dataset_indexing_memory_cache_and_pickling(monkeypatch):
     with pytest.raises(IndexError):
         ds[7]
     # answer weights reach the windows and the batch: the count answer "2" (its token and EOT) weighs 4
-    weighted = StreamDataset(specs, CFG, TOK, window_seconds=None, answer_weights={"count": 4.0})
+    weighted = StreamDataset(
+        specs, CFG, TOK, window_seconds=None, objectives={"lm": LMConfig(answer_weights={"count": 4.0})}
+    )
     wb = weighted.collate([weighted[0], weighted[2]])
-    assert wb.lm_weight.shape == wb.lm_target.shape
-    assert torch.equal(b.lm_weight, torch.ones_like(b.lm_weight))  # none given: every weight is 1
+    assert wb.targets["lm_weight"].shape == wb.targets["lm"].shape
+    assert torch.equal(
+        b.targets["lm_weight"], torch.ones_like(b.targets["lm_weight"])
+    )  # none given: every weight is 1
     for r, n_answer in enumerate([2, 0]):  # stream "c" ends (4.0 s) before the question (4.1 s)
-        sup = wb.lm_target[r] != IGNORE_INDEX
+        sup = wb.targets["lm"][r] != IGNORE_INDEX
         answer = sup & (wb.turn[r] == 4)
-        assert int(answer.sum()) == n_answer and torch.all(wb.lm_weight[r][answer] == 4.0)
-        assert torch.all(wb.lm_weight[r][sup & ~answer] == 1.0)
-    with pytest.raises(ValueError, match="answer_weights must be finite and >= 0"):
-        StreamDataset(specs, CFG, TOK, answer_weights={"count": -2.0})
+        assert int(answer.sum()) == n_answer and torch.all(wb.targets["lm_weight"][r][answer] == 4.0)
+        assert torch.all(wb.targets["lm_weight"][r][sup & ~answer] == 1.0)
+    with pytest.raises(ValueError, match="answer_weights=.*must be finite and >= 0"):
+        StreamDataset(specs, CFG, TOK, objectives={"lm": LMConfig(answer_weights={"count": -2.0})})
 
 
 # ------------------------------------------------------------------------------ real media, end to end
@@ -338,8 +348,8 @@ def test_real_media_end_to_end(real_manifest, tmp_path):
     ds = StreamDataset(real_manifest, cfg, TOK, window_seconds=1.0, cache_dir=tmp_path / "cache")
     assert ds.labels == ["background", "bell"] and ds.windows_per_stream == [3, 3]
     ex = ds.example(0)
-    assert ex.event_label.tolist() == [0, 0, 1, 1, 0, 0]
-    assert ex.speak.tolist() == [0, 0, 1, 0, 0, 0]  # proactive "bell" at 1.2 s -> end of tick 2
+    assert ex.targets["event"].tolist() == [0, 0, 1, 1, 0, 0]
+    assert ex.targets["speak"].tolist() == [0, 0, 1, 0, 0, 0]  # proactive "bell" at 1.2 s -> end of tick 2
     kinds = ex.tokens.kind
     assert int((kinds == VIDEO).sum()) == 12 * 4 and 28 <= int((kinds == AUDIO).sum()) <= 30
     vt = ex.tokens.t[kinds == VIDEO][::4] - 5.0  # frame times on the media clock (t0 = 5)
@@ -394,9 +404,8 @@ def test_real_media_error_names_stream(real_manifest, tmp_path):
 def test_avworld_stream_end_to_end(tmp_path):
     """A generated AVWorld stream (jitter, dropped frames, audio offset, clock offset) through decoding,
     featurizing, interleaving, windowing and batching."""
-    from ssm_mm.worlds.avworld import AVWorldConfig, frame_times, generate
-
     from ssm_mm.data.manifest import read_manifest
+    from ssm_mm.worlds.avworld import AVWorldConfig, frame_times, generate
 
     knobs = dict(streams=2, seconds=8.0, jitter=0.03, drop=0.15, offset=0.3, clock=1000.0, seed=3)
     manifest = read_manifest(generate(tmp_path / "w", **knobs))
@@ -424,9 +433,9 @@ def test_avworld_stream_end_to_end(tmp_path):
         for seg in spec.segments:
             mid = int((seg.start + seg.end) / 2 / cfg.tick_seconds)
             if seg.end - seg.start >= 1.0:
-                assert ds.labels[int(ex.event_label[mid])] == seg.label
+                assert ds.labels[int(ex.targets["event"][mid])] == seg.label
         proactive = [d for d in spec.dialogue if d.role == "assistant" and d.type is None]
-        assert int(ex.speak.sum()) <= len(proactive)
+        assert int(ex.targets["speak"].sum()) <= len(proactive)
         wins = ds.windows(s)
         assert TimedTokens.cat([_globalise(w) for w in wins]).equal(tk)
     batch = ds.collate([ds[0], ds[5]])

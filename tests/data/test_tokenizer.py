@@ -365,11 +365,14 @@ def test_model_saves_and_loads_the_trained_tokenizer(manifest, tmp_path):
 
     tok = train_from_manifest(manifest, kind="word")
     model = MultimodalSSM(tiny_model_config(), tokenizer=tok)
-    assert model.lm_head.weight.shape[0] == tok.vocab_size == tok.n_content + len(SPECIAL_TOKENS)
+    assert model.heads["lm"].weight.shape[0] == tok.vocab_size == tok.n_content + len(SPECIAL_TOKENS)
     loaded = MultimodalSSM.from_pretrained(model.save_pretrained(tmp_path / "model"))
     again = loaded.tokenizer
     assert isinstance(again, JsonTokenizer) and again.to_dict() == tok.to_dict()
-    assert again.vocab_size == tok.vocab_size and loaded.lm_head.weight.shape == model.lm_head.weight.shape
+    assert (
+        again.vocab_size == tok.vocab_size
+        and loaded.heads["lm"].weight.shape == model.heads["lm"].weight.shape
+    )
     for text in TURN_TEXTS:
         assert again.encode_turn("user", text) == tok.encode_turn("user", text)
     for name, p in model.state_dict().items():

@@ -8,17 +8,12 @@ import math
 import pytest
 import support
 import torch
-import torch.nn.functional as F
 from support import tiny_model_config
 
 from ssm_mm.config import TemporalConfig, load_config
+from ssm_mm.data.interleave import TEXT
+from ssm_mm.models.multimodal import MultimodalSSM, upgrade_weight_names
 from ssm_mm.worlds.avworld import CLASSES
-from ssm_mm.data.dataset import StreamDataset
-from ssm_mm.data.featurize import FeaturizerConfig
-from ssm_mm.data.interleave import IGNORE_INDEX, TEXT, VIDEO
-from ssm_mm.data.manifest import read_manifest
-from ssm_mm.data.tokenizer import ByteTokenizer
-from ssm_mm.models.multimodal import MultimodalSSM
 
 LABELS = ["background"] + [c.name for c in CLASSES]
 
@@ -97,7 +92,7 @@ def test_bad_config_json_is_refused(tmp_path):
     model = tiny_model()
     d = model.save_pretrained(tmp_path / "m")
     (d / "config.json").write_text(
-        (d / "config.json").read_text().replace('"format_version": 1', '"format_version": 99')
+        (d / "config.json").read_text().replace('"format_version": 2', '"format_version": 99')
     )
     with pytest.raises(ValueError, match="format_version"):
         MultimodalSSM.from_pretrained(d)
@@ -175,9 +170,14 @@ def test_shipped_model_is_verified_and_loads_its_exact_weights():
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["weights"]["sha256"] == hashlib.sha256((d / "model.safetensors").read_bytes()).hexdigest()
     model = MultimodalSSM.from_pretrained(d)
-    stored = load_file(str(d / "model.safetensors"))
+    assert cfg["format_version"] == 1  # saved before objectives: upgraded on load (heads.<name>.*)
+    stored = upgrade_weight_names(load_file(str(d / "model.safetensors")))
     got = model.state_dict()
     assert stored and all(torch.equal(got[k], v) for k, v in stored.items())
+    assert "heads.count.weight" in stored and list(model.heads) == [
+        "lm", "event", "speak", "video", "count", "order", "attribute"
+    ]  # fmt: skip
+    assert model.objectives["count"].cfg.max == 7 and len(model.objectives["attribute"].cfg.names) == 11
 
 
 def _decay_over_one_second(fps: float, time_aware: bool) -> torch.Tensor:
@@ -282,238 +282,3 @@ def test_tiny_model_overfits_a_few_streams(make_dataset):
         opt.step()
     last = {k: v.item() for k, v in losses.items()}
     assert last["lm"] < 0.3 * first["lm"] and last["event"] < 0.5 * first["event"], (first, last)
-
-
-def test_video_targets_follow_the_frontend_patch_order():
-    model = tiny_model(video_target=2)
-    s = model.features.frame_size
-    h = s // 2  # 2x2 patches
-    video = torch.zeros(2, 3, s, s)
-    video[1, 0, :h, h:] = 1.0  # frame 1: the top-right patch red, ...
-    video[1, 2, h + h // 2 :, : h // 2] = 4.0  # ... the bottom-left patch blue in its lower-left quarter
-    tgt = model.video_targets(video)
-    assert tgt.shape == (2 * 4, 3 * 2 * 2)
-    assert tgt[:4].abs().sum() == 0  # frame 0 is empty
-    # frame 1: patch 1 (row 0, col 1) = all red; patch 2 (row 1, col 0) = blue in its (1, 0) cell
-    assert torch.equal(tgt[5], torch.tensor([1.0] * 4 + [0.0] * 8))
-    assert torch.equal(tgt[6], torch.tensor([0.0] * 8 + [0.0, 0.0, 4.0, 0.0]))
-    assert tgt[4].abs().sum() == 0 and tgt[7].abs().sum() == 0
-    # the token whose embedding a change of one region moves is the token whose target row it moves
-    with torch.no_grad():
-        for p, (r, c) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
-            moved = video.clone()
-            moved[0, 1, r * h : (r + 1) * h, c * h : (c + 1) * h] += 0.5
-            d_emb = (model.video_in(moved) - model.video_in(video)).flatten(0, 1).abs().sum(-1)
-            d_tgt = (model.video_targets(moved) - tgt).abs().sum(-1)
-            assert d_emb.nonzero().flatten().tolist() == d_tgt.nonzero().flatten().tolist() == [p]
-
-
-def test_video_head_trains_and_round_trips(tmp_path, make_dataset):
-    ds = make_dataset(None)
-    batch = ds.collate([ds[0], ds[1]])
-    model = tiny_model(video_target=2).train()
-    out = model.forward_batch(batch)
-    sums, counts = model.loss_sums(out, batch)
-    n_video = int(((batch.kind == VIDEO) & batch.valid).sum())
-    assert counts["video"] == n_video > 0 and sums["video"] > 0
-    sums["video"].backward()
-    assert model.video_head.weight.grad.abs().sum() > 0
-    assert model.video_in.stem[0].weight.grad.abs().sum() > 0  # through the backbone to the frontend
-    # saved and loaded with its head; a model without one has no video loss (an exact zero)
-    model.save_pretrained(tmp_path / "m")
-    again = MultimodalSSM.from_pretrained(tmp_path / "m")
-    assert again.cfg.video_target == 2 and torch.equal(again.video_head.weight, model.video_head.weight)
-    plain = tiny_model()
-    s2, c2 = plain.loss_sums(plain.forward_batch(batch), batch)
-    assert plain.video_head is None and c2["video"] == 0 and float(s2["video"]) == 0.0
-    with pytest.raises(ValueError, match="video_target"):
-        tiny_model(video_target=-1)
-
-
-def test_lm_loss_is_the_weighted_mean_over_answer_weights(make_dataset):
-    """``train.loss_answer``: with every weight 1 the LM loss is the plain mean over supervised
-    tokens; with weights it is their weighted mean, and a weight of 0 removes those answers."""
-    ds = make_dataset(None)
-    batch = ds.collate([ds[0], ds[1]])
-    model = tiny_model().eval()
-    with torch.no_grad():
-        out = model.forward_batch(batch)
-        sup = batch.lm_target != IGNORE_INDEX
-        ce = F.cross_entropy(model.lm_head(out.hidden[sup]).float(), batch.lm_target[sup], reduction="none")
-        assert torch.allclose(model.losses(out, batch)["lm"], ce.mean(), atol=1e-6)
-        w = torch.rand(sup.shape) * 3
-        w[0] = 0.0  # the first window's answers do not count
-        batch.lm_weight = w
-        sums, counts = model.loss_sums(out, batch)
-        assert counts["lm"] == pytest.approx(float(w[sup].sum()), rel=1e-6)
-        assert float(sums["lm"]) == pytest.approx(float((ce * w[sup]).sum()), rel=1e-5)
-        ce1 = ce[int(sup[0].sum()) :]  # window 1's supervised tokens (boolean indexing is row-major)
-        assert len(ce1) > 0
-        assert float(model.losses(out, batch)["lm"]) == pytest.approx(
-            float((ce1 * w[1][sup[1]]).sum() / w[1][sup[1]].sum()), rel=1e-5
-        )
-
-
-def check_head_trains_and_round_trips(tmp_path, model, batch, name: str, loss, frontend) -> None:
-    """The shared half of the auxiliary-head tests: ``loss`` (the head's loss sum, computed by
-    ``model.loss_sums``) backpropagates into the head and through the backbone to ``frontend``; a
-    save/load round trip keeps the head; a model without the head trains no such loss."""
-    loss.backward()
-    head = model.loss_heads()[name]
-    assert head.weight.grad.abs().sum() > 0
-    assert frontend.weight.grad.abs().sum() > 0  # through the backbone to the frontends
-    model.save_pretrained(tmp_path / "m")
-    again = MultimodalSSM.from_pretrained(tmp_path / "m")
-    assert again.cfg == model.cfg and torch.equal(again.loss_heads()[name].weight, head.weight)
-    assert again.active_heads() == ["lm", "event", "speak", name]
-    plain = tiny_model()
-    s2, c2 = plain.loss_sums(plain.forward_batch(batch), batch)
-    assert plain.loss_heads()[name] is None and c2[name] == 0 and float(s2[name]) == 0.0
-    assert plain.active_heads() == ["lm", "event", "speak"]
-
-
-def test_count_head_reads_running_counts_and_round_trips(tmp_path, make_dataset):
-    ds = make_dataset(None)
-    batch = ds.collate([ds[0], ds[1]])
-    tv = batch.tick_valid
-    assert bool((batch.event_count[~tv] == IGNORE_INDEX).all())
-    # the batch's counts are each stream's running counts of its manifest segments
-    counts_seen = batch.event_count[tv]
-    assert counts_seen.shape[1] == len(LABELS) - 1 and int(counts_seen.max()) >= 1
-    assert bool((batch.event_count[:, 1:] >= batch.event_count[:, :-1]).where(tv[:, 1:, None], True).all())
-    model = tiny_model(count_head=2).train()
-    out = model.forward_batch(batch)
-    sums, counts = model.loss_sums(out, batch)
-    assert counts["count"] == int(tv.sum()) * (len(LABELS) - 1) and sums["count"] > 0
-    # the loss is the cross-entropy of the counts clipped to N = 2
-    logits = model.count_logits(model.tick_hidden(out.hidden, batch.summary_pos)[tv])
-    target = counts_seen.clamp_max(2)
-    manual = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum")
-    torch.testing.assert_close(sums["count"], manual)
-    check_head_trains_and_round_trips(tmp_path, model, batch, "count", sums["count"], model.audio_in.proj[0])
-    with pytest.raises(ValueError, match="count_head"):
-        tiny_model(count_head=-1)
-
-
-def test_order_head_reads_first_occurrence_ranks_and_round_trips(tmp_path, make_dataset):
-    ds = make_dataset(2.0)  # 2-s windows: later windows keep the ranks of labels begun before them
-    batch = ds.collate([ds[1], ds[3], ds[6]])
-    tv = batch.tick_valid
-    C = len(LABELS) - 1
-    assert bool((batch.first_rank[~tv] == IGNORE_INDEX).all())
-    ranks = batch.first_rank[tv]
-    assert int(ranks.min()) == 0 and int(ranks.max()) <= C
-    # a label has a rank exactly when it has begun (the count head's running count is > 0)
-    assert torch.equal(ranks < C, batch.event_count[tv] > 0)
-    model = tiny_model(order_head=True).train()
-    out = model.forward_batch(batch)
-    sums, counts = model.loss_sums(out, batch)
-    assert counts["order"] == int(tv.sum()) * C and sums["order"] > 0
-    logits = model.order_logits(model.tick_hidden(out.hidden, batch.summary_pos)[tv])
-    assert logits.shape == (int(tv.sum()), C, C + 1)
-    manual = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ranks.flatten(), reduction="sum")
-    torch.testing.assert_close(sums["order"], manual)
-    check_head_trains_and_round_trips(tmp_path, model, batch, "order", sums["order"], model.audio_in.proj[0])
-
-
-def test_recall_head_reads_past_frames_and_round_trips(tmp_path, make_dataset):
-    ds = make_dataset(2.0)  # 2-s windows: later windows recall frames from before them
-    batch = ds.collate([ds[1], ds[3], ds[6]])
-    tv = batch.tick_valid
-    index = batch.recall_index
-    assert bool((index[~tv] == -1).all()) and int((index >= 0).sum()) > 0
-    model = tiny_model(recall_head=2).train()
-    out = model.forward_batch(batch)
-    sums, counts = model.loss_sums(out, batch)
-    seen = index[tv] >= 0
-    assert counts["recall"] == int(seen.sum()) and sums["recall"] > 0
-    # the loss: squared error against each recalled frame pooled to 2 x 2 x 3, averaged per item
-    th = model.tick_hidden(out.hidden, batch.summary_pos)[tv]
-    pred = model.recall_logits(th)[seen]
-    frames = batch.recall_video[index[tv][seen]]  # (n, 3, 64, 64)
-    quadrants = frames.unflatten(-1, (2, 32)).unflatten(-3, (2, 32))  # (n, 3, 2, 32, 2, 32)
-    target = quadrants.mean((-1, -3)).flatten(1)  # (n, 3 * 2 * 2): channel, row, column
-    torch.testing.assert_close(sums["recall"], (pred - target).pow(2).mean(-1).sum(), rtol=1e-5, atol=0)
-    frontend = model.video_in.stem[0]
-    check_head_trains_and_round_trips(tmp_path, model, batch, "recall", sums["recall"], frontend)
-    for bad in (-1, 65):
-        with pytest.raises(ValueError, match="recall_head"):
-            tiny_model(recall_head=bad)
-
-
-def test_attribute_head_reads_each_events_colour_and_round_trips(tmp_path, avworld_manifest):
-    values = ["blue", "cyan", "green", "purple", "red", "yellow"]
-    manifest = read_manifest(avworld_manifest)
-    ds = StreamDataset(
-        manifest, FeaturizerConfig(), ByteTokenizer(), LABELS, window_seconds=2.0,
-        recall_attributes=["color"], recall_values=values,
-    )  # fmt: skip
-    batch = ds.collate([ds[1], ds[3], ds[6]])
-    tv = batch.tick_valid
-    target = batch.recall_value
-    assert bool((target[~tv] == IGNORE_INDEX).all()) and int((target >= 0).sum()) > 0
-    # (each target against the manifest: test_attribute_head_reads_several_attributes, "color" among them)
-    model = tiny_model(recall_attribute="color", recall_values=values).train()
-    assert model.attribute_head.out_features == (len(LABELS) - 1) * len(values)  # the one-attribute layout
-    out = model.forward_batch(batch)
-    sums, counts = model.loss_sums(out, batch)
-    known = target[tv] >= 0
-    assert counts["attribute"] == int(known.sum()) and sums["attribute"] > 0
-    logits = model.attribute_logits(model.tick_hidden(out.hidden, batch.summary_pos)[tv])  # (T, C, 1, V)
-    assert logits.shape[1:] == (len(LABELS) - 1, 1, len(values))
-    manual = torch.nn.functional.cross_entropy(logits[known], target[tv][known], reduction="sum")
-    torch.testing.assert_close(sums["attribute"], manual)
-    check_head_trains_and_round_trips(
-        tmp_path, model, batch, "attribute", sums["attribute"], model.video_in.stem[0]
-    )
-    assert MultimodalSSM.from_pretrained(tmp_path / "m").cfg.recall_values == values
-    with pytest.raises(ValueError, match="recall_values"):
-        tiny_model(recall_attribute="color")
-    with pytest.raises(ValueError, match="recall_values"):
-        StreamDataset(manifest, FeaturizerConfig(), ByteTokenizer(), LABELS, recall_attributes=["color"])
-    with pytest.raises(TypeError, match="recall_attributes"):
-        StreamDataset(manifest, FeaturizerConfig(), ByteTokenizer(), LABELS, recall_attributes="color")
-    with pytest.raises(ValueError, match="distinct"):
-        tiny_model(recall_attribute="color", recall_attributes=["color"], recall_values=values)
-
-
-def test_attribute_head_reads_several_attributes(tmp_path, avworld_manifest):
-    """recall_attributes: one head, (C, A, V) logits over the shared values, each (tick, label,
-    attribute) with a known value one cross-entropy item; AVWorld segments carry the look of every
-    shape on screen throughout them (color_of_<kind>, shape_of_<colour>)."""
-    manifest = read_manifest(avworld_manifest)
-    names = ["color", "color_of_triangle", "shape_of_blue"]
-    values = ["blue", "circle", "cross", "cyan", "green", "purple", "red", "square", "triangle", "yellow"]
-    ds = StreamDataset(
-        manifest, FeaturizerConfig(), ByteTokenizer(), LABELS, window_seconds=2.0,
-        recall_attributes=names, recall_values=values,
-    )  # fmt: skip
-    items = [ds[i] for i in range(len(ds))]
-    batch = ds.collate(items)
-    tv, target = batch.tick_valid, batch.recall_value  # (B, K, C, A)
-    assert target.shape[-1] == len(names) and bool((target[~tv] == IGNORE_INDEX).all())
-    for r, w in enumerate(items):  # each attribute of each label's last finished segment, or unknown
-        spec = manifest.streams[w.stream_index]
-        for j in range(w.tick_end - w.tick_start):
-            if not tv[r, j]:
-                continue
-            end = (w.tick_start + j + 1) * ds.cfg.tick_seconds
-            for c, name in enumerate(LABELS[1:]):
-                over = [g for g in spec.segments if g.label == name and g.end <= end + 1e-9]
-                last = max(over, key=lambda g: (g.end, g.start)) if over else None
-                for a, attr in enumerate(names):
-                    v = last.attributes.get(attr) if last else None
-                    assert target[r, j, c, a].item() == (values.index(v) if v else IGNORE_INDEX)
-    known = target[tv] >= 0  # (T, C, A)
-    assert all(int(known[..., a].sum()) > 0 for a in range(len(names)))  # every attribute is supervised
-    model = tiny_model(recall_attributes=names, recall_values=values).train()
-    out = model.forward_batch(batch)
-    sums, counts = model.loss_sums(out, batch)
-    logits = model.attribute_logits(model.tick_hidden(out.hidden, batch.summary_pos)[tv])
-    assert logits.shape[1:] == (len(LABELS) - 1, len(names), len(values))
-    assert counts["attribute"] == int(known.sum())
-    manual = torch.nn.functional.cross_entropy(logits[known], target[tv][known], reduction="sum")
-    torch.testing.assert_close(sums["attribute"], manual)
-    model.save_pretrained(tmp_path / "m")
-    again = MultimodalSSM.from_pretrained(tmp_path / "m")
-    assert again.attribute_names == names and again.cfg.recall_values == values

@@ -174,7 +174,7 @@ def check_session_parity(model, m, modalities, seed, audio=None, sr=None, tol=1e
     assert (hidden - ref).abs().max().item() <= tol
     dev = next(model.parameters()).device
     with torch.no_grad():
-        lm_diff = (model.lm_head(hidden.to(dev)) - model.lm_head(ref.to(dev))).abs().max().item()
+        lm_diff = (model.heads["lm"](hidden.to(dev)) - model.heads["lm"](ref.to(dev))).abs().max().item()
     assert lm_diff <= tol
 
     # per-tick labels and speak-now probabilities read at the offline summary positions
@@ -182,8 +182,8 @@ def check_session_parity(model, m, modalities, seed, audio=None, sr=None, tol=1e
     ticks, pos = tick_summary_positions(tokens)
     assert [x.tick for x in labels] == ticks.tolist()
     with torch.no_grad():
-        probs = torch.softmax(model.event_head(ref[pos].to(dev)), -1).cpu()
-        speak = torch.sigmoid(model.speak_head(ref[pos].to(dev))).squeeze(-1).cpu()
+        probs = torch.softmax(model.heads["event"](ref[pos].to(dev)), -1).cpu()
+        speak = torch.sigmoid(model.heads["speak"](ref[pos].to(dev))).squeeze(-1).cpu()
     got_score = torch.tensor([x.score for x in labels])
     got_index = torch.tensor([x.index for x in labels])
     assert (probs.gather(1, got_index[:, None])[:, 0] - got_score).abs().max() <= tol

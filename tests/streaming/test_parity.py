@@ -51,5 +51,5 @@ def test_media_only_session_equals_the_training_batch(model, media, avworld_dir)
     assert (hidden[:n] - ref).abs().max().item() <= TOL
     labels = [x for x in s.segment_labels() if x.has_media and x.tick < ex.n_ticks]
     with torch.no_grad():
-        pred = model.event_head(model.tick_hidden(ref[None], batch.summary_pos))[0].argmax(-1)
+        pred = model.heads["event"](model.tick_hidden(ref[None], batch.summary_pos))[0].argmax(-1)
     assert [x.index for x in labels] == pred[batch.tick_valid[0]].tolist()

@@ -64,7 +64,7 @@ def test_fresh_run_in_a_used_folder_keeps_its_checkpoints_and_resumes_itself(
     assert _steps(ck) == [6, 8]
     old = {s: load_checkpoint(p)["model"] for s, p in list_checkpoints(ck)}
     # run B, fresh (train.resume=false) in the same folder, stopped at step 3
-    extra = ("train.keep_last=2", "train.loss_speak=3")
+    extra = ("train.keep_last=2", "objectives.speak.weight=3")
     res = _run(tiny_overrides, tmp_path, tiny_world, *extra, sigterm_at=3)
     assert res["interrupted"] == "SIGTERM" and res["step"] == 3
     assert _steps(ck) == [2, 3]  # what B wrote is kept; A's checkpoints no longer compete

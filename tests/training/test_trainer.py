@@ -104,44 +104,46 @@ def test_bad_stream_is_skipped_and_counted(tmp_path, tiny_world, capsys, run):
 
 
 @pytest.mark.parametrize(
-    "knob, value, head, printed",
+    "override, head, printed",
     [
-        ("video_target", 2, "video", [" video "]),
-        ("count_head", 2, "count", [" count ", "count accuracy"]),
-        ("order_head", True, "order", [" order ", "order accuracy"]),
-        ("recall_head", 2, "recall", [" recall "]),
-        ("recall_attribute", "color", "attribute", [" attribute ", "attribute accuracy"]),
-        ("recall_attributes", ["color", "shape"], "attribute", [" attribute ", "attribute accuracy"]),
+        ("objectives.video.size=2", "video", [" video "]),
+        ("objectives.count.max=2", "count", [" count ", "count accuracy"]),
+        ("objectives.order={}", "order", [" order ", "order accuracy"]),
+        ("objectives.recall.size=2", "recall", [" recall "]),
+        ("objectives.attribute.names=[color]", "attribute", [" attribute ", "attribute accuracy"]),
+        ("objectives.attribute.names=[color, shape]", "attribute", [" attribute ", "attribute accuracy"]),
     ],
 )
-def test_optional_head_adds_its_weighted_loss(tmp_path, tiny_world, run, capsys, knob, value, head, printed):
-    res = run(tmp_path, tiny_world, f"model.{knob}={value}", "train.max_steps=2", f"train.loss_{head}=0.5")
+def test_optional_objective_adds_its_weighted_loss(
+    tmp_path, tiny_world, run, capsys, override, head, printed
+):
+    res = run(tmp_path, tiny_world, override, "train.max_steps=2", f"objectives.{head}.weight=0.5")
     assert res["step"] == 2
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     positive = [r[f"loss_{head}"] > 0 for r in rows]
     assert (
         all(positive) if head in ("video", "count", "order") else any(positive)
     )  # a batch may hold no finished event
-    for r in rows:  # the total weighs it by train.loss_<head>
+    for r in rows:  # the total weighs it by objectives.<head>.weight
         parts = r["loss_lm"] + r["loss_event"] + r["loss_speak"] + 0.5 * r[f"loss_{head}"]
         assert abs(r["loss"] - parts) < 1e-5 * max(1.0, r["loss"])
-    final = MultimodalSSM.from_pretrained(tmp_path / "run" / "final").cfg
-    assert getattr(final, knob) == value
+    final = MultimodalSSM.from_pretrained(tmp_path / "run" / "final").objectives
+    assert list(final) == ["lm", "event", "speak", head] and final[head].cfg.weight == 0.5
     if head == "attribute":  # the value vocabulary of the training streams, pinned in the model
+        values = set(final[head].cfg.values)
         colours = {"red", "green", "blue", "yellow", "cyan", "purple"}
-        if knob == "recall_attributes":  # one vocabulary: the values of all its attributes
+        if final[head].cfg.names == ["color", "shape"]:  # one vocabulary: the values of all its attributes
             kinds = {"circle", "square", "triangle", "cross", "diamond", "bar"}
-            assert colours & set(final.recall_values) and set(final.recall_values) - colours <= kinds
-            assert set(final.recall_values) - colours
+            assert colours & values and values - colours and values - colours <= kinds
         else:
-            assert set(final.recall_values) <= colours and len(final.recall_values) >= 2
+            assert values <= colours and len(values) >= 2
     out = capsys.readouterr().out
     assert all(p in out for p in printed)  # in the step and validation lines
 
 
 def test_recall_attribute_missing_from_the_training_streams_is_named(tmp_path, tiny_world, run):
     with pytest.raises(ValueError, match=r"\['nope'\]: no segment of the training streams"):
-        run(tmp_path, tiny_world, "model.recall_attributes=[color, nope]", "train.max_steps=1")
+        run(tmp_path, tiny_world, "objectives.attribute.names=[color, nope]", "train.max_steps=1")
     assert not (tmp_path / "run" / "final").exists()
 
 

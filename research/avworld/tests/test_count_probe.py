@@ -83,7 +83,7 @@ def test_asked_label():
 
 def test_cli_runs_on_a_count_head_model_and_names_bad_input(world, tmp_path, capsys):
     man, manifest = world
-    model = support.tiny_model(0, LABELS, count_head=3)
+    model = support.tiny_model(0, LABELS, objectives={"count": {"max": 3}})
     model.save_pretrained(tmp_path / "m")
     qa, _ = _qa(man)
     streams = {}

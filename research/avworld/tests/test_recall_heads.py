@@ -22,9 +22,8 @@ VALUES = sorted(COLORS)
 @pytest.fixture(scope="module")
 def both_heads(tmp_path_factory):
     out = tmp_path_factory.mktemp("recall_model") / "m"
-    tiny_model(labels=LABELS, recall_attribute="color", recall_values=VALUES, recall_head=2).save_pretrained(
-        out
-    )
+    objectives = {"attribute": {"names": ["color"], "values": VALUES}, "recall": {"size": 2}}
+    tiny_model(labels=LABELS, objectives=objectives).save_pretrained(out)
     return out
 
 
@@ -37,14 +36,12 @@ def test_every_item_is_scored_once_by_age(world, both_heads, tmp_path, capsys):
     # the items: every (tick with media, label that has happened) of every stream, counted independently
     man = read_manifest(world)
     model = MultimodalSSM.from_pretrained(both_heads)
-    ds = StreamDataset(
-        man, model.features, model.tokenizer, LABELS, recall_attributes=["color"], recall_values=VALUES
-    )
+    ds = StreamDataset(man, model.features, model.tokenizer, LABELS, objectives=model.objectives)
     n_known = n_seen = 0
     for s in range(len(man.streams)):
         b = ds.collate([ds[s]])
-        n_known += int((b.recall_value >= 0).sum())
-        n_seen += int(((b.recall_index >= 0) & b.tick_valid[..., None]).sum())
+        n_known += int((b.targets["attribute"] >= 0).sum())
+        n_seen += int(((b.targets["recall"] >= 0) & b.tick_valid[..., None]).sum())
     att, rec = res["attribute"]["rows"], res["recall"]["rows"]
     assert [r["age"] for r in att] == ["0–1 s", "1–3 s", "≥ 3 s"] and res["attribute"]["values"] == VALUES
     assert sum(r["n"] for r in att) == n_known > 0 and sum(r["n"] for r in rec) == n_seen == n_known
