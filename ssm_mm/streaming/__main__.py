@@ -1,7 +1,7 @@
 """Streaming demo: play a media file through a trained model, printing what it says as it happens.
 
     python -m ssm_mm.streaming MODEL_DIR media.mp4 [--realtime] \
-        [--ask "12.5:how many times did the bell ring?"]
+        [--ask "12.5:how many times did the dog bark?"]
 
 MODEL_DIR is a folder written by ``MultimodalSSM.save_pretrained`` (or a training checkpoint folder
 holding one in ``model/``). The file may have video and audio, video only, or audio only (wav, flac,

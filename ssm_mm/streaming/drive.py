@@ -5,7 +5,7 @@ evaluation harness (:mod:`ssm_mm.evaluation`)::
 
     media = decode_stream_media("clip.mp4", "clip.mp4", fps=model.features.fps, t0=0.0)
     s = model.stream(modalities=media.modalities, t0=media.t0)
-    result = drive(s, media, [Question(12.5, "how many times did the bell ring?")])
+    result = drive(s, media, [Question(12.5, "how many times did the dog bark?")])
     result.labels, result.events, result.answers, result.tick_latency
 
 The feeding rule (one *round* per tick): before the end of tick ``k`` is declared with

@@ -8,7 +8,7 @@ interleaved sequence of the same media plus the session's own transcript::
     s = model.stream()                          # modalities=("video", "audio")
     s.push_video(frames, timestamps)            # uint8 (T, H, W, 3), seconds on the stream clock
     s.push_audio(samples, sample_rate, t0)      # float (N,) or (C, N); t0 = time of samples[0]
-    answer = s.ask("how many times did the bell ring?")
+    answer = s.ask("how many times did the dog bark?")
     for ev in s.poll(): print(ev.t, ev.text)     # proactive responses
     labels = s.segment_labels()                 # per-tick event labels
     snapshot = s.state_dict()                   # model.stream(state=snapshot) resumes exactly
