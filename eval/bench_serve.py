@@ -40,6 +40,9 @@ from ssm_mm.serve import Client  # noqa: E402
 from ssm_mm.streaming.drive import StreamMedia  # noqa: E402
 
 QUESTION = "how many times did the bell ring?"
+# Answer length cap: random weights never emit end-of-turn, so answers would run to the default cap
+# (32 tokens, ~0.1 s each on the default model); a trained model answers in 1-3 tokens ("3", "drum").
+ANSWER_TOKENS = 4
 
 
 def make_media(seconds: float, fps: float, seed: int) -> StreamMedia:
@@ -76,7 +79,10 @@ async def run_n(url: str, media: StreamMedia, n: int, tau: float, warm: float) -
         await asyncio.sleep(tau * i / max(n, 1))  # starts spread over one tick
         ask_at = media.seconds * (0.3 + 0.5 * i / n)  # one question per stream, spread over the streams
         return await client.astream(
-            media, [(ask_at, QUESTION)], realtime=True, options={"speak_threshold": 1.0}
+            media,
+            [(ask_at, QUESTION)],
+            realtime=True,
+            options={"speak_threshold": 1.0, "max_answer_tokens": ANSWER_TOKENS},
         )
 
     t0 = time.perf_counter()
@@ -157,6 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
             "config": args.config,
             "weights": "random init (seed 0)",
             "speak_threshold": 1.0,
+            "questions": "one per stream, at 30%..80% of the stream (spread over the streams)",
+            "max_answer_tokens": ANSWER_TOKENS,
             "tick_seconds": tau,
             "stream_seconds": args.seconds,
             "frames": "raw RGB 64x64 at 4 fps",

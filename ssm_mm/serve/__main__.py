@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="torch CPU threads of the worker (default 1; 0 = torch's choice)",
     )
+    p.add_argument(
+        "--round-interval",
+        type=float,
+        default=d.round_interval,
+        help=f"seconds between worker rounds, at least (default {d.round_interval:g}: larger batches)",
+    )
     p.add_argument("--quiet", action="store_true", help="print only the URL")
     return p
 
@@ -98,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             idle_seconds=args.idle_seconds,
             max_message_bytes=args.max_message_bytes,
             max_queue_bytes=args.max_queue_bytes,
+            round_interval=args.round_interval,
         )
         model = ssm_mm.MultimodalSSM.from_pretrained(args.model).eval()
         server = Server(model, cfg)

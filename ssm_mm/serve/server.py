@@ -88,6 +88,8 @@ class ServeConfig:
     session_buffer_bytes: the session's own media buffer cap (``max_buffer_bytes``).
     idle_seconds:        a session without a connection stays in memory this long, then is snapshotted
                          (when ``snapshot_dir`` is set) and dropped from memory.
+    round_interval:      seconds between the starts of two worker rounds (at least): the input of
+                         that long is stepped in one batch; adds up to this much to a tick's latency.
     max_outbox:          results kept per session for a reconnect to replay (every result carries a
                          sequence number ``seq``; a client resuming with ``last_seq`` gets the later ones).
     """
@@ -103,6 +105,7 @@ class ServeConfig:
     session_buffer_bytes: int = 16 << 20
     idle_seconds: float = 300.0
     max_outbox: int = 512
+    round_interval: float = 0.1
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -120,6 +123,8 @@ class ServeConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise bad(name, "must be an integer >= 1")
+        if not isinstance(self.round_interval, (int, float)) or not 0 <= self.round_interval <= 10:
+            raise bad("round_interval", "must be a number of seconds in [0, 10]")
         for name in ("snapshot_every", "idle_seconds"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
@@ -699,13 +704,20 @@ class Server:
     def _worker_main(self) -> None:
         import torch
 
+        last = -math.inf
         with torch.inference_mode():
             while True:
                 self._wake.wait(timeout=1.0)
+                # input gathers for round_interval after a round's start, so one step_sessions call
+                # batches the ticks of many streams (their ticks complete at different moments)
+                delay = last + self.config.round_interval - time.perf_counter()
+                if delay > 0 and not self._stopping:
+                    time.sleep(delay)
                 self._wake.clear()
                 self._run_commands()
                 if self._stopping:
                     break
+                last = time.perf_counter()
                 try:
                     self._round()
                 except Exception:  # never let the worker die: log, tell the sessions, go on
