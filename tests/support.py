@@ -35,3 +35,34 @@ def tiny_model(seed: int = 0, labels: list[str] | None = None, objectives=None, 
     beside the always-on ones)."""
     torch.manual_seed(seed)
     return MultimodalSSM(tiny_model_config(**overrides), labels=labels, objectives=objectives).eval()
+
+
+def tiny_avworld(root):
+    """The tiny real AVWorld of the model and objective tests (3 streams of 8 s, mp4 with audio, jittered
+    and dropped frames, a shifted clock) generated into ``root``; returns its manifest path."""
+    from ssm_mm.worlds.avworld import generate
+
+    return generate(root, streams=3, seconds=8.0, seed=11, jitter=0.02, drop=0.1, clock=3600.0)
+
+
+def dataset_factory(manifest_path, labels):
+    """``make(window_seconds=None, objectives=None)`` -> a StreamDataset of the manifest's streams (default
+    featurizer, byte tokenizer, ``labels``) carrying those objectives' targets (None: the always-on ones)."""
+    from ssm_mm.data.dataset import StreamDataset
+    from ssm_mm.data.featurize import FeaturizerConfig
+    from ssm_mm.data.manifest import read_manifest
+    from ssm_mm.data.tokenizer import ByteTokenizer
+
+    manifest = read_manifest(manifest_path)
+
+    def make(window_seconds=None, objectives=None):
+        return StreamDataset(
+            manifest,
+            FeaturizerConfig(),
+            ByteTokenizer(),
+            labels,
+            window_seconds=window_seconds,
+            objectives=objectives,
+        )
+
+    return make

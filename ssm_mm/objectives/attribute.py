@@ -6,22 +6,17 @@ directly (which colour was the shape when the event last happened)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssm_mm.data.interleave import IGNORE_INDEX, missing_attributes, tick_recall_values
-from ssm_mm.objectives.base import (
-    HeadSpec,
-    Objective,
-    ObjectiveConfig,
-    Readout,
-    StreamContext,
-    Target,
-    ratio,
-    tick_targets,
-)
+from ssm_mm.objectives.base import Objective, ObjectiveConfig, Target, per_tick, ratio, tick_targets
+
+if TYPE_CHECKING:
+    from ssm_mm.objectives.base import HeadSpec, Readout, StreamContext
 
 
 @dataclass
@@ -81,12 +76,7 @@ class Attribute(Objective):
         return head(ticks).unflatten(-1, (self.n_events, len(self.cfg.names), -1))
 
     def stream_targets(self, ctx: StreamContext) -> dict[str, Tensor]:
-        s, c = ctx.spec, self.cfg
-        return {
-            "attribute": tick_recall_values(
-                s.segments, ctx.labels, ctx.n_ticks, ctx.tick_seconds, c.names, c.values, stream_id=s.id
-            )
-        }
+        return {"attribute": per_tick(tick_recall_values, ctx, self.cfg.names, self.cfg.values)}
 
     def count(self, batch) -> float:
         return int((batch.targets["attribute"] >= 0).sum())

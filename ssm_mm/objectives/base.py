@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, make_dataclass
 from typing import Any, ClassVar, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssm_mm.data.interleave import IGNORE_INDEX
@@ -200,9 +201,55 @@ class Objective:
         return {}
 
 
+class PerLabelClasses(Objective):
+    """An objective that reads, at every valid tick and for each event label, one of ``n_classes``
+    classes (its target ``batch.targets[name]``: (B, K, C) int64): a linear head to C x n_classes
+    logits, cross-entropy per (tick, label), validated by the share of exact classes
+    (``<name>_accuracy``). Subclasses set :attr:`n_classes` and build the stream targets."""
+
+    @property
+    def n_classes(self) -> int:
+        raise NotImplementedError
+
+    def class_targets(self, batch) -> Tensor:
+        """(T, C) the class of each (valid tick, label)."""
+        return tick_targets(batch, self.name)
+
+    def build_head(self, spec: HeadSpec) -> nn.Module:
+        return nn.Linear(spec.d_model, self.n_events * self.n_classes)
+
+    def logits(self, head: nn.Module, ticks: Tensor) -> Tensor:
+        """(..., C, n_classes) logits from tick hidden states (..., d)."""
+        return head(ticks).unflatten(-1, (self.n_events, self.n_classes))
+
+    def count(self, batch) -> float:
+        return int(batch.tick_valid.sum()) * self.n_events
+
+    def loss_sum(self, head: nn.Module, r: Readout, batch) -> Tensor | None:
+        if not len(r.ticks) or not self.n_events:
+            return None
+        logits = self.logits(head, r.ticks).float()  # (T, C, n_classes)
+        target = self.class_targets(batch)  # (T, C)
+        return F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum")
+
+    def metric(self, head: nn.Module, r: Readout, batch):
+        target = self.class_targets(batch)
+        return int((self.logits(head, r.ticks).argmax(-1) == target).sum()), target.numel()
+
+    def summarize(self, parts: list) -> dict:
+        return {f"{self.name}_accuracy": ratio(sum(h for h, _ in parts), sum(n for _, n in parts))}
+
+
 def ratio(hits: float, n: float) -> float:
     """``hits / n``, NaN when there is nothing to count."""
     return hits / n if n else float("nan")
+
+
+def per_tick(builder, ctx: StreamContext, *args) -> Tensor:
+    """``builder(segments, labels, n_ticks, tick_seconds, *args, stream_id=...)`` on ``ctx``'s stream:
+    the per-tick target builders of :mod:`ssm_mm.data.interleave` (``tick_event_labels``, ...)."""
+    s = ctx.spec
+    return builder(s.segments, ctx.labels, ctx.n_ticks, ctx.tick_seconds, *args, stream_id=s.id)
 
 
 def tick_targets(batch, key: str) -> Tensor:

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ssm_mm.data.interleave import IGNORE_INDEX, tick_event_labels
 from ssm_mm.metrics import event_metrics
-from ssm_mm.objectives.base import HeadSpec, Objective, Readout, StreamContext, Target, tick_targets
+from ssm_mm.objectives.base import HeadSpec, Objective, Readout, StreamContext, Target, per_tick, tick_targets
 
 
 class Event(Objective):
@@ -23,10 +23,7 @@ class Event(Objective):
         return nn.Linear(spec.d_model, len(self.labels))
 
     def stream_targets(self, ctx: StreamContext) -> dict[str, Tensor]:
-        s = ctx.spec
-        return {
-            "event": tick_event_labels(s.segments, ctx.labels, ctx.n_ticks, ctx.tick_seconds, stream_id=s.id)
-        }
+        return {"event": per_tick(tick_event_labels, ctx)}
 
     def count(self, batch) -> float:
         return int(batch.tick_valid.sum())

@@ -6,6 +6,7 @@ when the Y last happened?" needs seconds later."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -13,16 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssm_mm.data.interleave import tick_recall_times
-from ssm_mm.objectives.base import (
-    HeadSpec,
-    Objective,
-    ObjectiveConfig,
-    Readout,
-    StreamContext,
-    Target,
-    WindowSpan,
-    tick_targets,
-)
+from ssm_mm.objectives.base import Objective, ObjectiveConfig, Target, per_tick, tick_targets
+
+if TYPE_CHECKING:
+    from ssm_mm.objectives.base import HeadSpec, Readout, StreamContext, WindowSpan
 
 
 @dataclass
@@ -78,8 +73,8 @@ class Recall(Objective):
         return F.adaptive_avg_pool2d(frames, self.cfg.size).flatten(1)
 
     def stream_targets(self, ctx: StreamContext) -> dict[str, Tensor]:
-        s, f = ctx.spec, ctx.features
-        times = tick_recall_times(s.segments, ctx.labels, ctx.n_ticks, ctx.tick_seconds, stream_id=s.id)
+        f = ctx.features
+        times = per_tick(tick_recall_times, ctx)
         return {"recall": nearest_frames(times, f.video_times if f.video is not None else np.zeros(0))}
 
     def window_targets(self, targets, span: WindowSpan) -> dict[str, Tensor]:

@@ -30,14 +30,14 @@ def test_a_user_objective_trains_saves_loads_and_streams(tmp_path, tiny_world, t
     for r in rows:  # the total weighs it by objectives.dialogue.weight, after the built-in losses
         parts = r["loss_lm"] + r["loss_event"] + r["loss_speak"] + r["loss_count"] + 0.5 * r["loss_dialogue"]
         assert abs(r["loss"] - parts) < 1e-5 * max(1.0, r["loss"])
-    assert "dialogue_accuracy" in res["eval"] and "dialogue accuracy" in capsys.readouterr().out
+    assert "dialogue_mae" in res["eval"] and "dialogue mae" in capsys.readouterr().out
     model = MultimodalSSM.from_pretrained(tmp_path / "run" / "final")
     assert list(model.heads) == ["lm", "event", "speak", "count", "dialogue"]
     assert (
         isinstance(model.objectives["dialogue"], Dialogue) and model.objectives["dialogue"].cfg.weight == 0.5
     )
     saved = json.loads((tmp_path / "run" / "final" / "config.json").read_text())
-    assert saved["objectives"]["dialogue"] == {"weight": 0.5, "threshold": 0.5}
+    assert saved["objectives"]["dialogue"] == {"weight": 0.5, "scale": 10.0}
     s = model.stream()
     rng = np.random.default_rng(0)
     s.push_video(rng.integers(0, 255, (8, 64, 64, 3), dtype=np.uint8), np.arange(8) / 4)
@@ -49,10 +49,10 @@ def test_a_user_objective_trains_saves_loads_and_streams(tmp_path, tiny_world, t
 
 
 def test_a_user_objectives_config_is_typed_and_ranged():
-    with_it = load_config(None, ["objectives.dialogue.threshold=0.7"])
-    assert with_it.objectives.dialogue == DialogueConfig(threshold=0.7)
+    with_it = load_config(None, ["objectives.dialogue.scale=5"])
+    assert with_it.objectives.dialogue == DialogueConfig(scale=5.0)
     assert load_config(None, []).objectives.dialogue is None  # registered, off until configured
-    with pytest.raises(ConfigError, match=r"objectives.dialogue.threshold=1.5: must be in \(0, 1\)"):
-        load_config(None, ["objectives.dialogue.threshold=1.5"])
+    with pytest.raises(ConfigError, match=r"objectives.dialogue.scale=0.0: must be > 0"):
+        load_config(None, ["objectives.dialogue.scale=0"])
     with pytest.raises(ConfigError, match="Valid keys here: .*dialogue"):
         load_config(None, ["objectives.dialog.weight=1"])

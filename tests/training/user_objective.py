@@ -1,65 +1,53 @@
-"""A user's own objective, defined outside the package the way a user would: "dialogue" reads, at
-every tick, whether anyone speaks (a text token falls in the tick). Importing this module registers it.
-"""
+"""A user's own objective, defined outside the package the way a user would: "dialogue" regresses, at
+every tick, how many text tokens fall in it (how much is being said), scaled. Importing this module
+registers it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssm_mm.data.interleave import TEXT
-from ssm_mm.objectives import (
-    HeadSpec,
-    Objective,
-    ObjectiveConfig,
-    Readout,
-    StreamContext,
-    Target,
-    register_objective,
-)
+from ssm_mm.objectives import Objective, ObjectiveConfig, Target, register_objective
 
 
 @dataclass
 class DialogueConfig(ObjectiveConfig):
-    threshold: float = 0.5  # a tick counts as "spoken" when sigmoid(head) > this
+    scale: float = 10.0  # the target is the tick's text-token count divided by this
 
-    RANGES = {**ObjectiveConfig.RANGES, "threshold": ("(", 0, 1, ")")}
+    RANGES = {**ObjectiveConfig.RANGES, "scale": ("(", 0, None, ")")}
 
 
 @register_objective
 class Dialogue(Objective):
-    """``dialogue`` (B, K) float32: 1 where a text token lies in the tick."""
+    """``dialogue`` (B, K) float32 per tick; squared error of a linear readout of the tick's state."""
 
     name = "dialogue"
     Config = DialogueConfig
     targets = {"dialogue": Target("tick", 0.0, torch.float32)}
 
-    def build_head(self, spec: HeadSpec) -> nn.Module:
+    def build_head(self, spec) -> nn.Module:
         return nn.Linear(spec.d_model, 1)
 
-    def stream_targets(self, ctx: StreamContext) -> dict[str, Tensor]:
-        spoken = torch.zeros(ctx.n_ticks)
-        text_ticks = ctx.tokens.tick[ctx.tokens.kind == TEXT]
-        spoken[text_ticks[text_ticks < ctx.n_ticks]] = 1.0
-        return {"dialogue": spoken}
+    def stream_targets(self, ctx) -> dict[str, Tensor]:
+        ticks = ctx.tokens.tick[ctx.tokens.kind == TEXT]
+        counts = torch.bincount(ticks[ticks < ctx.n_ticks], minlength=ctx.n_ticks)
+        return {"dialogue": counts.float() / self.cfg.scale}
 
     def count(self, batch) -> float:
         return int(batch.tick_valid.sum())
 
-    def loss_sum(self, head: nn.Module, r: Readout, batch) -> Tensor | None:
-        if not len(r.ticks):
-            return None
-        target = batch.targets["dialogue"][batch.tick_valid]
-        return F.binary_cross_entropy_with_logits(head(r.ticks).squeeze(-1).float(), target, reduction="sum")
+    def _error(self, head: nn.Module, r, batch) -> Tensor:
+        return head(r.ticks).squeeze(-1).float() - batch.targets["dialogue"][batch.tick_valid]  # (T,)
 
-    def metric(self, head: nn.Module, r: Readout, batch):
-        pred = torch.sigmoid(head(r.ticks).squeeze(-1)) > self.cfg.threshold
-        target = batch.targets["dialogue"][batch.tick_valid] > 0.5
-        return int((pred == target).sum()), len(target)
+    def loss_sum(self, head: nn.Module, r, batch) -> Tensor | None:
+        return self._error(head, r, batch).pow(2).sum() if len(r.ticks) else None
+
+    def metric(self, head: nn.Module, r, batch):
+        return float(self._error(head, r, batch).abs().sum()), len(r.ticks)
 
     def summarize(self, parts: list) -> dict[str, float]:
         n = sum(n for _, n in parts)
-        return {"dialogue_accuracy": sum(h for h, _ in parts) / n if n else float("nan")}
+        return {"dialogue_mae": sum(e for e, _ in parts) / n if n else float("nan")}
