@@ -23,7 +23,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -60,9 +62,18 @@ def make_media(seconds: float, fps: float, seed: int) -> StreamMedia:
     )
 
 
-def start_server(model_dir: Path, max_sessions: int) -> tuple[subprocess.Popen, str]:
+def start_server(
+    model_dir: Path, max_sessions: int, round_interval: float, threads: int
+) -> tuple[subprocess.Popen, str]:
     cmd = [sys.executable, "-m", "ssm_mm.serve", str(model_dir), "--port", "0", "--quiet"]
-    cmd += ["--max-sessions", str(max_sessions), "--threads", "1"]
+    cmd += [
+        "--max-sessions",
+        str(max_sessions),
+        "--threads",
+        str(threads),
+        "--round-interval",
+        str(round_interval),
+    ]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = p.stdout.readline()
     m = re.match(r"open (http://127\.0\.0\.1:\d+/)", line)
@@ -85,8 +96,14 @@ async def run_n(url: str, media: StreamMedia, n: int, tau: float, warm: float) -
             options={"speak_threshold": 1.0, "max_answer_tokens": ANSWER_TOKENS},
         )
 
+    async def mid_metrics() -> dict:  # while every stream is live: memory per session
+        await asyncio.sleep(media.seconds / 2)
+        return await asyncio.to_thread(fetch_metrics, url)
+
     t0 = time.perf_counter()
+    mid = asyncio.create_task(mid_metrics())
     results = await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
+    live = await mid
     wall = time.perf_counter() - t0
     failed = [r for r in results if isinstance(r, BaseException)]
     ok = [r for r in results if not isinstance(r, BaseException)]
@@ -109,7 +126,19 @@ async def run_n(url: str, media: StreamMedia, n: int, tau: float, warm: float) -
         "failures": [f"{type(e).__name__}: {e}" for e in failed[:3]],
         "realtime": bool(lat) and float(p[1]) <= tau and lost == 0,
         "wall_s": wall,
+        "server_mid_stream": {"sessions": live["sessions"], "bytes_per_session": live["bytes_per_session"]},
     }
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def fetch_metrics(url: str) -> dict:
+    with urllib.request.urlopen(url + "metrics", timeout=30) as r:
+        return json.loads(r.read())
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -118,6 +147,8 @@ def main(argv: list[str] | None = None) -> dict:
         "--sessions", type=int, nargs="+", default=[10, 25, 50, 75, 100], help="N to try (ascending)"
     )
     ap.add_argument("--seconds", type=float, default=12.0, help="seconds of stream per client")
+    ap.add_argument("--round-interval", type=float, default=0.1, help="the server's --round-interval (s)")
+    ap.add_argument("--threads", type=int, default=1, help="the server's torch threads")
     ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="the model's config")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench_serve.json"))
     args = ap.parse_args(argv)
@@ -133,15 +164,18 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = model.save_pretrained(Path(tmp) / "model")
-        proc, url = start_server(model_dir, max(args.sessions))
+        proc, url = start_server(model_dir, max(args.sessions), args.round_interval, args.threads)
         try:
             for n in args.sessions:
+                cpu0 = (resource.getrusage(resource.RUSAGE_SELF), process_cpu(proc.pid))
                 row = asyncio.run(run_n(url, media, n, tau, warm=1.0))
-                with urllib.request.urlopen(url + "metrics", timeout=30) as r:
-                    m = json.loads(r.read())
-                row["server"] = {
-                    k: m[k] for k in ("tick_latency", "round_seconds", "bytes_per_session", "rounds")
+                me = resource.getrusage(resource.RUSAGE_SELF)
+                row["cpu_seconds"] = {  # the 2 cores are shared by the clients and the server
+                    "clients": me.ru_utime + me.ru_stime - cpu0[0].ru_utime - cpu0[0].ru_stime,
+                    "server": process_cpu(proc.pid) - cpu0[1],
                 }
+                m = fetch_metrics(url)
+                row["server"] = {k: m[k] for k in ("tick_latency", "round_seconds", "rounds", "errors")}
                 rows.append(row)
                 lat = row["tick_latency"]
                 print(
@@ -166,6 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
             "questions": "one per stream, at 30%..80% of the stream (spread over the streams)",
             "max_answer_tokens": ANSWER_TOKENS,
             "tick_seconds": tau,
+            "round_interval": args.round_interval,
+            "server_threads": args.threads,
             "stream_seconds": args.seconds,
             "frames": "raw RGB 64x64 at 4 fps",
             "audio": "float32 16 kHz in 0.1-s chunks",
