@@ -5,6 +5,7 @@ responses, speed; robustness sweeps; several models compared in one run.
     python eval/run.py model=runs/default/final,runs/baseline_ssm/final      # AVWorld validation set
     python eval/run.py model=runs/default/final eval.sweep=fps eval.sweep_values=[2,4,8]
     python eval/run.py model=A model=B eval.sweeps.drop=[0,0.1,0.3] eval.sweeps.length=[1,10]
+    python eval/run.py model=DIR data.manifest=test.jsonl eval.lengths=[1,10,100] eval.age_bin=60
     python eval/run.py --config configs/default.yaml model=DIR eval.tolerance=0.5 eval.out_dir=out/
 
 ``model=`` takes a save_pretrained folder, a training checkpoint or a run folder; give it several
@@ -12,9 +13,14 @@ times (or a comma list) to compare models. Every other argument is a config over
 ``eval.*``; see ``ssm_mm.config.EvalConfig``), merged onto ``--config`` (default: the dataclass
 defaults) exactly as train.py merges; ``model.*`` overrides do not apply (a model's architecture
 comes from its folder). Data: ``data.manifest`` (any §4 manifest: AVWorld, converted AVE or
-MUSIC-AVQA), else ``data.val_manifest``, else the AVWorld validation streams; plus one dataset per
-sweep point. Writes ``results.json`` (schema: ``ssm_mm/evaluation/report.py``) and PNG plots into
-``eval.out_dir`` (default ``runs/eval/<date-time>``) and prints a table.
+MUSIC-AVQA), else ``data.val_manifest``, else the AVWorld validation streams; then its long streams
+at each ``eval.lengths`` multiple of the training length T (default 1 T and 10 T; ``eval.long_streams``
+streams each: the world's own long streams, or a manifest's streams joined end to end on one clock,
+see ``ssm_mm/evaluation/long.py``); plus one dataset per sweep point. Every result carries its scores
+by stream age (bins of ``eval.age_bin`` seconds, default T), plotted per model (``age_<model>.png``);
+a second table puts each length's scores beside their fraction of the 1 T score. Writes
+``results.json`` (schema: ``ssm_mm/evaluation/report.py``) and PNG plots into ``eval.out_dir``
+(default ``runs/eval/<date-time>``) and prints a table.
 
 Exit status 2 with a message naming the problem on bad input (unknown key, missing model folder,
 manifest line with missing media, a stream whose media fail to decode, ...). With
@@ -77,6 +83,7 @@ def run(argv: list[str] | None = None, out=None) -> dict:
         EvalError,
         EvalOptions,
         datasets_from_config,
+        format_lengths,
         format_table,
         model_labels,
         run_suite,
@@ -127,6 +134,9 @@ def run(argv: list[str] | None = None, out=None) -> dict:
     )
     log("")
     log(format_table(res["results"]))
+    if format_lengths(res["lengths"]):
+        log("")
+        log(format_lengths(res["lengths"]))
     skipped = [(ds.manifest, *s) for ds in datasets for s in ds.skipped]
     if skipped:
         log(f"\nskipped streams: {len(skipped)} (data.on_error=skip)")

@@ -199,6 +199,13 @@ class EvalConfig:
     sweep_streams: int = 4
     sweep_seconds: float = 30.0
     sweep_seed: int = 2000
+    # Long streams (ssm_mm.evaluation.long): scores at these multiples of the training length T (1 = the
+    # evaluated streams themselves), on long_streams held-out streams per multiple (the world's, else
+    # the evaluated manifest's streams joined end to end); scores by stream age in bins of age_bin
+    # seconds (0 = T)
+    lengths: list[float] = field(default_factory=lambda: [1.0, 10.0])
+    long_streams: int = 4
+    age_bin: float = 0.0
 
 
 def _featurizer_config():
@@ -388,6 +395,9 @@ RANGES: dict[str, tuple[str, float | None, float | None, str]] = {
     "eval.sweep_streams": ("[", 1, None, ")"),
     "eval.sweep_seconds": ("(", 0, None, ")"),
     "eval.sweep_seed": ("[", 0, None, ")"),
+    "eval.lengths": ("[", 1, None, ")"),
+    "eval.long_streams": ("[", 1, None, ")"),
+    "eval.age_bin": ("[", 0, None, ")"),
 }
 # data.worlds.<name>.* are checked by each world's own config dataclass (ssm_mm.worlds).
 

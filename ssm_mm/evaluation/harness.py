@@ -65,6 +65,8 @@ class EvalOptions:
     batch_streams:     streams stepped together in one batch (0 = all streams of a dataset).
     threads:           torch CPU threads while evaluating (0 = leave torch's setting): a tick is a
                        few dozen tokens, and a second thread only spins on small CPUs.
+    age_bin:           seconds of stream time per bin of the scores by stream age (0 = the
+                       training length T; :mod:`ssm_mm.evaluation.long`).
     """
 
     tolerance: float = 1.0
@@ -73,6 +75,7 @@ class EvalOptions:
     span_seconds: float = 1.0
     batch_streams: int = 0
     threads: int = 1
+    age_bin: float = 0.0
 
     def __post_init__(self) -> None:
         checks = {
@@ -82,6 +85,7 @@ class EvalOptions:
             "span_seconds": self.span_seconds > 0,
             "batch_streams": self.batch_streams >= 0,
             "threads": self.threads >= 0,
+            "age_bin": self.age_bin >= 0,
         }
         for name, ok in checks.items():
             if not ok:

@@ -6,12 +6,14 @@
       "schema": "ssm_mm.eval/1",
       "created": "2025-01-01T12:00:00+0000",
       "options": {"tolerance", "max_answer_tokens", "speak_threshold", "span_seconds",
-                  "batch_streams", "threads"},
+                  "batch_streams", "threads", "age_bin"},
       "models":   {NAME: {"path", "parameters", "pattern", "d_model", "labels", "fps", "tick_seconds"}},
       "datasets": {NAME: {"manifest", "streams", "knob", "value",         # knob/value: sweep points
+                          "length", "seconds",     # multiple of T (null: not in a length group), T
+                          "pieces": [[ID, ...] per stream] | null,    # streams joined end to end
                           "skipped": [{"line", "id", "reason"}, ...]}},   # bad streams left out
       "results": [                                                         # one per (model, dataset)
-        {"model": NAME, "dataset": NAME, "knob": str|null, "value": float|null,
+        {"model": NAME, "dataset": NAME, "knob": str|null, "value": float|null, "length": float|null,
          "metrics": {
            "n_streams": int,
            "events": {"tick_accuracy", "macro_f1", "majority_rate", "n_ticks", "missing_ticks",
@@ -24,7 +26,11 @@
                      "batch_streams", "threads",
                      "tick_latency": {"mean_ms", "p50_ms", "p90_ms", "p99_ms", "max_ms", "n"},
                      "ask_latency": {...same...}},
-           "unknown_labels": [LABEL, ...]},
+           "unknown_labels": [LABEL, ...],
+           "by_age": {"bin_seconds", "start": [s per bin],                # media time of each bin
+                      "tick_accuracy", "n_ticks", "qa_accuracy", "n_qa", "proactive_recall",
+                      "n_references": [value per bin],
+                      "qa_per_type": {TYPE: [accuracy per bin]}}},
          "streams": [{"id", "n_ticks", "ticks", "missing_ticks", "tick_accuracy", "rtf",
                       "true": [int per tick], "pred": [int per tick, -1 = no prediction],
                       "qa": [{"t", "question", "type", "reference", "answer", "correct", "asked_at", "late"}],
@@ -34,8 +40,15 @@
       ],
       "sweeps": {KNOB: {"values": [...], "datasets": [NAME, ...],
                         "models": {NAME: {METRIC: [value per point]}}}},   # METRIC: see SWEEP_METRICS
-      "plots": ["timeline_<dataset>_<stream>.png", "sweep_<knob>.png", "compare_<dataset>.png"]
+      "lengths": {BASE: {"seconds": T, "multiples": [1, 10, ...], "datasets": [NAME per multiple],
+                         "models": {NAME: {METRIC: [value per multiple],   # METRIC: LENGTH_METRICS
+                                           "fraction": {METRIC: [value / value at 1 T]}}}}},
+      "plots": ["timeline_<dataset>_<stream>.png", "sweep_<knob>.png", "compare_<dataset>.png",
+                "qa_types_<dataset>.png", "age_<model>.png"]
     }
+
+Long streams (:mod:`ssm_mm.evaluation.long`): a length group is a base dataset (``length`` 1) and its
+long versions ``<base>@<m>T``; ``by_age`` bins media time by ``bin_seconds`` (NaN/null: an empty bin).
 
 Times in ``streams`` are media times (seconds from the stream's start); label indices refer to the
 model's ``labels`` (``labels[0]`` = background), followed by any ``unknown_labels``.
@@ -61,6 +74,42 @@ SWEEP_METRICS: dict[str, tuple[str, ...]] = {
     "rtf": ("speed", "rtf"),
 }
 _PLOTTED = ("tick_accuracy", "macro_f1", "qa_accuracy", "proactive_f1")
+
+
+def format_lengths(lengths: dict) -> str:
+    """The long-stream table: per base dataset and model, one row per multiple of T with its scores and
+    each score as a fraction of the 1 T score (``results.json["lengths"]``); "" when no group has a
+    multiple other than 1."""
+    cols = [("tick%", "tick_accuracy"), ("mF1%", "macro_f1"), ("QA%", "qa_accuracy")]
+    cols += [("proR%", "proactive_recall"), ("proF1%", "proactive_f1")]
+    header = ["model", "data", "length", *(h for h, _ in cols), *(f"{h[:-1]} /1T" for h, _ in cols)]
+    rows = [header]
+    for g in lengths.values():
+        if len(g["multiples"]) < 2:
+            continue
+        for model, series in g["models"].items():
+            for j, (m, name) in enumerate(zip(g["multiples"], g["datasets"])):
+                length = f"{m:g}T = {m * g['seconds']:g} s" if g["seconds"] else f"{m:g}T"
+                rows.append(
+                    [model, name, length]
+                    + [_fmt(series[k][j]) for _, k in cols]
+                    + [_fmt(series["fraction"][k][j], pct=False, digits=2) for _, k in cols]
+                )
+    if len(rows) == 1:
+        return ""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = []
+    for j, row in enumerate(rows):
+        lines.append(
+            "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        )
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    legend = (
+        "long streams: scores on streams m times the training length T; X /1T: the score as a fraction "
+        "of the 1 T score (1.00 = kept); proR%: proactive recall"
+    )
+    return "\n".join(lines) + "\n" + legend
 
 
 def get(metrics: dict, path: tuple[str, ...]) -> float:
@@ -352,6 +401,37 @@ def plot_sweep(
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_age(path: str | Path, model: str, curves: dict[str, dict]) -> Path:
+    """Accuracy by stream age for one model: tick accuracy, QA exact match and proactive recall per bin
+    of media time, one line per dataset (``curves[name]``: a result's ``metrics["by_age"]``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("tick_accuracy", "tick accuracy"), ("qa_accuracy", "QA exact match")]
+    panels.append(("proactive_recall", "proactive recall"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0), squeeze=False)
+    nan = float("nan")
+    for ax, (key, title) in zip(axes[0], panels):
+        for name, age in curves.items():
+            b = age["bin_seconds"]
+            x = [s + b / 2 for s in age["start"]]
+            y = [nan if v is None else v for v in age[key]]
+            ax.plot(x, y, marker="o", ms=3, label=name)
+        ax.set_xlabel("stream time (s)")
+        ax.set_title(title, fontsize=10)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{model}: accuracy by stream age", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=90)

@@ -9,6 +9,10 @@ Each dataset's media is decoded once per video rate and shared by every model; e
 run in streaming mode (:func:`ssm_mm.evaluation.harness.evaluate`). ``out_dir`` receives
 ``results.json`` (schema in :mod:`ssm_mm.evaluation.report`) and the PNG plots.
 
+Long streams (:mod:`ssm_mm.evaluation.long`): ``eval.lengths`` adds, after the evaluated dataset, one
+dataset per multiple of the training length (:func:`length_datasets`); every result carries its
+scores by stream age, and ``results.json["lengths"]`` the scores at each multiple side by side.
+
 Bad streams follow ``data.on_error`` as in training: a manifest line that fails validation, or a
 stream whose media fail to decode (a file cut off mid-data passes validation, which only probes the
 header), stops the run with an error naming the manifest line, stream and file under ``"raise"``;
@@ -25,8 +29,10 @@ from pathlib import Path
 from ssm_mm.data.manifest import StreamSpec, read_manifest
 from ssm_mm.evaluation import report
 from ssm_mm.evaluation.harness import EvalError, EvalOptions, decode_each, decode_streams, evaluate
+from ssm_mm.evaluation.long import age_metrics, concat_specs, lengths_summary, median_seconds, piece_plan
 from ssm_mm.evaluation.sweeps import ensure_point, sweep_points, sweep_spec
 from ssm_mm.models.multimodal import MultimodalSSM
+from ssm_mm.streaming.drive import concat_media
 from ssm_mm.worlds import World, selected
 
 __all__ = [
@@ -34,6 +40,7 @@ __all__ = [
     "load_dataset",
     "datasets_from_config",
     "sweep_datasets",
+    "length_datasets",
     "model_labels",
     "run_suite",
 ]
@@ -41,10 +48,13 @@ __all__ = [
 
 @dataclass
 class Dataset:
-    """Streams to evaluate on: a manifest, or one sweep point (``knob = value``).
+    """Streams to evaluate on: a manifest, one sweep point (``knob = value``), or the long streams of
+    another dataset (``base``) at ``length`` times its training length ``unit_seconds`` (T).
 
     ``skipped``: ``(line, id, message)`` of the bad streams left out (``on_error="skip"``): the
     manifest's bad lines, then (added by :func:`run_suite`) the streams whose media fail to decode.
+    ``pieces``: for streams joined end to end (:func:`ssm_mm.evaluation.long.concat_specs`), the
+    manifest streams of each of ``specs``, whose decoded media :func:`run_suite` joins.
     """
 
     name: str
@@ -54,6 +64,10 @@ class Dataset:
     value: float | None = None
     skipped: list[tuple] = field(default_factory=list)
     on_error: str = "raise"  # "raise" | "skip": what a stream whose media fail to decode does
+    unit_seconds: float | None = None  # T: the training length its streams' ages are measured in
+    length: float | None = None  # multiple of T (1 for the base of a length group)
+    base: str | None = None  # the dataset this one is the long version of
+    pieces: list[list[StreamSpec]] | None = None
 
 
 def load_dataset(
@@ -114,13 +128,70 @@ def sweep_datasets(cfg, labels: list[str] | None, log=print) -> list[Dataset]:
     return out
 
 
+def _multiples(cfg) -> list[float]:
+    """``eval.lengths`` other than 1, sorted, without repeats."""
+    return sorted({float(m) for m in cfg.eval.lengths} - {1.0})
+
+
+def from_world(cfg) -> bool:
+    """Whether the evaluated streams of ``cfg`` are its world's (no ``data.manifest`` or
+    ``data.val_manifest``): the rule train.py and :func:`datasets_from_config` pick data by."""
+    return cfg.data.manifest is None and cfg.data.val_manifest is None
+
+
+def length_datasets(cfg, base: Dataset, labels: list[str] | None, log=print) -> list[Dataset]:
+    """The long-stream datasets of ``base`` (one per ``eval.lengths`` multiple other than 1; module
+    docstring of :mod:`ssm_mm.evaluation.long`); sets ``base.unit_seconds`` (T) and ``base.length=1``.
+
+    Streams of the world ``data.world`` when ``base`` is that world's held-out streams
+    (:func:`from_world`) and the world can render long streams; otherwise ``base``'s streams joined end
+    to end (``eval.long_streams`` of them per multiple)."""
+    ec = cfg.eval
+    multiples = _multiples(cfg)
+    world_cfg = None
+    world = None
+    if from_world(cfg):
+        world, world_cfg = _base_world(cfg, labels)
+    seconds = world.stream_seconds(world_cfg) if world_cfg is not None else None
+    base.unit_seconds = float(seconds) if seconds is not None else median_seconds(base.specs)
+    base.length = 1.0
+    out = []
+    for m in multiples:
+        name = f"{base.name}@{m:g}T"
+        point = None
+        if world_cfg is not None:
+            try:
+                point = world.long_streams(world_cfg, m, streams=ec.long_streams, seed=ec.sweep_seed)
+            except (TypeError, ValueError) as e:
+                raise EvalError(f"eval.lengths: {m:g}x the training length: {e}") from None
+        if point is not None:
+            t = time.perf_counter()
+            path = world.ensure(Path(cfg.data.cache_dir) / world.name, point, "val")
+            dt = time.perf_counter() - t
+            if dt > 1.0:
+                secs = m * base.unit_seconds
+                log(f"generated {name}: {ec.long_streams} streams of {secs:g} s in {dt:.0f} s")
+            ds = load_dataset(path, name=name)
+        else:
+            durations = [float(s.duration) for s in base.specs]
+            plan = piece_plan(len(base.specs), durations, m * base.unit_seconds, ec.long_streams)
+            pieces = [[base.specs[i] for i in p] for p in plan]
+            specs = [concat_specs(p, f"{m:g}T-{j}") for j, p in enumerate(pieces)]
+            ds = Dataset(name, specs, base.manifest, on_error=base.on_error, pieces=pieces)
+        ds.unit_seconds, ds.length, ds.base = base.unit_seconds, m, base.name
+        out.append(ds)
+    return out
+
+
 def datasets_from_config(cfg, labels: list[str] | None, log=print) -> list[Dataset]:
     """The datasets a config asks for (``cfg``: :class:`ssm_mm.config.Config`).
 
     * ``data.manifest`` (else ``data.val_manifest``) when given;
     * one dataset per sweep point of ``eval.sweep`` / ``eval.sweeps`` (:mod:`ssm_mm.evaluation.sweeps`);
     * with neither: the validation streams of the world ``data.world`` train.py validates on
-      (generated into ``data.cache_dir`` if needed).
+      (generated into ``data.cache_dir`` if needed);
+    * after that first dataset (when there is one), its long streams at each ``eval.lengths``
+      multiple (:func:`length_datasets`).
 
     ``labels``: the models' event labels (:func:`model_labels`), which generated streams must carry.
     """
@@ -139,6 +210,8 @@ def datasets_from_config(cfg, labels: list[str] | None, log=print) -> list[Datas
             )
         path = world.ensure(Path(d.cache_dir) / world.name, world_cfg, "val")
         out.append(load_dataset(path, name=f"{world.name}-val", streams=cfg.eval.streams))
+    if out:
+        out += length_datasets(cfg, out[0], labels, log)
     return out + sweeps
 
 
@@ -210,11 +283,14 @@ def run_suite(
             log(f"{name} on {ds.name}: {len(ds.specs)} streams")
             ev = evaluate(model, ds.specs, opt, media=media)
             ev.metrics["speed"]["decode_seconds"] = decode_s
+            tau = float(model.features.tick_seconds)
+            ev.metrics["by_age"] = age_metrics(ev.scores, tau, _age_bin(opt, ds))
             rec = {
                 "model": name,
                 "dataset": ds.name,
                 "knob": ds.knob,
                 "value": ds.value,
+                "length": ds.length,
                 "metrics": ev.metrics,
                 "streams": [_stream_record(sc, ev.labels) for sc in ev.scores],
             }
@@ -242,6 +318,29 @@ def run_suite(
             )
             plot_files.append(f.name)
 
+    groups = {
+        ds.name: {
+            "seconds": ds.unit_seconds,
+            "multiples": [1.0] + [d.length for d in datasets if d.base == ds.name],
+            "datasets": [ds.name] + [d.name for d in datasets if d.base == ds.name],
+        }
+        for ds in datasets
+        if ds.length == 1.0
+    }
+    lengths = lengths_summary(results, groups)
+    if out is not None and plots:
+        for model in models:
+            curves = {
+                f"{name} ({g['seconds'] * m:g} s)": r["metrics"]["by_age"]
+                for g in groups.values()
+                for m, name in zip(g["multiples"], g["datasets"])
+                for r in results
+                if r["model"] == model and r["dataset"] == name
+            }
+            if curves:
+                f = report.plot_age(out / f"age_{report.safe_name(model)}.png", model, curves)
+                plot_files.append(f.name)
+
     res = {
         "schema": report.SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -254,6 +353,7 @@ def run_suite(
                 "span_seconds",
                 "batch_streams",
                 "threads",
+                "age_bin",
             )
         },
         "models": {n: _model_info(n, m, (paths or {}).get(n)) for n, m in models.items()},
@@ -263,17 +363,66 @@ def run_suite(
                 "streams": len(ds.specs),
                 "knob": ds.knob,
                 "value": ds.value,
+                "length": ds.length,
+                "seconds": ds.unit_seconds,
+                "pieces": None if ds.pieces is None else [[p.id for p in ps] for ps in ds.pieces],
                 "skipped": [{"line": line, "id": sid, "reason": why} for line, sid, why in ds.skipped],
             }
             for ds in datasets
         },
         "results": results,
         "sweeps": sweeps,
+        "lengths": lengths,
         "plots": plot_files,
     }
     if out is not None:
         report.write_json(res, out / "results.json")
     return res
+
+
+def _age_bin(opt: EvalOptions, ds: Dataset) -> float:
+    """Seconds per stream-age bin: ``eval.age_bin``, else the dataset's T, else its median duration."""
+    if opt.age_bin > 0:
+        return opt.age_bin
+    return ds.unit_seconds or median_seconds(ds.specs)
+
+
+def _decode_joined(ds: Dataset, rates: list[float], log) -> dict[float, tuple[list, float]]:
+    """As :func:`_decode_dataset` for streams joined end to end: each distinct piece decoded once per
+    rate, then joined (:func:`ssm_mm.streaming.drive.concat_media`). Under ``on_error="skip"`` a long
+    stream with a piece that fails to decode is left out (recorded in ``ds.skipped``)."""
+    assert ds.pieces is not None
+    sources = list({id(p): p for ps in ds.pieces for p in ps}.values())
+    decoded = {}
+    bad: dict[int, EvalError] = {}
+    for fps in rates:
+        if ds.on_error != "skip":
+            items, secs = decode_streams(sources, fps, source=ds.manifest)
+        else:
+            items, secs = decode_each(sources, fps, source=ds.manifest)
+        by_id = dict(zip(map(id, sources), items))
+        for j, ps in enumerate(ds.pieces):
+            for p in ps:
+                if isinstance(by_id[id(p)], EvalError):
+                    bad.setdefault(j, by_id[id(p)])
+        decoded[fps] = (by_id, secs)
+    keep = [j for j in range(len(ds.specs)) if j not in bad]
+    for j in sorted(bad):
+        ds.skipped.append((None, ds.specs[j].id, str(bad[j])))
+        log(f"skipped (data.on_error=skip): {ds.specs[j].id}: {bad[j]}")
+    ds.specs = [ds.specs[j] for j in keep]
+    ds.pieces = [ds.pieces[j] for j in keep]
+    if not ds.specs:
+        raise EvalError(f"{ds.name}: no long stream to evaluate ({len(ds.skipped)} skipped)")
+    out = {}
+    for fps, (by_id, secs) in decoded.items():
+        t = time.perf_counter()
+        media = [
+            concat_media([(by_id[id(p)], float(p.duration)) for p in ps], t0=spec.t0)
+            for spec, ps in zip(ds.specs, ds.pieces)
+        ]
+        out[fps] = (media, secs + time.perf_counter() - t)
+    return out
 
 
 def _decode_dataset(ds: Dataset, rates: list[float], log) -> dict[float, tuple[list, float]]:
@@ -283,6 +432,8 @@ def _decode_dataset(ds: Dataset, rates: list[float], log) -> dict[float, tuple[l
     ``ds.specs`` (so every model sees the same streams) and recorded in ``ds.skipped``; otherwise the
     first failure raises :class:`EvalError` (naming the manifest line, the stream and the file).
     """
+    if ds.pieces is not None:
+        return _decode_joined(ds, rates, log)
     if ds.on_error != "skip":
         return {fps: decode_streams(ds.specs, fps, source=ds.manifest) for fps in rates}
     decoded = {fps: decode_each(ds.specs, fps, source=ds.manifest) for fps in rates}

@@ -31,6 +31,10 @@ every session, then :func:`~ssm_mm.streaming.session.step_sessions` processes ev
 one batched forward (sessions opened with ``auto_step=False``; with ``auto_step=True`` the pushes
 process the ticks and the step is a no-op).
 
+Long streams made of short ones: :func:`concat_media` joins decoded streams end to end on one clock
+(piece ``k`` starts at the sum of the earlier pieces' lengths), so the same driver streams them through
+one session with the state carried across the joins.
+
 Latency: a tick's latency is the wall time of the round that completed it (every session's pushes,
 which featurize the media, plus the batched step), divided by the ticks the round completed for that
 session. With ``B`` sessions in one batch it is the latency each of ``B`` concurrently served live
@@ -60,6 +64,7 @@ __all__ = [
     "AskRecord",
     "DriveResult",
     "decode_stream_media",
+    "concat_media",
     "drive",
     "drive_many",
 ]
@@ -162,6 +167,68 @@ def decode_stream_media(
         audio_t0=float(a_t0),
         has_video=video is not None,
         has_audio=audio is not None,
+    )
+
+
+def concat_media(pieces: Sequence[tuple[StreamMedia, float]], t0: float = 0.0) -> StreamMedia:
+    """One stream made of ``pieces`` played end to end on one clock starting at ``t0``.
+
+    Each piece is ``(media, seconds)``: its media from its own media time 0 (its ``t0``) up to
+    ``seconds`` (a manifest stream's ``duration``), placed at media time ``offset_k`` = the sum of the
+    earlier pieces' seconds. Frames at or past a piece's end are dropped; its audio is cut or padded
+    with silence to exactly ``[offset_k, offset_k + seconds)`` (sample ``round(offset·sr)`` onwards), so
+    the joined track is one contiguous signal and timestamps stay strictly ordered across joins. The
+    tracks are the union of the pieces': a piece without audio gives silence, one without video no
+    frames. Audio at another rate than the first piece's is resampled to it, frames of another size are
+    resized to the first piece's (a session takes one input rate; frames go in one tensor).
+
+    Copies the media (the result holds every frame and sample of the long stream). ValueError when
+    ``pieces`` is empty or a length is not a positive number.
+    """
+    from ssm_mm.media import resample, resize_frames
+
+    if not pieces:
+        raise ValueError("concat_media: no pieces")
+    lengths = [float(sec) for _, sec in pieces]
+    if any(not (math.isfinite(x) and x > 0) for x in lengths):
+        raise ValueError(f"concat_media: piece lengths must be positive seconds, got {lengths}")
+    offsets = np.concatenate([[0.0], np.cumsum(lengths)])
+    has_video = any(m.has_video for m, _ in pieces)
+    has_audio = any(m.has_audio for m, _ in pieces)
+    sized = [m.frames for m, _ in pieces if m.has_video and m.frames.shape[0]]
+    hw = tuple(sized[0].shape[1:3]) if sized else (1, 1)
+    rates = [m.sample_rate for m, _ in pieces if m.has_audio]
+    sr = rates[0] if rates else 16000
+    frames, ftimes, audio = [], [], []
+    for k, (m, _) in enumerate(pieces):
+        if m.has_video and m.frames.shape[0]:
+            local = m.frame_times - m.t0
+            keep = local < lengths[k] - _TIME_EPS
+            f = m.frames[torch.from_numpy(keep)]
+            frames.append(f if tuple(f.shape[1:3]) == hw else resize_frames(f, hw))
+            ftimes.append(t0 + offsets[k] + local[keep])
+        if not has_audio:
+            continue
+        n = round(offsets[k + 1] * sr) - round(offsets[k] * sr)  # samples this piece spans
+        x = torch.zeros(n, dtype=torch.float32)
+        if m.has_audio and m.samples.shape[0]:
+            y = m.samples if m.sample_rate == sr else resample(m.samples, m.sample_rate, sr)
+            lead = round((m.audio_t0 - m.t0) * sr)  # where the piece's audio starts in its own time
+            src = y[max(0, -lead) :]
+            dst = max(0, lead)
+            take = max(0, min(n - dst, src.shape[0]))
+            x[dst : dst + take] = src[:take]
+        audio.append(x)
+    empty = torch.zeros(0, *hw, 3, dtype=torch.uint8)
+    return StreamMedia(
+        t0=float(t0),
+        frames=torch.cat(frames) if frames else empty,
+        frame_times=np.concatenate(ftimes) if ftimes else np.zeros(0, dtype=np.float64),
+        samples=torch.cat(audio) if audio else torch.zeros(0),
+        sample_rate=int(sr),
+        audio_t0=float(t0),
+        has_video=has_video,
+        has_audio=has_audio,
     )
 
 

@@ -587,8 +587,10 @@ class Trainer:
         from ssm_mm.evaluation import (
             Dataset,
             EvalOptions,
+            format_lengths,
             format_table,
             headline,
+            length_datasets,
             model_labels,
             run_suite,
         )
@@ -600,6 +602,7 @@ class Trainer:
             streams = streams[: cfg.eval.streams]
         name = Path(cfg.train.run_dir).name or "model"
         datasets = [Dataset("val", streams, data.val_manifest)]
+        datasets += length_datasets(cfg, datasets[0], model_labels({name: model}), logger.print)
         datasets += sweep_datasets(cfg, model_labels({name: model}), logger.print)
         t = time.perf_counter()
         res = run_suite(
@@ -613,6 +616,8 @@ class Trainer:
         )
         logger.print(f"streaming eval ({time.perf_counter() - t:.1f} s, {out_dir / 'results.json'}):")
         logger.print(format_table(res["results"]))
+        if format_lengths(res["lengths"]):
+            logger.print(format_lengths(res["lengths"]))
         logged = {}
         for r in res["results"]:
             prefix = "eval_stream" if r["dataset"] == "val" else f"eval_stream/{r['dataset']}"

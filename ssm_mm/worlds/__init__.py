@@ -65,6 +65,23 @@ class World:
         ValueError when that point is not a valid world."""
         raise ValueError(f"world {self.name!r} has no sweeps")
 
+    def stream_seconds(self, cfg: Any) -> float | None:
+        """The length in seconds of one stream of ``cfg`` (the training length T that long-stream
+        evaluation multiplies), or None when its streams have no one length."""
+        return None
+
+    def long_streams(self, cfg: Any, multiple: float, *, streams: int, seed: int) -> Any | None:
+        """The config of held-out streams ``multiple`` times as long as ``cfg``'s (``streams`` of them,
+        with ``seed``, generated as the ``"val"`` split of the returned config), or None when this world
+        cannot render them (the evaluation then joins its validation streams end to end instead).
+
+        By default the point ``multiple`` of the world's ``length`` sweep (the same world process run
+        longer) when the world has that sweep knob and a :meth:`stream_seconds`."""
+        seconds = self.stream_seconds(cfg)
+        if seconds is None or "length" not in self.sweep_values:
+            return None
+        return self.sweep_point(cfg, "length", float(multiple), streams=streams, seconds=seconds, seed=seed)
+
 
 _REGISTRY: dict[str, World] = {}
 

@@ -52,6 +52,8 @@ def trained_run(tmp_path_factory, world):
         "logging.wandb.mode=disabled",
         "logging.progress=false",
         "eval.plot_streams=1",
+        "eval.lengths=[1,2]",  # the manifest's streams joined end to end: 1 stream of 2 x 6 s
+        "eval.long_streams=1",
     ]
     result = Trainer(load_config(None, overrides)).run()
     return tmp / "run", result, tmp / "cache"

@@ -4,8 +4,8 @@ import torch
 from support import TINY_MODEL
 
 from ssm_mm.config import ModelConfig
-from ssm_mm.worlds.avworld import CLASSES
 from ssm_mm.models.multimodal import MultimodalSSM
+from ssm_mm.worlds.avworld import CLASSES
 
 LABELS = ["background"] + [c.name for c in CLASSES[:4]]  # AVWorld's default 4 classes
 
@@ -45,7 +45,8 @@ def check_results(path, n_models: int, datasets: list[str]) -> dict:
 
     res = _strict(Path(path).read_text())
     assert res["schema"] == "ssm_mm.eval/1"
-    assert set(res) == {"schema", "created", "options", "models", "datasets", "results", "sweeps", "plots"}
+    keys = {"schema", "created", "options", "models", "datasets", "results", "sweeps", "lengths", "plots"}
+    assert set(res) == keys
     assert set(res["options"]) == {
         "tolerance",
         "max_answer_tokens",
@@ -53,6 +54,7 @@ def check_results(path, n_models: int, datasets: list[str]) -> dict:
         "span_seconds",
         "batch_streams",
         "threads",
+        "age_bin",
     }
     assert len(res["models"]) == n_models
     for m in res["models"].values():
@@ -63,7 +65,11 @@ def check_results(path, n_models: int, datasets: list[str]) -> dict:
     for r in res["results"]:
         assert r["model"] in res["models"] and r["dataset"] in res["datasets"]
         m = r["metrics"]
-        assert set(m) == {"n_streams", "events", "qa", "proactive", "speed", "unknown_labels"}
+        assert set(m) == {"n_streams", "events", "qa", "proactive", "speed", "unknown_labels", "by_age"}
+        age = m["by_age"]
+        assert sum(age["n_ticks"]) == m["events"]["n_ticks"] and sum(age["n_qa"]) == m["qa"]["n"]
+        assert sum(age["n_references"]) == m["proactive"]["n_references"]
+        assert len(age["start"]) == len(age["tick_accuracy"]) == len(age["proactive_recall"]) >= 1
         ev = m["events"]
         for k in ("tick_accuracy", "macro_f1", "majority_rate", "span_accuracy", "span_majority_rate"):
             assert ev[k] is None or 0.0 <= ev[k] <= 1.0, (k, ev[k])

@@ -78,6 +78,7 @@ def test_skip_mode_evaluates_the_rest_and_counts(run_py, model_dir, lines, tmp_p
         f"data.manifest={m}",
         "data.on_error=skip",
         f"eval.out_dir={tmp_path / 'out'}",
+        "eval.lengths=[1]",
     ]
     run_py.run([*argv, "eval.plots=false"], out=out)
     text = out.getvalue()

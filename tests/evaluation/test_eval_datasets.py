@@ -35,7 +35,14 @@ def test_converted_ave_manifest(tmp_path, model_dir):
     for i, s in enumerate(streams):
         _write_clip(s.video, 10.0, seed=i)
     manifest = write_manifest(streams, tmp_path / "ave.jsonl")
-    load_run_py().run([f"model={model_dir}", f"data.manifest={manifest}", f"eval.out_dir={tmp_path / 'out'}"])
+    load_run_py().run(
+        [
+            f"model={model_dir}",
+            f"data.manifest={manifest}",
+            f"eval.out_dir={tmp_path / 'out'}",
+            "eval.lengths=[1]",
+        ]
+    )
     res = check_results(tmp_path / "out" / "results.json", n_models=1, datasets=["ave"])
     m = res["results"][0]["metrics"]
     categories = sorted({seg.label for s in streams for seg in s.segments})
@@ -53,7 +60,14 @@ def test_converted_music_avqa_manifest(tmp_path, model_dir):
     for i, s in enumerate(streams):
         _write_clip(s.video, 6.0, seed=10 + i)
     manifest = write_manifest(streams, tmp_path / "avqa.jsonl")
-    load_run_py().run([f"model={model_dir}", f"data.manifest={manifest}", f"eval.out_dir={tmp_path / 'out'}"])
+    load_run_py().run(
+        [
+            f"model={model_dir}",
+            f"data.manifest={manifest}",
+            f"eval.out_dir={tmp_path / 'out'}",
+            "eval.lengths=[1]",
+        ]
+    )
     res = check_results(tmp_path / "out" / "results.json", n_models=1, datasets=["avqa"])
     m = res["results"][0]["metrics"]
     assert m["qa"]["n"] == report.questions == 5

@@ -41,5 +41,6 @@ def _tiny_overrides(tmp, train, val, *extra):
         "train.keep_last=3",
         "logging.wandb.mode=disabled",
         "logging.progress=false",
+        "eval.lengths=[1]",  # no long-stream evaluation: the evaluation tests cover it
         *extra,
     ]

@@ -115,5 +115,8 @@ class AVWorld(World):
     ) -> AVWorldConfig:
         return _sweeps.sweep_point(cfg, knob, value, streams=streams, seconds=seconds, seed=seed)
 
+    def stream_seconds(self, cfg: AVWorldConfig) -> float:
+        return float(cfg.seconds)
+
 
 WORLD = AVWorld()
