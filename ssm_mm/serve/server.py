@@ -65,6 +65,8 @@ _MIN_MARGIN = 1e-3
 _LATENCY_WINDOW = 20_000
 # Seconds of answer generation per round, in ticks (see Server._round).
 _ASK_BUDGET = 0.25
+# Question ids remembered per session (a question sent again with one of them is not asked twice).
+_ANSWERED_IDS = 1024
 # Session options a client may set in its "open" message (the rest are the server's).
 _CLIENT_OPTIONS = ("modalities", "t0", "speak_threshold", "max_answer_tokens")
 
@@ -156,9 +158,11 @@ class _Live:
     sid: str
     session: object  # ssm_mm.StreamingSession
     # (lock): media and questions received, not yet taken by the worker
-    video: deque = field(default_factory=deque)  # (VideoMessage, arrival)
-    audio: deque = field(default_factory=deque)  # (AudioMessage, arrival)
+    video: deque = field(default_factory=deque)  # (VideoMessage, arrival, asks_received)
+    audio: deque = field(default_factory=deque)  # (AudioMessage, arrival, asks_received)
     asks: deque = field(default_factory=deque)  # _Question (placed filled by the worker)
+    asks_received: int = 0  # questions received so far; each media item records it on arrival
+    asks_taken: int = 0  # questions the worker has taken from ``asks``
     close_requested: bool = False
     queued_bytes: int = 0
     # (loop): what was received, for ordering checks and the resume cursor
@@ -176,6 +180,7 @@ class _Live:
     attached: bool = False
     detached_at: float = 0.0
     questions: list = field(default_factory=list)  # pending _Question, sorted by placed
+    answered: deque = field(default_factory=lambda: deque(maxlen=_ANSWERED_IDS))  # ids asked already
     seq: int = 0  # sequence number of the last result
     video_until: float | None = None  # media pushed into the session
     audio_end: float | None = None
@@ -503,9 +508,9 @@ class Server:
                 }
             live.queued_bytes += m.nbytes
             if isinstance(m, VideoMessage):
-                live.video.append((m, time.perf_counter()))
+                live.video.append((m, time.perf_counter(), live.asks_received))
             else:
-                live.audio.append((m, time.perf_counter()))
+                live.audio.append((m, time.perf_counter(), live.asks_received))
         if isinstance(m, VideoMessage):
             live.recv_video_until = m.t
         else:
@@ -534,6 +539,7 @@ class Server:
                 }
             with self._lock:
                 live.asks.append(_Question(math.nan, float(t), qid, text))
+                live.asks_received += 1
         elif kind == "ack":  # the client has every result up to seq: no need to keep them for a replay
             seq = msg.get("seq")
             if isinstance(seq, int) and not isinstance(seq, bool):
@@ -637,6 +643,7 @@ class Server:
             live.video_until, live.audio_end = cur.get("video_until"), cur.get("audio_until")
             live.audio_rate = cur.get("audio_rate")
             live.seq = int(snap.get("seq", 0))
+            live.answered.extend(snap.get("answered", []))
             live.replay = deque((int(q), str(m)) for q, m in snap.get("replay", []))
             live.replay_bytes = sum(len(m) for _, m in live.replay)
             live.questions = [_Question(*q) for q in snap.get("questions", [])]
@@ -807,8 +814,11 @@ class Server:
         with self._lock:
             new_asks = list(live.asks)
             live.asks.clear()
+            live.asks_taken = live.asks_received
             closing = live.close_requested
         for q in new_asks:
+            if q.qid is not None and (q.qid in live.answered or any(p.qid == q.qid for p in live.questions)):
+                continue  # sent again after a resume: a question id is asked once
             q.placed = place_text_time(max(q.t, s.t0), self.tau, s.t0)
             bisect.insort(live.questions, q, key=lambda x: x.placed)
             did = True
@@ -855,13 +865,15 @@ class Server:
         oldest = None
         frames, audio = [], []
         with self._lock:
-            while live.video and live.video[0][0].t < cut:
-                m, arr = live.video.popleft()
+            # media that arrived after a question the worker has not taken yet waits for it (the
+            # question may put a cut before that media)
+            while live.video and live.video[0][0].t < cut and live.video[0][2] <= live.asks_taken:
+                m, arr, _ = live.video.popleft()
                 live.queued_bytes -= m.nbytes
                 frames.append(m)
                 oldest = arr if oldest is None else min(oldest, arr)
-            while live.audio and live.audio[0][0].t0 < cut:
-                m, arr = live.audio[0]
+            while live.audio and live.audio[0][0].t0 < cut and live.audio[0][2] <= live.asks_taken:
+                m, arr, gen = live.audio[0]
                 n_keep = m.n if m.end <= cut else min(m.n, max(0, math.ceil((cut - m.t0) * m.rate)))
                 if n_keep == 0:
                     break
@@ -873,7 +885,7 @@ class Server:
                 else:  # split at the cut: the rest stays queued
                     head, tail = m.samples[..., :n_keep], m.samples[..., n_keep:]
                     rest = AudioMessage(m.t0 + n_keep / m.rate, m.rate, tail)
-                    live.audio[0] = (rest, arr)
+                    live.audio[0] = (rest, arr, gen)
                     live.queued_bytes -= m.nbytes - rest.nbytes
                     audio.append(AudioMessage(m.t0, m.rate, head))
                     break
@@ -941,6 +953,8 @@ class Server:
                 break
             self._asked += 1
             q = live.questions.pop(0)
+            if q.qid is not None:
+                live.answered.append(q.qid)
             asked_at = s.time
             answer: list[str] = []
             if self._guard(live, lambda a=answer, q=q: a.append(s.ask(q.text)), qid=q.qid):
@@ -1010,6 +1024,7 @@ class Server:
             },
             "questions": [[q.placed, q.t, q.qid, q.text] for q in live.questions],
             "seq": live.seq,
+            "answered": list(live.answered),
         }
         with self._lock:
             payload["replay"] = [[seq, m] for seq, m in live.replay]
