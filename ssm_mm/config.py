@@ -311,7 +311,7 @@ def load_config(
         if loaded is not None and not isinstance(loaded, DictConfig):
             raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(loaded).__name__}")
         if loaded:
-            cfg = _merge(cfg, _upgrade(loaded), str(p))
+            cfg = _merge(cfg, _upgrade_objectives(_upgrade(loaded)), str(p))
     for item in overrides or []:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override '{item}' is not of the form key=value")
@@ -527,6 +527,48 @@ def _upgrade(loaded: DictConfig) -> DictConfig:
             section = data.pop(name)
             data.setdefault("worlds", {})
             data.worlds[name] = OmegaConf.merge(data.worlds.get(name, {}), section)
+    return loaded
+
+
+def _upgrade_objectives(loaded: DictConfig) -> DictConfig:
+    """An older file's head settings (``model.count_head``, ``train.loss_*``, ... see :data:`MOVED`) as
+    its ``objectives`` section, so saved run configs still load. An optional objective's old weight
+    counts only where the same file turns the objective on (older files list every weight)."""
+    if not isinstance(loaded, DictConfig):
+        return loaded
+    model, train = loaded.get("model"), loaded.get("train")
+    old_m = (
+        {k: model.pop(k) for k in list(model) if f"model.{k}" in MOVED}
+        if isinstance(model, DictConfig)
+        else {}
+    )
+    old_t = (
+        {k: train.pop(k) for k in list(train) if f"train.{k}" in MOVED}
+        if isinstance(train, DictConfig)
+        else {}
+    )
+    if not old_m and not old_t:
+        return loaded
+    new: dict[str, dict] = {}
+    if old_m.get("video_target"):
+        new["video"] = {"size": old_m["video_target"]}
+    if old_m.get("count_head"):
+        new["count"] = {"max": old_m["count_head"]}
+    if old_m.get("order_head"):
+        new["order"] = {}
+    if old_m.get("recall_head"):
+        new["recall"] = {"size": old_m["recall_head"]}
+    names = ([old_m["recall_attribute"]] if old_m.get("recall_attribute") else []) + list(
+        old_m.get("recall_attributes") or []
+    )
+    if names:
+        new["attribute"] = {"names": names, "values": list(old_m.get("recall_values") or [])}
+    for name in ("lm", "event", "speak", *new):
+        if f"loss_{name}" in old_t:
+            new.setdefault(name, {})["weight"] = old_t[f"loss_{name}"]
+    if old_t.get("loss_answer"):
+        new.setdefault("lm", {})["answer_weights"] = old_t["loss_answer"]
+    loaded.objectives = OmegaConf.merge(OmegaConf.create(new), loaded.get("objectives") or {})
     return loaded
 
 
