@@ -311,7 +311,7 @@ def load_config(
         if loaded is not None and not isinstance(loaded, DictConfig):
             raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(loaded).__name__}")
         if loaded:
-            cfg = _merge(cfg, _upgrade_objectives(_upgrade(loaded)), str(p))
+            cfg = _merge(cfg, _drop_removed(_upgrade_objectives(_upgrade(loaded))), str(p))
     for item in overrides or []:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override '{item}' is not of the form key=value")
@@ -527,6 +527,21 @@ def _upgrade(loaded: DictConfig) -> DictConfig:
             section = data.pop(name)
             data.setdefault("worlds", {})
             data.worlds[name] = OmegaConf.merge(data.worlds.get(name, {}), section)
+    return loaded
+
+
+# keys that no longer exist and mean nothing today; saved run configs of older runs still hold them
+REMOVED = ("train.debug_signal_at_step",)  # a test-only hook, replaced by tests sending real signals
+
+
+def _drop_removed(loaded: DictConfig) -> DictConfig:
+    """An older file without the keys of :data:`REMOVED` (on the command line they stay unknown)."""
+    if isinstance(loaded, DictConfig):
+        for key in REMOVED:
+            section, _, name = key.rpartition(".")
+            node = OmegaConf.select(loaded, section)
+            if isinstance(node, DictConfig) and name in node:
+                node.pop(name)
     return loaded
 
 

@@ -196,7 +196,7 @@ def test_resume_refuses_other_models_and_stream_changes(media):
     s = tiny_model().stream(t0=5.0)
     snap = s.state_dict()
     tiny_model(seed=0).stream(state=snap)  # the same configuration and weights: accepted
-    with pytest.raises(ValueError, match="other weights"):  # (tests/streaming/test_reliability.py)
+    with pytest.raises(ValueError, match="other weights"):  # (tests/streaming/test_session_reliability.py)
         tiny_model(seed=1).stream(state=snap)
     from ssm_mm.config import ModelConfig
     from ssm_mm.models.multimodal import MultimodalSSM
