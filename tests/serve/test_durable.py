@@ -42,11 +42,12 @@ def test_kill9_and_restart_resume_from_the_last_snapshot(model, media, tmp_path)
     try:
         first = Client(url).stream(m, QUESTIONS, stop_after=3.2, options={"speak_threshold": THRESHOLD})
         path = snaps / f"{first.session}.pt"
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:  # a snapshot at >= 2 s of stream (every 1 s)
-            if path.exists() and torch.load(path, weights_only=True)["state"]["cursor"]["next_tick"] >= 4:
-                break
+        deadline, ticks = time.monotonic() + 30, 0
+        while time.monotonic() < deadline and ticks < 4:  # a snapshot at >= 2 s of stream (every 1 s)
+            if path.exists():
+                ticks = torch.load(path, weights_only=True)["state"]["cursor"]["next_tick"]
             time.sleep(0.05)
+        assert ticks >= 4, f"no snapshot at >= 2 s of stream within 30 s (last: {ticks} ticks)"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
     finally:
