@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m ssm_mm.serve: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="[serve] %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)  # not a line per HTTP request / connection
 
     def ready(s: Server) -> None:
         url = s.url + (f"#token={cfg.token}" if cfg.token else "")
