@@ -8,6 +8,8 @@ AVWorld scene rendered in memory in real time (frames at 4 fps as raw RGB, 0.1-s
 
 - **tick latency** (client side): receipt of a tick's label minus the wall time the message that
   completed the tick was sent; p50 / p99 over every tick of every stream after the first second;
+- questions: one per ``--question-every`` seconds of stream on average (answers capped at 4 tokens:
+  random weights never end a turn, a trained model answers in 1-3 tokens);
 - **lost**: ticks without a label, questions without an answer, error messages (must be 0);
 - the server's own ``/metrics`` (round time, its tick latency bound, bytes per session).
 
@@ -83,15 +85,20 @@ def start_server(
     return p, m.group(1)
 
 
-async def run_n(url: str, media: StreamMedia, n: int, tau: float, warm: float) -> dict:
+async def run_n(url: str, media: StreamMedia, n: int, tau: float, warm: float, question_every: float) -> dict:
     client = Client(url.replace("http://", "ws://") + "ws", timeout=60.0)
+    # one question per question_every seconds of each stream on average: that many streams ask one,
+    # at times spread over 30%..80% of the stream
+    asking = min(n, max(1, round(n * media.seconds / question_every)))
+    askers = {int(k * n / asking) for k in range(asking)}
 
     async def one(i: int):
         await asyncio.sleep(tau * i / max(n, 1))  # starts spread over one tick
-        ask_at = media.seconds * (0.3 + 0.5 * i / n)  # one question per stream, spread over the streams
+        asks = i in askers
+        ask_at = media.seconds * (0.3 + 0.5 * i / n)
         return await client.astream(
             media,
-            [(ask_at, QUESTION)],
+            [(ask_at, QUESTION)] if asks else [],
             realtime=True,
             options={"speak_threshold": 1.0, "max_answer_tokens": ANSWER_TOKENS},
         )
@@ -109,7 +116,7 @@ async def run_n(url: str, media: StreamMedia, n: int, tau: float, warm: float) -
     ok = [r for r in results if not isinstance(r, BaseException)]
     lat = [x for r in ok for x, lab in zip(r.latency, r.labels.values()) if lab["end"] > warm]
     lost_labels = sum(r.closed["ticks"] - len(r.labels) if r.closed else 1 for r in ok)
-    lost_answers = sum(1 - len(r.answers) for r in ok)
+    lost_answers = asking - sum(len(r.answers) for r in ok) if not failed else 0
     errors = sum(len(r.errors) for r in ok)
     lost = lost_labels + lost_answers + errors + len(failed)
     p = np.percentile(lat, [50, 99]) if lat else [float("nan")] * 2
@@ -148,6 +155,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument("--seconds", type=float, default=12.0, help="seconds of stream per client")
     ap.add_argument("--round-interval", type=float, default=0.1, help="the server's --round-interval (s)")
+    ap.add_argument(
+        "--question-every",
+        type=float,
+        default=60.0,
+        help="seconds of stream per question, on average (default 60)",
+    )
     ap.add_argument("--threads", type=int, default=1, help="the server's torch threads")
     ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="the model's config")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench_serve.json"))
@@ -168,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             for n in args.sessions:
                 cpu0 = (resource.getrusage(resource.RUSAGE_SELF), process_cpu(proc.pid))
-                row = asyncio.run(run_n(url, media, n, tau, warm=1.0))
+                row = asyncio.run(run_n(url, media, n, tau, 1.0, args.question_every))
                 me = resource.getrusage(resource.RUSAGE_SELF)
                 row["cpu_seconds"] = {  # the 2 cores are shared by the clients and the server
                     "clients": me.ru_utime + me.ru_stime - cpu0[0].ru_utime - cpu0[0].ru_stime,
@@ -197,7 +210,8 @@ def main(argv: list[str] | None = None) -> dict:
             "config": args.config,
             "weights": "random init (seed 0)",
             "speak_threshold": 1.0,
-            "questions": "one per stream, at 30%..80% of the stream (spread over the streams)",
+            "questions": f"one per {args.question_every:g} s of stream on average (at least one per N), "
+            "at 30%..80% of a stream, spread over the streams",
             "max_answer_tokens": ANSWER_TOKENS,
             "tick_seconds": tau,
             "round_interval": args.round_interval,
