@@ -454,7 +454,7 @@ def _warn_unknown(path: Path, unknown: dict[str, int], stacklevel: int, limit: i
 
 def _rel(p: Path, base: Path) -> str:
     """``p`` relative to ``base`` when it is below or beside it, else absolute (always '/'-separated)."""
-    p = Path(os.path.abspath(p))
+    p = Path(p).resolve()  # resolved like ``base``: through a symlinked folder both name one place
     try:
         rel = os.path.relpath(p, base)
     except ValueError:  # another drive on Windows

@@ -366,3 +366,20 @@ def test_manifests_we_write_read_without_warnings(tmp_path):
         for p in paths:
             m = read_manifest(p, check_media=p == paths[0])
             assert len(m) > 0 and m.unknown_keys == {}
+
+
+def test_write_through_a_symlinked_folder_keeps_paths_relative(tmp_path, media):
+    """A manifest written into a symlinked folder (a cache on another disk) names its media relative
+    to its own folder, so the folder still reads after it is renamed or reached another way."""
+    real = tmp_path / "disk" / "world"
+    (real / "media").mkdir(parents=True)
+    (real / "media" / "v.mp4").write_bytes((media / "av.mp4").read_bytes())
+    link = tmp_path / "cache"
+    link.symlink_to(tmp_path / "disk")
+    spec = StreamSpec(
+        id="a", video=link / "world" / "media" / "v.mp4", audio=None, audio_from_video=True, duration=10.0
+    )
+    path = write_manifest([spec], link / "world" / "m.jsonl")
+    assert json.loads(path.read_text())["video"] == "media/v.mp4"
+    (tmp_path / "disk" / "world").rename(tmp_path / "disk" / "moved")  # the folder moves as a whole
+    assert read_manifest(link / "moved" / "m.jsonl").streams[0].video.name == "v.mp4"
