@@ -352,8 +352,8 @@ def test_manifests_we_write_read_without_warnings(tmp_path):
     """AVWorld and the AVE / MUSIC-AVQA converters write nothing a reader would warn about."""
     import warnings
 
-    from ssm_mm.worlds.avworld import generate
     from ssm_mm.data.convert import convert_ave, convert_music_avqa
+    from ssm_mm.worlds.avworld import generate
 
     fixtures = Path(__file__).resolve().parents[1] / "fixtures"
     paths = [generate(tmp_path / "w", streams=1, seconds=4.0, seed=3)]
