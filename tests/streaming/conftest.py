@@ -5,10 +5,10 @@ import pytest
 import torch
 from streaming_helpers import Media, tiny_model
 
-from ssm_mm.worlds.avworld import generate
 from ssm_mm.data.manifest import read_manifest
 from ssm_mm.media import decode_audio, decode_video
 from ssm_mm.models.multimodal import MultimodalSSM
+from ssm_mm.worlds.avworld import generate
 
 
 @pytest.fixture(autouse=True)

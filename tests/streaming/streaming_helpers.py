@@ -9,11 +9,11 @@ import numpy as np
 import support
 import torch
 
-from ssm_mm.worlds.avworld import CLASSES
 from ssm_mm.data.featurize import AudioFeaturizer, VideoFeaturizer, audio_token_times
 from ssm_mm.data.interleave import TEXT, TextTurn, interleave, tick_summary_positions
 from ssm_mm.data.tokenizer import role_index
 from ssm_mm.models.multimodal import MultimodalSSM
+from ssm_mm.worlds.avworld import CLASSES
 
 LABELS = ["background"] + [c.name for c in CLASSES]
 QUESTIONS = [
