@@ -130,7 +130,8 @@ async def run_n(url: str, media: StreamMedia, n: int, tau: float, warm: float, q
             "errors": errors,
             "failed_streams": len(failed),
         },
-        "failures": [f"{type(e).__name__}: {e}" for e in failed[:3]],
+        "failures": [f"{type(e).__name__}: {e}" for e in failed[:3]]
+        + [f"{e['code']}: {e['message']}" for r in ok for e in r.errors][:3],
         "realtime": bool(lat) and float(p[1]) <= tau and lost == 0,
         "wall_s": wall,
         "server_mid_stream": {"sessions": live["sessions"], "bytes_per_session": live["bytes_per_session"]},
