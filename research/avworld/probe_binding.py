@@ -29,7 +29,6 @@ too few streams, a model whose labels are not AVWorld classes).
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from probes import (
     linear_probe,
     load_probe_inputs,
     probe_parser,
+    run_probe_script,
     train_cut,
 )
 
@@ -261,9 +261,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(1)  # tiny per-stream forwards: one thread is fastest
-    try:
-        main()
-    except (ProbeError, FileNotFoundError, ValueError) as e:
-        print(f"probe_binding: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_probe_script(main, "probe_binding")

@@ -15,7 +15,6 @@ Exit status 2 with a message on bad input (missing model or manifest, no scenes 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ from probes import (
     linear_probe,
     load_probe_inputs,
     probe_parser,
+    run_probe_script,
     train_cut,
 )
 
@@ -119,9 +119,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(1)  # tiny per-stream forwards: one thread is fastest
-    try:
-        main()
-    except (ProbeError, FileNotFoundError, ValueError) as e:
-        print(f"probe_patches: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_probe_script(main, "probe_patches")

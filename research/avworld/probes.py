@@ -6,7 +6,8 @@ line, inputs (an AVWorld manifest with ``scenes.jsonl`` beside it) and stream sp
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,6 +32,17 @@ def probe_parser(description: str, streams: int, steps: int) -> argparse.Argumen
     ap.add_argument("--steps", type=int, default=steps)
     ap.add_argument("--out", help="write the results here (JSON)")
     return ap
+
+
+def run_probe_script(main: Callable[[], object], name: str) -> None:
+    """Run a probe script's ``main()`` from the command line: one torch thread (tiny per-stream
+    forwards run fastest on one), and exit 2 with ``"{name}: message"`` on bad input."""
+    torch.set_num_threads(1)
+    try:
+        main()
+    except (ProbeError, FileNotFoundError, ValueError) as e:
+        print(f"{name}: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def load_probe_inputs(a: argparse.Namespace):
