@@ -50,6 +50,7 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -183,6 +184,22 @@ class _Line:
                 self.fail(f"{prefix}{key}", f"unknown key {key!r} (did you mean {near!r}?)")
             self.unknown.append(f"{where}{key}")
 
+    def entries(self, obj: dict, key: str, known: tuple[str, ...]) -> Iterator[tuple[str, dict]]:
+        """(field name ``"key[i]"``, object) for each entry of the list ``obj[key]`` (missing or null:
+        none), failing on a value that is not a list or an entry that is not an object and checking
+        each entry's keys against ``known`` (see :meth:`keys`) as it is reached."""
+        raw = obj.get(key)
+        if raw is None:
+            return
+        if not isinstance(raw, list):
+            self.fail(key, f"must be a list, got {type(raw).__name__}")
+        for i, item in enumerate(raw):
+            f = f"{key}[{i}]"
+            if not isinstance(item, dict):
+                self.fail(f, f"must be an object, got {item!r}")
+            self.keys(item, known, f"{f}.", f"{key}[].")
+            yield f, item
+
     def number(self, obj: dict, key: str, fld: str, *, required: bool = True, default: float = 0.0) -> float:
         if key not in obj or obj[key] is None:
             if required:
@@ -286,17 +303,8 @@ def _parse_line(obj: Any, ctx: _Line, base: Path) -> StreamSpec:
     if video is None and audio is None:
         ctx.fail("video/audio", "neither a video nor an audio file is given")
 
-    dialogue_raw = obj.get("dialogue", [])
-    if dialogue_raw is None:
-        dialogue_raw = []
-    if not isinstance(dialogue_raw, list):
-        ctx.fail("dialogue", f"must be a list, got {type(dialogue_raw).__name__}")
     dialogue: list[Turn] = []
-    for i, turn in enumerate(dialogue_raw):
-        f = f"dialogue[{i}]"
-        if not isinstance(turn, dict):
-            ctx.fail(f, f"must be an object, got {turn!r}")
-        ctx.keys(turn, _TURN_KEYS, f"{f}.", "dialogue[].")
+    for f, turn in ctx.entries(obj, "dialogue", _TURN_KEYS):
         t = ctx.time(turn, "t", f"{f}.t", duration)
         role = turn.get("role")
         if role not in ROLES:
@@ -309,17 +317,8 @@ def _parse_line(obj: Any, ctx: _Line, base: Path) -> StreamSpec:
             ctx.fail(f"{f}.t", f"dialogue not sorted by time: {t} after {dialogue[-1].t}")
         dialogue.append(Turn(t=t, role=role, text=text, type=qtype))
 
-    segments_raw = obj.get("segments", [])
-    if segments_raw is None:
-        segments_raw = []
-    if not isinstance(segments_raw, list):
-        ctx.fail("segments", f"must be a list, got {type(segments_raw).__name__}")
     segments: list[Segment] = []
-    for i, seg in enumerate(segments_raw):
-        f = f"segments[{i}]"
-        if not isinstance(seg, dict):
-            ctx.fail(f, f"must be an object, got {seg!r}")
-        ctx.keys(seg, _SEGMENT_KEYS, f"{f}.", "segments[].")
+    for f, seg in ctx.entries(obj, "segments", _SEGMENT_KEYS):
         start = ctx.time(seg, "start", f"{f}.start", duration)
         end = ctx.time(seg, "end", f"{f}.end", duration)
         if start >= end:

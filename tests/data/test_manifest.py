@@ -204,6 +204,9 @@ BAD = {
         "string",
     ),
     "dialogue_not_list": (_line(dialogue={"t": 1}), "dialogue", "list"),
+    "segments_not_list": (_line(segments="bell"), "segments", "list"),
+    "turn_not_object": (_line(dialogue=[{"t": 1, "role": "user", "text": "a"}, 7]), "dialogue[1]", "object"),
+    "segment_not_object": (_line(segments=[[1, 2, "x"]]), "segments[0]", "object"),
 }
 
 
