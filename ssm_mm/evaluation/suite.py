@@ -23,7 +23,7 @@ under ``"skip"`` it is left out for every model and listed in :attr:`Dataset.ski
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ssm_mm.data.manifest import StreamSpec, read_manifest
@@ -344,18 +344,7 @@ def run_suite(
     res = {
         "schema": report.SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "options": {
-            k: getattr(opt, k)
-            for k in (
-                "tolerance",
-                "max_answer_tokens",
-                "speak_threshold",
-                "span_seconds",
-                "batch_streams",
-                "threads",
-                "age_bin",
-            )
-        },
+        "options": asdict(opt),  # every EvalOptions field, in order (report.py's schema lists them)
         "models": {n: _model_info(n, m, (paths or {}).get(n)) for n, m in models.items()},
         "datasets": {
             ds.name: {
