@@ -7,6 +7,7 @@ window (the KV cache wraps within a few ticks), pure-torch kernels.
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ssm_mm.config import ModelConfig
@@ -23,6 +24,17 @@ TINY_MODEL = dict(
     attn_window=24,
     kernels="torch",
 )
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """One torch thread for each test of a folder whose conftest imports this fixture: a tick is a few
+    dozen tokens, and on a busy 2-core machine a second thread only spins (ticks get many times slower,
+    not faster)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def tiny_model_config(**overrides) -> ModelConfig:

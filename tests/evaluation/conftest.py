@@ -3,20 +3,23 @@ untrained model, and a tiny model trained for a few steps by the real Trainer (w
 evaluation is the harness)."""
 
 import pytest
-import torch
-from eval_helpers import TINY
+from eval_helpers import TINY, load_run_py, tiny_model
+from support import single_thread  # noqa: F401  (autouse: one torch thread in these tests)
 
 from ssm_mm.config import load_config
 from ssm_mm.worlds.avworld import generate
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One torch thread (as the harness uses): ticks are tiny and a second thread only spins."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+@pytest.fixture(scope="module")
+def run_py():
+    """``eval/run.py`` as a module."""
+    return load_run_py()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny untrained model saved with ``save_pretrained`` (its folder)."""
+    return tiny_model().save_pretrained(tmp_path_factory.mktemp("model") / "tiny")
 
 
 @pytest.fixture(scope="session")

@@ -17,16 +17,21 @@ def tiny_model(seed: int = 0) -> MultimodalSSM:
     return MultimodalSSM(ModelConfig(**TINY), labels=LABELS).eval()
 
 
-def load_run_py():
-    """``eval/run.py`` imported as a module (it is a script, not part of the package)."""
+def load_eval_script(name: str):
+    """``eval/{name}.py`` imported as a module (the scripts are not part of the package)."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "eval" / "run.py"
-    spec = importlib.util.spec_from_file_location("eval_run", path)
+    path = Path(__file__).resolve().parents[2] / "eval" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"eval_{name}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def load_run_py():
+    """``eval/run.py`` imported as a module."""
+    return load_eval_script("run")
 
 
 def _strict(text: str):

@@ -8,19 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-from eval_helpers import check_results, load_run_py, tiny_model, truncated_mp4
+from eval_helpers import check_results, truncated_mp4
 
 from ssm_mm.media import probe_media
-
-
-@pytest.fixture(scope="module")
-def run_py():
-    return load_run_py()
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tiny_model().save_pretrained(tmp_path_factory.mktemp("model") / "tiny")
 
 
 @pytest.fixture(scope="module")

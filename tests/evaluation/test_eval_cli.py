@@ -7,23 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from eval_helpers import load_run_py, tiny_model
 
 from ssm_mm.config import ConfigError
 from ssm_mm.data.manifest import ManifestError
 from ssm_mm.evaluation import EvalError
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def run_py():
-    return load_run_py()
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tiny_model().save_pretrained(tmp_path_factory.mktemp("model") / "tiny")
 
 
 def _fails(run_py, argv, capsys, *words):

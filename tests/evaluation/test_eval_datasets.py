@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from eval_helpers import check_results, load_run_py, tiny_model
+from eval_helpers import check_results
 
 from ssm_mm.data.convert import convert_ave, convert_music_avqa
 from ssm_mm.data.manifest import write_manifest
@@ -24,26 +24,20 @@ def _write_clip(path: Path, seconds: float, seed: int) -> None:
     write_media(path, frames, np.arange(n) / 4.0, audio=audio, sample_rate=16000, fps=4.0)
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return tiny_model().save_pretrained(tmp_path_factory.mktemp("model") / "tiny")
+def _evaluate(run_py, model_dir: Path, manifest: Path, out: Path) -> dict:
+    """eval/run.py's results for the tiny model on ``manifest`` (one dataset named after its file
+    stem, at the stream length only), checked against the schema."""
+    run_py.run([f"model={model_dir}", f"data.manifest={manifest}", f"eval.out_dir={out}", "eval.lengths=[1]"])
+    return check_results(out / "results.json", n_models=1, datasets=[manifest.stem])
 
 
-def test_converted_ave_manifest(tmp_path, model_dir):
+def test_converted_ave_manifest(tmp_path, run_py, model_dir):
     streams, _ = convert_ave(FIXTURES / "ave" / "Annotations.txt", media_dir=tmp_path / "ave", duration=10.0)
     streams = streams[:2]
     for i, s in enumerate(streams):
         _write_clip(s.video, 10.0, seed=i)
     manifest = write_manifest(streams, tmp_path / "ave.jsonl")
-    load_run_py().run(
-        [
-            f"model={model_dir}",
-            f"data.manifest={manifest}",
-            f"eval.out_dir={tmp_path / 'out'}",
-            "eval.lengths=[1]",
-        ]
-    )
-    res = check_results(tmp_path / "out" / "results.json", n_models=1, datasets=["ave"])
+    res = _evaluate(run_py, model_dir, manifest, tmp_path / "out")
     m = res["results"][0]["metrics"]
     categories = sorted({seg.label for s in streams for seg in s.segments})
     assert m["unknown_labels"] == categories  # AVE categories are not the tiny model's labels: misses
@@ -54,21 +48,13 @@ def test_converted_ave_manifest(tmp_path, model_dir):
     assert m["proactive"]["n_references"] == 0 and m["proactive"]["recall"] is None
 
 
-def test_converted_music_avqa_manifest(tmp_path, model_dir):
+def test_converted_music_avqa_manifest(tmp_path, run_py, model_dir):
     fixture = FIXTURES / "music_avqa" / "avqa-mini.json"
     streams, report = convert_music_avqa(fixture, media_dir=tmp_path / "avqa", duration=6.0)
     for i, s in enumerate(streams):
         _write_clip(s.video, 6.0, seed=10 + i)
     manifest = write_manifest(streams, tmp_path / "avqa.jsonl")
-    load_run_py().run(
-        [
-            f"model={model_dir}",
-            f"data.manifest={manifest}",
-            f"eval.out_dir={tmp_path / 'out'}",
-            "eval.lengths=[1]",
-        ]
-    )
-    res = check_results(tmp_path / "out" / "results.json", n_models=1, datasets=["avqa"])
+    res = _evaluate(run_py, model_dir, manifest, tmp_path / "out")
     m = res["results"][0]["metrics"]
     assert m["qa"]["n"] == report.questions == 5
     assert set(m["qa"]["per_type"]) == {

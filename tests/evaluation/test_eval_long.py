@@ -1,15 +1,13 @@
 """Long streams (issue 31): streams joined end to end on one clock, the long-stream datasets of a
 manifest, scores by stream age, the lengths summary and eval/state_norms.py."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from eval_helpers import tiny_model
+from eval_helpers import load_eval_script, tiny_model
 
 from ssm_mm.config import ConfigError, load_config
 from ssm_mm.data.manifest import Segment, StreamSpec, Turn, read_manifest
@@ -177,18 +175,10 @@ def test_lengths_summary_and_table():
     assert format_lengths(lengths_summary(results[:1], {"val": {**groups["val"], "multiples": [1.0]}})) == ""
 
 
-def _state_norms():
-    path = Path(__file__).resolve().parents[2] / "eval" / "state_norms.py"
-    spec = importlib.util.spec_from_file_location("state_norms", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_state_norms_of_a_tiny_model(world, tmp_path, capsys):
     model = tiny_model(1)
     model.save_pretrained(tmp_path / "model")
-    sn = _state_norms()
+    sn = load_eval_script("state_norms")
     argv = [str(tmp_path / "model"), "--manifest", str(world[1]), "--seconds", "9", "--every", "3"]
     res = sn.run([*argv, "--out", str(tmp_path / "out")])
     assert [x["t"] for x in res["samples"]] == [3.0, 6.0, 9.0]

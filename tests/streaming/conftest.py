@@ -2,23 +2,13 @@
 decodes them (mp4 with an audio track starting late, jittered and dropped frames, clock start 100 s)."""
 
 import pytest
-import torch
 from streaming_helpers import Media, tiny_model
+from support import single_thread  # noqa: F401  (autouse: one torch thread in these tests)
 
 from ssm_mm.data.manifest import read_manifest
 from ssm_mm.media import decode_audio, decode_video
 from ssm_mm.models.multimodal import MultimodalSSM
 from ssm_mm.worlds.avworld import generate
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One torch thread: a tick is a few dozen tokens, and on a busy 2-core machine a second thread
-    only spins (ticks get many times slower, not faster)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")
