@@ -33,6 +33,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
+from ssm_mm.cli import exits_2_on
 from ssm_mm.evaluation.report import SWEEP_METRICS, get, markdown_table, plot_sweep, read_json
 from ssm_mm.worlds.avworld import AVWorldConfig
 from ssm_mm.worlds.avworld.sweeps import KNOBS
@@ -270,7 +271,8 @@ def plots(result: dict, groups: dict, metrics: list[str], out: Path) -> list[Pat
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
+@exits_2_on("compare", CompareError)
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", nargs="+", help="results.json files of eval/run.py with sweeps (or .json.gz)")
     ap.add_argument("--group", action="append", default=[], help="NAME=RUN[,RUN...]: runs pooled as seeds")
@@ -279,21 +281,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="folder for the plots (compare_<knob>.png)")
     a = ap.parse_args(argv)
     metrics = a.metric or list(DEFAULT_METRICS)
-    try:
-        runs = load_runs(a.results)
-        groups = parse_groups(a.group, runs)
-        base = _base_values(a.base)
-        result = compare(runs, groups, metrics, base)
-        print(markdown(result, groups, metrics, base), end="")
-        if a.out:
-            out = Path(a.out)
-            out.mkdir(parents=True, exist_ok=True)
-            for p in plots(result, groups, metrics, out):
-                print(f"wrote {p}", file=sys.stderr)
-    except CompareError as e:
-        print(f"compare: {e}", file=sys.stderr)
-        return 2
-    return 0
+    runs = load_runs(a.results)
+    groups = parse_groups(a.group, runs)
+    base = _base_values(a.base)
+    result = compare(runs, groups, metrics, base)
+    print(markdown(result, groups, metrics, base), end="")
+    if a.out:
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        for p in plots(result, groups, metrics, out):
+            print(f"wrote {p}", file=sys.stderr)
 
 
 if __name__ == "__main__":

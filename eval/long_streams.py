@@ -26,6 +26,7 @@ import json
 import sys
 from pathlib import Path
 
+from ssm_mm.cli import exits_2_on
 from ssm_mm.evaluation.report import fraction_cell, read_json
 
 COLUMNS = ("count_in", "count_out", "other", "recall_before", "recall_after")  # the table's, in order
@@ -110,7 +111,8 @@ def report(path: str, max_count: int, horizon: float = 30.0) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+@exits_2_on("long_streams", LongStreamsError)
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", help="a results.json (or .json.gz) of eval/run.py with per-question records")
     src = ap.add_mutually_exclusive_group(required=True)
@@ -120,15 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         "--horizon", type=float, default=30.0, help="stream seconds training reached (default 30)"
     )
     args = ap.parse_args(argv)
-    try:
-        if args.horizon <= 0:
-            raise LongStreamsError(f"--horizon must be positive, got {args.horizon:g}")
-        max_count = args.max_count if args.max_count is not None else max_count_of(args.train_manifest)
-        print(report(args.results, max_count, args.horizon))
-    except LongStreamsError as e:
-        print(f"long_streams: {e}", file=sys.stderr)
-        return 2
-    return 0
+    if args.horizon <= 0:
+        raise LongStreamsError(f"--horizon must be positive, got {args.horizon:g}")
+    max_count = args.max_count if args.max_count is not None else max_count_of(args.train_manifest)
+    print(report(args.results, max_count, args.horizon))
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from ssm_mm.cli import exits_2_on
+
 _GENERIC = {"final", "best", "model", "checkpoints"}
 
 
@@ -147,13 +149,9 @@ def run(argv: list[str] | None = None, out=None) -> dict:
     return res
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        run(argv)
-    except (ValueError, FileNotFoundError) as e:  # ConfigError, EvalError, ManifestError, MediaError
-        print(f"eval/run.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+# main(argv): exit status 0 done, or 2 with one line on stderr on bad input
+# (ConfigError, EvalError, ManifestError, MediaError are ValueErrors)
+main = exits_2_on("eval/run.py: error", ValueError, FileNotFoundError)(run)
 
 
 if __name__ == "__main__":

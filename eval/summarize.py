@@ -26,6 +26,7 @@ import re
 import sys
 from pathlib import Path
 
+from ssm_mm.cli import exits_2_on
 from ssm_mm.evaluation.report import markdown_table, read_json
 from ssm_mm.worlds.avworld import CLASSES, COLORS
 
@@ -175,7 +176,8 @@ def sweep_table(paths: list[str], knob: str, base: float) -> str:
     return "\n".join(markdown_table(head, body))
 
 
-def main(argv: list[str] | None = None) -> int:
+@exits_2_on("summarize", SummaryError, KeyError, TypeError)
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", nargs="+", help="results.json files (or .json.gz)")
     ap.add_argument("--dataset", help="keep only this dataset (e.g. val)")
@@ -193,17 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", help="knob: print the sweep table instead")
     ap.add_argument("--base", type=float, help="the knob's in-distribution value (with --sweep)")
     a = ap.parse_args(argv)
-    try:
-        if a.sweep:
-            if a.base is None:
-                raise SummaryError("--sweep needs --base (the in-distribution value of the knob)")
-            print(sweep_table(a.results, a.sweep, a.base))
-        else:
-            print(table(a.results, a.dataset, a.types, a.now, a.shapes))
-    except (SummaryError, KeyError, TypeError) as e:
-        print(f"summarize: {e}", file=sys.stderr)
-        return 2
-    return 0
+    if a.sweep:
+        if a.base is None:
+            raise SummaryError("--sweep needs --base (the in-distribution value of the knob)")
+        print(sweep_table(a.results, a.sweep, a.base))
+    else:
+        print(table(a.results, a.dataset, a.types, a.now, a.shapes))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ssm_mm.cli import exits_2_on
 from ssm_mm.data.dataset import StreamDataset
 from ssm_mm.data.interleave import tick_of
 from ssm_mm.data.manifest import StreamSpec, read_manifest
@@ -163,7 +164,8 @@ def run(model_path: str, results: str, dataset: str, manifest: str | None, entry
     return "\n".join(markdown_table(HEAD, [row(str(entries[0]["model"]), tab)]))
 
 
-def main(argv: list[str] | None = None) -> int:
+@exits_2_on("count_probe", ProbeError, FileNotFoundError)
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="a model folder, checkpoint or run folder trained with objectives.count")
     ap.add_argument("results", help="the results.json (or .json.gz) of that model's evaluation")
@@ -171,12 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--manifest", help="the dataset's manifest (default: the one the results file names)")
     ap.add_argument("--entry", help="the model's name in the results file, when it holds several")
     a = ap.parse_args(argv)
-    try:
-        print(run(a.model, a.results, a.dataset, a.manifest, a.entry))
-    except (ProbeError, FileNotFoundError) as e:
-        print(f"count_probe: {e}", file=sys.stderr)
-        return 2
-    return 0
+    print(run(a.model, a.results, a.dataset, a.manifest, a.entry))
 
 
 if __name__ == "__main__":

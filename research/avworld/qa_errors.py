@@ -30,6 +30,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from ssm_mm.cli import exits_2_on
 from ssm_mm.evaluation.report import fraction_cell, markdown_table, read_json
 from ssm_mm.worlds.avworld import CLASSES, COLORS, Q_COLOR, Q_NOW_COLOR, read_scenes
 
@@ -209,7 +210,8 @@ def report(
     return "\n".join(lines + extra)
 
 
-def main(argv: list[str] | None = None) -> int:
+@exits_2_on("qa_errors", ErrorsError)
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", help="a results.json (or .json.gz) of eval/run.py with per-question records")
     ap.add_argument("--scenes", help="scenes.jsonl (default: beside each dataset's manifest)")
@@ -218,12 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         "--ages", help="bin edges in seconds, e.g. 3,6,9,13: past colour by the asked event's age"
     )
     a = ap.parse_args(argv)
-    try:
-        print(report(a.results, a.scenes, a.confusion, parse_ages(a.ages) if a.ages else ()))
-    except ErrorsError as e:
-        print(f"qa_errors: {e}", file=sys.stderr)
-        return 2
-    return 0
+    print(report(a.results, a.scenes, a.confusion, parse_ages(a.ages) if a.ages else ()))
 
 
 if __name__ == "__main__":
