@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import BAD_CONFIG_VALUES
 
 import train as train_cli
 from ssm_mm.config import load_config
@@ -173,18 +174,7 @@ def test_init_from_loads_weights_only_into_a_fresh_run(tmp_path, tiny_world, tin
 # ----------------------------------------------------------------- case 14 / 15: value ranges at the CLI
 
 
-@pytest.mark.parametrize(
-    "override, key",
-    [
-        ("train.max_steps=0", "train.max_steps"),
-        ("train.max_steps=-5", "train.max_steps"),
-        ("train.ckpt_every=0", "train.ckpt_every"),
-        ("train.batch_size=0", "train.batch_size"),
-        ("model.d_model=0", "model.d_model"),
-        ("train.lr=-1", "train.lr"),
-        ("train.lr=nan", "train.lr"),
-    ],
-)
+@pytest.mark.parametrize("override, key", BAD_CONFIG_VALUES)
 def test_bad_values_exit_2_in_one_line_before_any_work(
     tmp_path, tiny_world, tiny_overrides, capsys, override, key
 ):
@@ -295,16 +285,19 @@ def _fault_injection(tmp_path, tiny_world, tiny_overrides, kills: int, max_steps
         out = log.read_text()
         if start:  # the resume started from the newest good checkpoint there was
             assert f"step_{start:08d}.pt at step {start}" in out, out[-3000:]
-        if not reached:
+        if not reached or rc == 0:  # it finished (also when the last step's kill came too late)
             assert rc == 0, out[-3000:]
             done = True
             break
-        assert rc == -signal.SIGKILL
+        assert rc == -signal.SIGKILL, (rc, out[-3000:])
         good = _good_steps(ck)
         if start:  # no good checkpoint lost: the one resumed from is still there, or a newer good one
             assert good and max(good) >= start, (good, start)
         newest_good = max(good, default=0)
-        if newest_good and rng.random() < 0.5:  # corrupt the newest at random: truncate or flip bytes
+        # corrupt the newest at random (truncate or flip bytes) where an older good one remains: with
+        # the only good checkpoint corrupt, resume refuses by design (the all-corrupt test), which a
+        # kill during the first save after a resume can leave here
+        if len(good) >= 2 and rng.random() < 0.5:
             p_new = dict(list_checkpoints(ck))[newest_good]
             data = bytearray(p_new.read_bytes())
             if rng.random() < 0.5:
@@ -314,7 +307,6 @@ def _fault_injection(tmp_path, tiny_world, tiny_overrides, kills: int, max_steps
                 data[at : at + 8] = bytes(255 - b for b in data[at : at + 8])
             p_new.write_bytes(bytes(data))
             good.discard(newest_good)
-            assert good, "keep_last=2 leaves the previous good checkpoint"
             newest_good = max(good)
     if not done:
         p = _launch([*args, "train.resume=true"], log)
