@@ -13,6 +13,18 @@ import torch
 from ssm_mm.config import ModelConfig
 from ssm_mm.models.multimodal import MultimodalSSM
 
+# Out-of-range config values and the key their one-line error names: refused by load_config
+# (tests/test_config.py adds more) and by train.py before any work (tests/training/test_train_reliability.py).
+BAD_CONFIG_VALUES = [
+    ("train.max_steps=0", "train.max_steps"),
+    ("train.max_steps=-5", "train.max_steps"),
+    ("train.ckpt_every=0", "train.ckpt_every"),
+    ("train.batch_size=0", "train.batch_size"),
+    ("model.d_model=0", "model.d_model"),
+    ("train.lr=-1", "train.lr"),
+    ("train.lr=nan", "train.lr"),
+]
+
 TINY_MODEL = dict(
     d_model=32,
     pattern="MMAM",

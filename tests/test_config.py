@@ -1,4 +1,5 @@
 import pytest
+from support import BAD_CONFIG_VALUES
 
 from ssm_mm.config import Config, ConfigError, load_config, save_config
 
@@ -102,17 +103,11 @@ def test_attn_windows_per_layer():
 @pytest.mark.parametrize(
     "override, key",
     [
-        ("train.max_steps=0", "train.max_steps"),
-        ("train.max_steps=-5", "train.max_steps"),
-        ("train.ckpt_every=0", "train.ckpt_every"),
-        ("train.batch_size=0", "train.batch_size"),
+        *BAD_CONFIG_VALUES,
         ("train.keep_last=0", "train.keep_last"),
         ("train.grad_accum=0", "train.grad_accum"),
-        ("model.d_model=0", "model.d_model"),
         ("model.headdim=0", "model.headdim"),
         ("model.attn_heads=0", "model.attn_heads"),
-        ("train.lr=-1", "train.lr"),
-        ("train.lr=nan", "train.lr"),
         ("train.lr=inf", "train.lr"),
         ("train.betas=[0.9,1.0]", "train.betas"),
         ("train.min_lr_ratio=2", "train.min_lr_ratio"),
