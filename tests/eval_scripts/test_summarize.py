@@ -27,6 +27,13 @@ def _write(path, results: list[dict]):
     return str(path)
 
 
+def _one_row(tmp_path, capsys, result: dict, *flags: str) -> tuple[str, str]:
+    """(header, row) of the table summarize prints for one result (a results.json of its own)."""
+    assert load_script("summarize").main([_write(tmp_path / "run" / "results.json", [result]), *flags]) == 0
+    head, _, row = capsys.readouterr().out.strip().splitlines()
+    return head, row
+
+
 def test_table_rows_and_question_types(tmp_path, capsys):
     a = _write(
         tmp_path / "runA" / "results.json",
@@ -64,9 +71,7 @@ def test_now_questions_split_by_what_they_ask(tmp_path, capsys):
         "metrics": _metrics(0.9, {"now": (0.75, 4)}),
         "streams": [{"qa": qa}],
     }
-    summ = load_script("summarize")
-    assert summ.main([_write(tmp_path / "run" / "results.json", [r]), "--now"]) == 0
-    head, _, row = capsys.readouterr().out.strip().splitlines()
+    head, row = _one_row(tmp_path, capsys, r, "--now")
     assert head.endswith("| QA now color | QA now count | QA now shape |")
     assert row.endswith("| 50.0% (2) | 100.0% (1) | 100.0% (1) |")
 
@@ -85,9 +90,7 @@ def test_colour_and_kind_questions_split_by_the_shape_they_ask_about(tmp_path, c
         {"type": "now", "question": "what color is the square now?", "reference": "red", "correct": True},
     ]  # fmt: skip
     r = {"model": "m", "dataset": "val", "metrics": _metrics(0.9, {}), "streams": [{"qa": qa}]}
-    summ = load_script("summarize")
-    assert summ.main([_write(tmp_path / "run" / "results.json", [r]), "--shapes"]) == 0
-    head, _, row = capsys.readouterr().out.strip().splitlines()
+    head, row = _one_row(tmp_path, capsys, r, "--shapes")
     assert head.endswith("| QA color other | QA color own | QA kind other | QA kind own |")
     assert row.endswith("| 0.0% (1) | 100.0% (1) | 50.0% (2) | 100.0% (1) |")
 
