@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from ssm_mm.cli import exits_2_on
+
 
 class StateNormsError(ValueError):
     pass
@@ -206,6 +208,8 @@ def plot(res: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ssm_mm.evaluation.report import save_figure
+
     s = res["samples"]
     t = [x["t"] for x in s]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4))
@@ -241,20 +245,13 @@ def plot(res: dict, path: Path) -> Path:
     b.set_title("attention cache (tokens held)", fontsize=9)
     b.grid(alpha=0.3)
     fig.suptitle(f"{res['model']}", fontsize=9)
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        run(argv)
-    except (ValueError, FileNotFoundError) as e:  # StateNormsError, ConfigError, ManifestError, MediaError
-        print(f"eval/state_norms.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+# main(argv): exit status 0 done, or 2 with one line on stderr on bad input
+# (StateNormsError, ConfigError, ManifestError, MediaError are ValueErrors)
+main = exits_2_on("eval/state_norms.py: error", ValueError, FileNotFoundError)(run)
 
 
 if __name__ == "__main__":

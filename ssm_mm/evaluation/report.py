@@ -290,6 +290,18 @@ def _runs(ticks: list[int]) -> list[tuple[int, int, int]]:
     return out
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """Lay ``fig`` out tightly, write it to ``path`` (90 dpi, format from the suffix), close it
+    (pyplot keeps every open figure alive); returns the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def plot_timeline(
     path: str | Path,
     title: str,
@@ -358,11 +370,7 @@ def plot_timeline(
         plt.Line2D([], [], marker="o", mfc="none", mec="red", ls="none", label="answer wrong"),
     ]
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_sweep(
@@ -401,11 +409,7 @@ def plot_sweep(
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_age(path: str | Path, model: str, curves: dict[str, dict]) -> Path:
@@ -432,11 +436,7 @@ def plot_age(path: str | Path, model: str, curves: dict[str, dict]) -> Path:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"{model}: accuracy by stream age", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _grouped_bars(
@@ -463,11 +463,7 @@ def _grouped_bars(
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_compare(path: str | Path, dataset: str, per_model: dict[str, dict[str, float]]) -> Path:
