@@ -31,8 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchutil import (  # noqa: E402
-    BASELINE_CONFIG,
-    DEFAULT_CONFIG,
+    HYBRID_AND_BASELINE,
     AVWorldSource,
     build_model,
     machine_info,
@@ -43,7 +42,6 @@ from benchutil import (  # noqa: E402
     write_json,
 )
 
-MODELS = {"hybrid": DEFAULT_CONFIG, "transformer": BASELINE_CONFIG}
 GROWTH_TARGET = 0.01
 
 
@@ -51,8 +49,8 @@ def stream_child(name: str, minutes: list[float], budget_s: float, threads: int)
     """Stream one model's session up to ``max(minutes)`` (or until ``budget_s``); record every minute
     and at each of ``minutes``."""
     set_threads(threads)
-    model = build_model(MODELS[name], seed=0)
-    source = AVWorldSource(fps=model.features.fps, tick_seconds=model.features.tick_seconds)
+    model = build_model(HYBRID_AND_BASELINE[name], seed=0)
+    source = AVWorldSource.for_model(model)
     tau = source.tau
     ticks_per_min = round(60.0 / tau)
     marks = {max(1, round(m * 60.0 / tau)) for m in minutes}
@@ -147,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--max-load", type=float, default=1.5, help="wait for this 1-min load average first")
     ap.add_argument("--quick", action="store_true", help="a few seconds of stream (smoke test)")
-    ap.add_argument("--child", choices=sorted(MODELS), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=sorted(HYBRID_AND_BASELINE), help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench_memory.json"))
     args = ap.parse_args(argv)
@@ -159,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.minutes, args.max_load = [0.025, 0.05, 0.1], 1e9  # 3, 6 and 12 ticks
     load = wait_for_low_load(args.max_load)
     results = {}
-    for name in MODELS:
+    for name in HYBRID_AND_BASELINE:
         run = run_child(name, args)
         lo, hi = f"{min(args.minutes):g}", f"{max(args.minutes):g}"
         mem, rss = at_minutes(run, args.minutes, "memory_bytes"), at_minutes(run, args.minutes, "rss_bytes")

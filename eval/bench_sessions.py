@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.max_load = 1e9
     load = wait_for_low_load(args.max_load)
     model = build_model(args.config, seed=0).to(args.device)
-    source = AVWorldSource(fps=model.features.fps, tick_seconds=model.features.tick_seconds)
+    source = AVWorldSource.for_model(model)
     tau = source.tau
     by_threads = []
     print(f"{'threads':>7} {'N':>5} " + _cells(None, "batched") + " " + _cells(None, "one by one"))

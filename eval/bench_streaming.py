@@ -35,8 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchutil import (  # noqa: E402
-    BASELINE_CONFIG,
-    DEFAULT_CONFIG,
+    HYBRID_AND_BASELINE,
     AVWorldSource,
     build_model,
     machine_info,
@@ -46,7 +45,6 @@ from benchutil import (  # noqa: E402
     write_json,
 )
 
-MODELS = {"hybrid": DEFAULT_CONFIG, "transformer": BASELINE_CONFIG}
 TICK_BUDGET_FRAC = 0.1  # SPEC §9: p99 tick latency <= 1/10 of a tick
 
 
@@ -73,7 +71,7 @@ class ForwardTimer:
 
 def load_models(args) -> tuple[dict[str, torch.nn.Module], dict[str, str]]:
     """The models, and where each one's weights come from."""
-    models = {name: build_model(path, seed=0) for name, path in MODELS.items()}
+    models = {name: build_model(path, seed=0) for name, path in HYBRID_AND_BASELINE.items()}
     weights = dict.fromkeys(models, "random init (seed 0)")
     if args.model:
         from ssm_mm.models.multimodal import MultimodalSSM
@@ -175,9 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     load = wait_for_low_load(args.max_load)
     models, weights = load_models(args)
     thresholds = {name: args.speak_threshold if args.model and name == "hybrid" else 1.0 for name in models}
-    source = AVWorldSource(
-        fps=models["hybrid"].features.fps, tick_seconds=models["hybrid"].features.tick_seconds
-    )
+    source = AVWorldSource.for_model(models["hybrid"])
     res = stream_lockstep(models, thresholds, source, args)
     sessions = res.pop("_sessions")
     max_tok = sessions["hybrid"].options.max_answer_tokens

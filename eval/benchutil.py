@@ -133,6 +133,8 @@ def percentiles(times: list[float], qs: tuple[float, ...] = (0.5, 0.9, 0.99)) ->
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
 BASELINE_CONFIG = REPO / "configs" / "baseline_transformer.yaml"
+# the pair the streaming benchmarks measure side by side: name -> config
+HYBRID_AND_BASELINE = {"hybrid": DEFAULT_CONFIG, "transformer": BASELINE_CONFIG}
 
 
 def avworld_labels(classes: int = 4) -> list[str]:
@@ -219,6 +221,12 @@ class AVWorldSource:
         self.samples_per_tick = round(tick_seconds * sample_rate)
         if abs(self.samples_per_tick - tick_seconds * sample_rate) > 1e-9 or n % self.samples_per_tick:
             raise ValueError("AVWorldSource: a tick and the scene must hold whole numbers of samples/ticks")
+
+    @classmethod
+    def for_model(cls, model, **kwargs) -> AVWorldSource:
+        """A source at ``model``'s frame rate and tick length (``kwargs``: the other constructor
+        arguments)."""
+        return cls(fps=model.features.fps, tick_seconds=model.features.tick_seconds, **kwargs)
 
     def _last_frame(self, k: int) -> int:
         """Index of the first frame of tick ``k + 1`` (the smallest j with j / fps > (k+1)·τ)."""
