@@ -397,17 +397,17 @@ class AudioFeaturizer:
 # ------------------------------------------------------------------------------------------- video
 
 
-def _as_frames(frames) -> Tensor:
+def as_frames(frames, error: type[ValueError] = ValueError) -> Tensor:
+    """(T, H, W, 3) uint8 numpy/torch -> the same frames as a CPU tensor; ``error`` (a ValueError
+    class: the streaming session passes its own) with a one-line message naming what is wrong."""
     if isinstance(frames, np.ndarray):
         frames = torch.from_numpy(np.ascontiguousarray(frames))
     if not isinstance(frames, Tensor):
-        raise ValueError(f"video frames must be a numpy array or torch tensor, got {type(frames).__name__}")
+        raise error(f"video frames must be a numpy array or torch tensor, got {type(frames).__name__}")
     if frames.dtype != torch.uint8:
-        raise ValueError(f"video frames must be uint8 RGB, got dtype {frames.dtype}")
+        raise error(f"video frames must be uint8 RGB, got dtype {frames.dtype}")
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[1] == 0 or frames.shape[2] == 0:
-        raise ValueError(
-            f"video frames must have shape (T, H, W, 3) with H, W > 0, got {tuple(frames.shape)}"
-        )
+        raise error(f"video frames must have shape (T, H, W, 3) with H, W > 0, got {tuple(frames.shape)}")
     return frames.detach().cpu()
 
 
@@ -444,7 +444,7 @@ class VideoFeaturizer:
         self.cfg = cfg
 
     def __call__(self, frames, timestamps, t0: float = 0.0) -> tuple[Tensor, Tensor]:
-        x = _as_frames(frames)
+        x = as_frames(frames)
         ts = _as_times(timestamps, x.shape[0], "video timestamps")
         s = self.cfg.frame_size
         out = torch.empty(x.shape[0], 3, s, s, dtype=torch.float32)  # (T, 3, S, S)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ssm_mm.data import featurize
 from ssm_mm.streaming.records import StreamingError
 
 # Channels a (C, N) audio push may have; more means (N, C) was probably passed.
@@ -75,20 +76,8 @@ def as_time(t, what: str) -> float:
 
 
 def as_frames(frames) -> Tensor:
-    """(T, H, W, 3) uint8 numpy/torch -> the same frames as a CPU tensor."""
-    if isinstance(frames, np.ndarray):
-        frames = torch.from_numpy(np.ascontiguousarray(frames))
-    if not isinstance(frames, Tensor):
-        raise StreamingError(
-            f"video frames must be a numpy array or torch tensor, got {type(frames).__name__}"
-        )
-    if frames.dtype != torch.uint8:
-        raise StreamingError(f"video frames must be uint8 RGB, got dtype {frames.dtype}")
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[1] == 0 or frames.shape[2] == 0:
-        raise StreamingError(
-            f"video frames must have shape (T, H, W, 3) with H, W > 0, got {tuple(frames.shape)}"
-        )
-    return frames.detach().cpu()
+    """(T, H, W, 3) uint8 numpy/torch -> the same frames as a CPU tensor (the featurizer's checks)."""
+    return featurize.as_frames(frames, StreamingError)
 
 
 def as_timestamps(timestamps, n: int) -> Tensor:
