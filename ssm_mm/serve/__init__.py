@@ -19,7 +19,7 @@ Client -> server
           ``{"type": "video", "t", "format": "rgb", "width", "height"}`` (W·H·3 bytes), or
           ``{"type": "audio", "t0", "rate", "format": "f32"|"s16", "channels"}`` (interleaved PCM, any
           rate; the session resamples). Times are seconds on the stream clock, non-decreasing.
-  text   ``{"type": "ask", "id": 7, "text": "how many times did the bell ring?", "t": 12.3}``: asked at
+  text   ``{"type": "ask", "id": 7, "text": "how many times did the dog bark?", "t": 12.3}``: asked at
           the end of the tick holding ``t`` (default: the latest media received); an ``id`` is asked once
           (sending it again after a resume is harmless).
   text   ``{"type": "close"}``: the stream ended (the last partial tick is flushed).

@@ -1,7 +1,7 @@
 """A Python client that streams a media file to an ``ssm_mm.serve`` server (tests, load benchmark).
 
     from ssm_mm.serve import Client
-    res = Client("ws://127.0.0.1:8765/ws").stream("clip.mp4", [(3.0, "how many times did the bell ring?")],
+    res = Client("ws://127.0.0.1:8765/ws").stream("clip.mp4", [(3.0, "how many times did the dog bark?")],
                                                   realtime=True)
     res.labels, res.responses, res.answers, res.errors, res.latency
 
