@@ -827,8 +827,12 @@ class Server:
         oldest = self._push(live, cut)
         did |= oldest is not None
         if q is not None and s.time < q.placed - _TIME_EPS:
-            with self._lock:
-                have = {"video": bool(live.video), "audio": bool(live.audio)}
+            with self._lock:  # queued media that starts at or after the cut (media before it can be
+                # held back, e.g. behind a question the worker has not taken yet: it must go in first)
+                have = {
+                    "video": bool(live.video) and live.video[0][0].t >= cut,
+                    "audio": bool(live.audio) and live.audio[0][0].t0 >= cut - 0.5 / live.audio[0][0].rate,
+                }
             if all(have[m] for m in s.modalities):  # nothing before the cut can still arrive
                 self._guard(live, lambda: s.advance_to(cut))
                 did = True
