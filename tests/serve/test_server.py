@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from serve_helpers import QUESTIONS, THRESHOLD, assert_same, reference
 
-from ssm_mm.serve import Client, ServeError
-from ssm_mm.serve.protocol import decode_jpeg, encode_jpeg
+from ssm_mm.serve import Client, Server, ServeError
+from ssm_mm.serve.protocol import AudioMessage, VideoMessage, decode_jpeg, encode_jpeg
+from ssm_mm.serve.server import _Live, _Question
 
 
 def test_two_concurrent_streams_equal_in_process_sessions(make_server, model, media):
@@ -105,3 +106,41 @@ def test_unknown_session_is_refused(make_server, media):
     with pytest.raises(ServeError) as e:
         Client(srv.ws_url).stream(media[0], session="0123456789abcdef")
     assert e.value.code == "unknown_session"
+
+
+def test_media_held_behind_an_untaken_question_is_not_skipped_by_the_cut(model):
+    """Worker-level race (found by a CI run): a question and then media can arrive while the worker
+    is inside a round, after it took the questions; that media waits behind the untaken question and
+    may start *before* the pending question's cut, so the cut (``advance_to``) must wait for it
+    instead of declaring that stretch silent, which made the session refuse the held audio ('audio
+    must not go backwards')."""
+    server = Server(model)
+    s = model.stream()
+    live = _Live(sid="x", session=s)
+    rate = 16000
+    # the worker has taken one question, asked at the end of the tick holding t=1.2 (cut 1.501 s)
+    live.questions.append(_Question(placed=1.5, t=1.2, qid=1, text="what is on screen now?"))
+    live.asks_taken = live.asks_received = 1
+    frame = np.zeros((64, 64, 3), np.uint8)
+    for k in range(8):  # 0 .. 1.75 s of video and 1 s of audio, queued before the round
+        live.video.append((VideoMessage(t=k * 0.25, rgb=frame), 0.0, 1))
+    live.audio.append((AudioMessage(0.0, rate, np.zeros(rate, np.float32)), 0.0, 1))
+    push = server._push
+
+    def push_while_a_question_and_audio_arrive(live_, cut):
+        with server._lock:  # the event loop, mid-round: a second question, then audio 1 .. 2 s
+            live_.asks_received = 2
+            live_.audio.append((AudioMessage(1.0, rate, np.zeros(rate, np.float32)), 0.0, 2))
+        server._push = push
+        return push(live_, cut)
+
+    server._push = push_while_a_question_and_audio_arrive
+    errors = []
+    server._post = lambda _live, messages, end=False: errors.extend(
+        m for m in messages if m["type"] == "error"
+    )
+    server._ingest(live)
+    assert s.time < 1.5  # the cut waited for the held audio, which starts before it
+    server._ingest(live)  # the next round takes the question and the held audio, then cuts
+    assert not errors, errors
+    assert s.time == 1.5 and live.audio_end == 1.501
