@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from serve_helpers import QUESTIONS, THRESHOLD, assert_same, reference
 
-from ssm_mm.serve import Client, Server, ServeError
+from ssm_mm.serve import Client, ServeError, Server
 from ssm_mm.serve.protocol import AudioMessage, VideoMessage, decode_jpeg, encode_jpeg
 from ssm_mm.serve.server import _Live, _Question
 
