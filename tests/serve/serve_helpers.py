@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+
 import numpy as np
 
 from ssm_mm.streaming.drive import Question, drive
@@ -30,3 +34,27 @@ def assert_same(res, ref) -> None:
     assert [(a["t"], a["text"]) for a in answers] == [(a.asked_at, a.answer) for a in ref.answers]
     assert res.errors == []
     assert res.closed is not None and res.closed["ticks"] == ref.ticks
+
+
+def start_server(model_dir, snap_dir, *extra: str) -> tuple[subprocess.Popen, str]:
+    """``python -m ssm_mm.serve MODEL --port 0 --snapshot-dir SNAP ...`` in a child process; returns it
+    and the WebSocket URL read from its "open http://127.0.0.1:PORT/" line."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "ssm_mm.serve",
+        str(model_dir),
+        "--port",
+        "0",
+        "--snapshot-dir",
+        str(snap_dir),
+    ]
+    p = subprocess.Popen([*cmd, *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for _ in range(5):  # the model and serving lines come first unless --quiet
+        lines.append(p.stdout.readline())
+        m = re.match(r"open (http://[\d.]+:\d+/)", lines[-1])
+        if m:
+            return p, m.group(1).replace("http://", "ws://") + "ws"
+    p.kill()
+    raise AssertionError((lines, p.stderr.read()))

@@ -3,13 +3,12 @@ session snapshots it and exits 75 (resumable)."""
 
 from __future__ import annotations
 
-import re
 import signal
 import socket
 import subprocess
 import sys
 
-from serve_helpers import QUESTIONS, THRESHOLD
+from serve_helpers import QUESTIONS, THRESHOLD, start_server
 
 from ssm_mm.serve import Client
 
@@ -35,23 +34,9 @@ def test_bad_input_exits_2_with_one_line(tmp_path, model):
 
 def test_sigterm_snapshots_open_sessions_and_exits_75(tmp_path, model, media):
     model_dir = model.save_pretrained(tmp_path / "model")
-    cmd = [
-        sys.executable,
-        "-m",
-        "ssm_mm.serve",
-        str(model_dir),
-        "--port",
-        "0",
-        "--snapshot-dir",
-        str(tmp_path / "s"),
-    ]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p, url = start_server(model_dir, tmp_path / "s")
     try:
-        lines = [p.stdout.readline() for _ in range(3)]
-        url = re.search(r"open (http://\S+)", "".join(lines)).group(1)
-        res = Client(url.replace("http://", "ws://") + "ws").stream(
-            media[0], QUESTIONS, stop_after=2.0, options={"speak_threshold": THRESHOLD}
-        )
+        res = Client(url).stream(media[0], QUESTIONS, stop_after=2.0, options={"speak_threshold": THRESHOLD})
         p.send_signal(signal.SIGTERM)
         out, _ = p.communicate(timeout=30)
     finally:

@@ -3,42 +3,20 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
-import subprocess
-import sys
 import time
 
 import torch
-from serve_helpers import QUESTIONS, THRESHOLD, assert_same, reference
+from serve_helpers import QUESTIONS, THRESHOLD, assert_same, reference, start_server
 
 from ssm_mm.serve import Client
-
-
-def _start(model_dir, snap_dir) -> tuple[subprocess.Popen, str]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "ssm_mm.serve",
-        str(model_dir),
-        "--port",
-        "0",
-        "--snapshot-dir",
-        str(snap_dir),
-    ]
-    cmd += ["--snapshot-every", "1.0", "--quiet"]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = p.stdout.readline()  # "open http://127.0.0.1:PORT/"
-    m = re.match(r"open (http://[\d.]+:\d+/)", line)
-    assert m, (line, p.stderr.read() if p.poll() is not None else "")
-    return p, m.group(1).replace("http://", "ws://") + "ws"
 
 
 def test_kill9_and_restart_resume_from_the_last_snapshot(model, media, tmp_path):
     model_dir = model.save_pretrained(tmp_path / "model")
     snaps = tmp_path / "snapshots"
     m = media[0]
-    proc, url = _start(model_dir, snaps)
+    proc, url = start_server(model_dir, snaps, "--snapshot-every", "1.0", "--quiet")
     try:
         first = Client(url).stream(m, QUESTIONS, stop_after=3.2, options={"speak_threshold": THRESHOLD})
         path = snaps / f"{first.session}.pt"
@@ -55,7 +33,7 @@ def test_kill9_and_restart_resume_from_the_last_snapshot(model, media, tmp_path)
     snap = torch.load(path, weights_only=True)
     at_kill = model.stream(state=snap["state"])
     seen = {k: dict(v) for k, v in first.labels.items()}
-    proc, url = _start(model_dir, snaps)
+    proc, url = start_server(model_dir, snaps, "--snapshot-every", "1.0", "--quiet")
     try:
         res = Client(url).stream(m, QUESTIONS, session=first.session, result=first)
     finally:
