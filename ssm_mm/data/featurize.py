@@ -310,6 +310,12 @@ def audio_token_times(cfg: FeaturizerConfig, t0: float, first: int, n: int) -> T
     return float(t0) + ends / cfg.sample_rate
 
 
+def audio_token_time(cfg: FeaturizerConfig, t0: float, k: int) -> float:
+    """``audio_token_times(cfg, t0, k, 1)[0]`` as a Python float, without a tensor: the same float64
+    operations on the same exact integers, so the same bits."""
+    return float(t0) + ((int(k) + 1) * cfg.samples_per_token) / cfg.sample_rate
+
+
 class AudioFeaturizer:
     """Causal log-mel audio tokens; the same function for a whole file and for a live stream.
 

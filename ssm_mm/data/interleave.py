@@ -91,6 +91,12 @@ def tick_of(t_rel, tick_seconds: float) -> Tensor:
     return (torch.ceil(t / tick_seconds - _TICK_EPS) - 1).clamp(min=0).to(torch.int64)
 
 
+def tick_index(t_rel: float, tick_seconds: float) -> int:
+    """:func:`tick_of` of one time as a Python int, without a tensor (the same float64 operations, so
+    the same index): the streaming session asks this of every session every serving round."""
+    return max(0, math.ceil(float(t_rel) / tick_seconds - _TICK_EPS) - 1)
+
+
 def tick_end_time(k: int, tick_seconds: float, t0: float = 0.0) -> float:
     """Stream-clock time of the end of tick ``k``, ``t0 + (k+1)·τ`` (where text of tick k goes)."""
     return float(t0) + (int(k) + 1) * tick_seconds

@@ -123,9 +123,9 @@ from ssm_mm.data.featurize import (
     AudioFeaturizerState,
     FeaturizerConfig,
     VideoFeaturizer,
-    audio_token_times,
+    audio_token_time,
 )
-from ssm_mm.data.interleave import TEXT, interleave, tick_end_time, tick_of
+from ssm_mm.data.interleave import TEXT, interleave, tick_end_time, tick_index, tick_of
 from ssm_mm.media.resampler import ResampleRateError, ResamplerState, StreamingResampler
 from ssm_mm.state import BackboneState, ModelState
 from ssm_mm.streaming.batched import TickResult, TickWork, step_round, step_sessions
@@ -571,7 +571,7 @@ class StreamingSession:
             last = st.next_tick - 1
             for times in (st.video_times, st.audio_times):
                 if times.shape[0]:
-                    last = max(last, int(tick_of(float(times[-1]) - self.t0, self.tau)))
+                    last = max(last, tick_index(float(times[-1]) - self.t0, self.tau))
             st.end_tick = last + 1
             self._advance(force=True)
             st = self._st
@@ -944,12 +944,12 @@ class StreamingSession:
         """First tick that ``modality`` has not completed (ticks before it have all their media)."""
         st = self._st
         if modality == "video":
-            return 0 if st.video_until == -math.inf else int(tick_of(st.video_until - self.t0, self.tau))
+            return 0 if st.video_until == -math.inf else tick_index(st.video_until - self.t0, self.tau)
         if st.audio_t0 is None:
-            return 0 if st.audio_until == -math.inf else int(tick_of(st.audio_until - self.t0, self.tau))
+            return 0 if st.audio_until == -math.inf else tick_index(st.audio_until - self.t0, self.tau)
         n_tok = st.featurizer.n_samples // self.cfg.samples_per_token
-        t_next = float(audio_token_times(self.cfg, st.audio_t0, n_tok, 1)[0])  # the next token's time
-        return int(tick_of(t_next - self.t0, self.tau))
+        t_next = audio_token_time(self.cfg, st.audio_t0, n_tok)  # the next token's time
+        return tick_index(t_next - self.t0, self.tau)
 
     def _complete_until(self) -> int:
         """Ticks ``< this`` are complete."""
@@ -1025,7 +1025,7 @@ class StreamingSession:
         end = self._complete_until()
         for times in (st.video_times, st.audio_times):
             if times.shape[0]:
-                end = min(end, int(tick_of(float(times[0]) - self.t0, self.tau)))
+                end = min(end, tick_index(float(times[0]) - self.t0, self.tau))
         end = max(end, k + 1)
         cap = self.options.max_pending
         first = max(k, end - cap)  # ticks before it would be dropped by the cap anyway

@@ -29,6 +29,7 @@ from ssm_mm.data.interleave import (
     tick_event_counts,
     tick_event_labels,
     tick_first_ranks,
+    tick_index,
     tick_of,
     tick_recall_times,
     tick_recall_values,
@@ -115,6 +116,24 @@ def test_tick_membership():
     rel = (t0 + torch.tensor([0.5, 1.0, 7.5], dtype=torch.float64)) - t0
     assert tick_of(rel, 0.5).tolist() == [0, 1, 14]
     assert num_ticks(30.0, 0.5) == 60 and num_ticks(30.2, 0.5) == 61 and num_ticks(0.0, 0.5) == 1
+
+
+def test_scalar_twins_equal_the_tensor_formulas():
+    """tick_index / audio_token_time (the serving hot path) give exactly tick_of / audio_token_times,
+    boundaries, the ε below them, huge clocks and every token count included."""
+    from ssm_mm.data.featurize import audio_token_time, audio_token_times
+
+    g = np.random.default_rng(0)
+    for tau in (0.5, 0.25, 1 / 3, 2.0):
+        k = g.integers(0, 10**6, 500)
+        near = [k * tau, k * tau + 1e-7 * tau, k * tau - 1e-7]
+        t = np.concatenate([*near, g.uniform(0, 1e9, 500), [0.0, -1.0]])
+        assert [tick_index(x, tau) for x in t] == tick_of(torch.from_numpy(t), tau).tolist()
+    for cfg in (CFG, FeaturizerConfig(sample_rate=22050, hop=147, audio_token_seconds=0.02)):
+        for t0 in (0.0, 1.7e9 + 0.123, -3.5):
+            n = g.integers(0, 10**8, 200)
+            ref = [float(audio_token_times(cfg, t0, int(i), 1)[0]) for i in n]
+            assert [audio_token_time(cfg, t0, int(i)) for i in n] == ref
 
 
 def test_text_placement():
