@@ -17,11 +17,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
@@ -114,6 +116,21 @@ def _world_configs() -> dict[str, Any]:
 
 
 @dataclass
+class CurriculumConfig:
+    """A length curriculum over the training windows (``ssm_mm.training.schedule.SlotSchedule``).
+
+    Stage ``i`` runs up to optimizer step ``steps[i]`` (exclusive; the last stage to the end of the
+    run). During stage ``i`` a batch slot walks at most ``ceil(max_seconds[i] / data.window_seconds)``
+    windows of a stream (its first ones), then starts its next stream from a fresh state; 0 = no cap.
+    The default, one stage without a cap, is off. E.g. 30-s pieces for 200 steps, 2 minutes until
+    step 500, then whole streams: ``data.curriculum.steps=[200,500] data.curriculum.max_seconds=[30,120,0]``.
+    """
+
+    steps: list[int] = field(default_factory=list)  # ascending stage ends, in optimizer steps
+    max_seconds: list[float] = field(default_factory=lambda: [0.0])  # len(steps) + 1; 0 = whole streams
+
+
+@dataclass
 class DataConfig:
     manifest: str | None = None  # a §4 JSONL file; None = the world ``world`` generated into cache_dir
     val_manifest: str | None = None
@@ -128,6 +145,17 @@ class DataConfig:
     # data.<name> sections are read as data.worlds.<name>.
     world: str = field(default_factory=_default_world)
     worlds: dict[str, Any] = field(default_factory=_world_configs)
+    # Extra training sources mixed into the main one (``manifest``, else the world ``world``): their
+    # streams join the main source's in one training set, shuffled together (a batch mixes them),
+    # with the union of their event labels; validation, and the training length T of eval.lengths,
+    # stay the main source's. An entry is a manifest path (relative to the working directory, like
+    # ``manifest``) or a mapping of world knobs: the config data.worlds.<world> with those knobs
+    # replaced, generated into cache_dir like the main world (its "train" split). Without a ``world``
+    # key the knobs are the run's own world's (data.world), which must then be the main source
+    # (``manifest`` null); to mix a world into a manifest's streams (or mix another world) name it.
+    #   data.mix=[extra.jsonl]   'data.mix=[{seconds:120,streams:32}]'   'data.mix=[{world:avworld}]'
+    mix: list[Any] = field(default_factory=list)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
 
 
 @dataclass
@@ -202,7 +230,8 @@ class EvalConfig:
     # Long streams (ssm_mm.evaluation.long): scores at these multiples of the training length T (1 = the
     # evaluated streams themselves), on long_streams held-out streams per multiple (the world's, else
     # the evaluated manifest's streams joined end to end); scores by stream age in bins of age_bin
-    # seconds (0 = T)
+    # seconds (0 = T). T is the main training source's stream length (the world's, else the evaluated
+    # manifest's median duration): streams mixed in by data.mix do not change it
     lengths: list[float] = field(default_factory=lambda: [1.0, 10.0])
     long_streams: int = 4
     age_bin: float = 0.0
@@ -317,10 +346,7 @@ def load_config(
             raise ConfigError(f"override '{item}' is not of the form key=value")
         key = item.split("=", 1)[0].strip()
         item = upgrade_key(key) + "=" + item.split("=", 1)[1]
-        try:
-            dot = OmegaConf.from_dotlist([item])
-        except OmegaConfBaseException as e:
-            raise ConfigError(f"override '{item}': {e}") from None
+        dot = _parse_override(item)
         cfg = _merge(cfg, dot, f"override '{key}'")
     for name in cfg.data.worlds:  # each world's own checks, named by its section
         try:
@@ -337,6 +363,39 @@ def load_config(
         raise ConfigError(f"config: {e}") from None
     validate_config(obj)
     return obj
+
+
+def _parse_override(item: str) -> DictConfig:
+    """One ``key=value`` override as a config; a value typed as ``{seconds:120}`` (no space after the
+    colon, which YAML reads as one key ``"seconds:120"`` or refuses when nested) is read as the
+    mapping ``{seconds: 120}`` that was meant. ConfigError when the value is not valid YAML."""
+    try:
+        dot, err = OmegaConf.from_dotlist([item]), None
+    except (OmegaConfBaseException, yaml.YAMLError) as e:
+        dot, err = None, e
+    if err is not None or _glued_keys(OmegaConf.to_container(dot)):
+        try:
+            return OmegaConf.from_dotlist([_unglue(item)])
+        except (OmegaConfBaseException, yaml.YAMLError):
+            pass
+    if err is not None:
+        raise ConfigError(f"override '{item}': {' '.join(str(err).split())}") from None
+    return dot
+
+
+def _glued_keys(node: Any) -> bool:
+    """Whether a parsed override holds a mapping key like ``"seconds:120"`` with no value: YAML reads
+    ``{seconds:120}`` (no space after the colon, as one types on a command line) as that one key."""
+    if isinstance(node, dict):
+        return any((isinstance(k, str) and ":" in k and v is None) or _glued_keys(v) for k, v in node.items())
+    return isinstance(node, list) and any(_glued_keys(v) for v in node)
+
+
+def _unglue(item: str) -> str:
+    """``key=[{a:1,b:x}]`` as ``key=[{a: 1,b: x}]``: a space after each colon that follows a word,
+    a closing bracket or a quote, except before a slash or backslash (``C:/x``, ``s3://x`` stay)."""
+    key, value = item.split("=", 1)
+    return key + "=" + re.sub(r"(?<=[\w\]\}\"'])\:(?=[^\s/\\])", ": ", value)
 
 
 # Allowed range of every numeric field of the sections above (lo, hi; None = unbounded; a
@@ -368,6 +427,8 @@ RANGES: dict[str, tuple[str, float | None, float | None, str]] = {
     "model.temporal.rate_max": ("(", 0, None, ")"),
     "data.window_seconds": ("(", 0, None, ")"),
     "data.num_workers": ("[", 0, None, ")"),
+    "data.curriculum.steps": ("[", 1, None, ")"),  # optimizer steps; ascending (validate_config)
+    "data.curriculum.max_seconds": ("[", 0, None, ")"),  # 0 = no cap
     "train.seed": ("[", 0, 2**63 - 1, "]"),
     "train.max_steps": ("[", 1, None, ")"),
     "train.batch_size": ("[", 1, None, ")"),
@@ -480,6 +541,8 @@ def validate_config(cfg: Config) -> None:
     if cfg.train.parallel not in ("ddp", "fsdp"):
         raise ConfigError(f"train.parallel='{cfg.train.parallel}': expected ddp | fsdp")
     _check_worlds(cfg.data)
+    _check_curriculum(cfg.data.curriculum)
+    mix_sources(cfg.data)
     if cfg.data.on_error not in ("raise", "skip"):
         raise ConfigError(f"data.on_error='{cfg.data.on_error}': expected raise | skip")
     if cfg.logging.wandb.mode not in ("auto", "online", "offline", "disabled"):
@@ -513,6 +576,73 @@ def _check_worlds(d: DataConfig) -> None:
             worlds.get(name)
         except KeyError as e:
             raise ConfigError(f"{where}: {e.args[0]}") from None
+
+
+def _check_curriculum(c: CurriculumConfig) -> None:
+    """Stage ends ascending, one ``max_seconds`` per stage (ranges: :data:`RANGES`)."""
+    if any(b <= a for a, b in zip(c.steps, c.steps[1:])):
+        raise ConfigError(f"data.curriculum.steps={c.steps}: stage ends must be strictly ascending")
+    if len(c.max_seconds) != len(c.steps) + 1:
+        n = len(c.max_seconds)
+        raise ConfigError(
+            f"data.curriculum.max_seconds={c.max_seconds} has {n} entr{'y' if n == 1 else 'ies'}; "
+            f"data.curriculum.steps={c.steps} makes {len(c.steps) + 1} stages, one entry each (0 = no cap)"
+        )
+
+
+@dataclass(frozen=True)
+class MixSource:
+    """One entry of ``data.mix``, resolved (:func:`mix_sources`): a manifest, or a world's config."""
+
+    where: str  # "data.mix[i]", for messages
+    manifest: str | None = None  # a manifest path; None for a world
+    world: str | None = None  # the registered world's name
+    world_config: Any = None  # its config (the world's config dataclass)
+
+
+def mix_sources(d: DataConfig, *, check_files: bool = False) -> list[MixSource]:
+    """``d.mix`` resolved (the rules in :class:`DataConfig`'s comment): :class:`ConfigError` naming
+    ``data.mix[i]`` and what is wrong with it (not a path nor a mapping, an unknown world or knob, a
+    bad knob value, world knobs while ``data.manifest`` is the main source, and with ``check_files``
+    a manifest file that does not exist). Generates nothing."""
+    from ssm_mm import worlds
+
+    out = []
+    for i, entry in enumerate(d.mix):
+        where = f"data.mix[{i}]"
+        if isinstance(entry, str):
+            if not entry.strip():
+                raise ConfigError(f"{where}: an empty manifest path")
+            if check_files and not Path(entry).is_file():
+                raise ConfigError(f"{where}: manifest file not found: {entry}")
+            out.append(MixSource(where, manifest=entry))
+            continue
+        if not isinstance(entry, dict):
+            raise ConfigError(
+                f"{where}={entry!r}: expected a manifest path or a mapping of world knobs "
+                "(e.g. {seconds: 120, streams: 32})"
+            )
+        knobs = dict(entry)
+        name = knobs.pop("world", None)
+        if name is None:
+            if d.manifest is not None:
+                raise ConfigError(
+                    f"{where}={entry}: world knobs without a world while the main source is "
+                    f"data.manifest={d.manifest}; name the world to mix in, e.g. "
+                    f"{{world: {d.world}, {', '.join(f'{k}: {v}' for k, v in knobs.items())}}}"
+                )
+            name = d.world
+        try:
+            world = worlds.get(name)
+        except KeyError as e:
+            raise ConfigError(f"{where}.world: {e.args[0]}") from None
+        base = (d.worlds or {}).get(world.name)
+        try:
+            cfg = world.with_knobs(world.config() if base is None else base, knobs)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+        out.append(MixSource(where, world=world.name, world_config=cfg))
+    return out
 
 
 def _upgrade(loaded: DictConfig) -> DictConfig:

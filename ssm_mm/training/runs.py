@@ -90,13 +90,26 @@ def _may_change(key: str) -> bool:
     return False
 
 
+# Resume-relevant keys added since runs were started (a trailing "." = the whole section); a view
+# without them reads them at their defaults, which keep the behaviour from before they existed.
+ADDED_KEYS = ("data.mix", "data.curriculum.")
+
+
 def upgrade_view(old: dict[str, Any]) -> dict[str, Any]:
     """A resume view written before worlds were plugins, in today's keys: ``data.<world>.knob`` read as
     ``data.worlds.<world>.knob``, and the keys that change added then (``data.world``, a world's knobs
-    that were not in the config yet) at their defaults, so such a run resumes as it was."""
+    that were not in the config yet) at their defaults, so such a run resumes as it was. Keys of
+    :data:`ADDED_KEYS` it lacks are read at their defaults too."""
     from ssm_mm import worlds
     from ssm_mm.config import Config, to_dict, upgrade_key
 
+    added = {
+        k: v
+        for k, v in resume_view(to_dict(Config())).items()
+        if k not in old and any(k == a or (a.endswith(".") and k.startswith(a)) for a in ADDED_KEYS)
+    }
+    if added:
+        old = dict(sorted({**old, **added}.items()))
     if not any(k.split(".")[:2] == ["data", n] for k in old for n in worlds.names()):
         return old
     out = {upgrade_key(k): v for k, v in old.items()}

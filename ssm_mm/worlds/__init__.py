@@ -20,9 +20,14 @@ at load, and its ``__post_init__`` checks the values). Register your own from yo
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 __all__ = ["World", "register", "get", "names", "DEFAULT", "default_configs", "selected"]
 
@@ -46,6 +51,22 @@ class World:
         """The manifest of ``split`` ("train" | "val") of the world ``cfg``, generated into
         ``cache_dir`` on first use and reused afterwards (same config -> same dataset)."""
         raise NotImplementedError
+
+    def with_knobs(self, cfg: Any, knobs: Mapping[str, Any]) -> Any:
+        """``cfg`` (this world's config) with ``knobs`` replaced, typed and checked as the section
+        ``data.worlds.<name>`` is: ValueError naming an unknown knob (and the one likely meant), a
+        value of the wrong type, or a value the config's own checks refuse."""
+        valid = [f.name for f in dataclasses.fields(self.config)]
+        for key in knobs:
+            if key not in valid:
+                near = difflib.get_close_matches(str(key), valid, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                raise ValueError(f"unknown {self.name} knob {key!r}{hint}; valid: {', '.join(valid)}")
+        try:
+            return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cfg), dict(knobs)))
+        except OmegaConfBaseException as e:
+            key = getattr(e, "full_key", None) or "?"
+            raise ValueError(f"{self.name} knob {key}: {str(e).splitlines()[0]}") from None
 
     def labels(self, cfg: Any) -> list[str] | None:
         """The event labels a model trained on ``cfg`` pins, in order (``background`` excluded), or
