@@ -10,6 +10,12 @@ DataLoader workers can prefetch without owning any state.
 Data-parallel ranks split the slots: rank ``r`` of ``W`` owns slots ``[r·B/W, (r+1)·B/W)``, so a
 run on W ranks sees exactly the windows of a single-process run with the same global batch.
 
+A length curriculum (:class:`Curriculum`, ``data.curriculum``) caps how many windows of a stream a
+slot walks, by stage of training: during a stage with a cap of ``n`` windows a slot walks the first
+``n`` windows of each stream occurrence, then moves on to its next stream (``is_first``, a fresh
+state). The cap is a function of the micro-step, so the schedule stays a pure function of
+``(seed, step)``, and each slot's walk depends on its own slot only, so ranks still split slots.
+
 Per stream *occurrence* (one pass of one slot over one stream) the schedule also fixes a random
 clock offset (SPEC §6: train with random clock offsets so hour-long streams are in distribution) and
 an optional modality dropout; both are applied to the window by :class:`ScheduledWindows`.
@@ -17,7 +23,9 @@ an optional modality dropout; both are applied to the window by :class:`Schedule
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -34,6 +42,62 @@ class Item:
     occurrence: int  # global position of this stream pass in the endless stream sequence
 
 
+@dataclasses.dataclass(frozen=True)
+class Curriculum:
+    """Stages of training, each with a cap on the windows a slot walks per stream occurrence.
+
+    ends: ascending optimizer steps at which stages end (stage ``i`` covers optimizer steps
+        ``[ends[i-1], ends[i])``; the last stage runs to the end of training).
+    max_windows: one cap per stage (``len(ends) + 1``); 0 = no cap (whole streams).
+    micro_steps: micro-steps per optimizer step (``train.grad_accum``): micro-step ``m`` belongs to
+        optimizer step ``m // micro_steps``.
+    """
+
+    ends: tuple[int, ...] = ()
+    max_windows: tuple[int, ...] = (0,)
+    micro_steps: int = 1
+
+    def __post_init__(self):
+        if len(self.max_windows) != len(self.ends) + 1:
+            raise ValueError(f"Curriculum: {len(self.ends)} stage ends need {len(self.ends) + 1} caps")
+        if any(b <= a for a, b in zip(self.ends, self.ends[1:])) or any(e < 1 for e in self.ends):
+            raise ValueError(f"Curriculum: stage ends {self.ends} must be ascending and >= 1")
+        if any(n < 0 for n in self.max_windows) or self.micro_steps < 1:
+            raise ValueError(f"Curriculum: caps {self.max_windows} must be >= 0, micro_steps >= 1")
+
+    @classmethod
+    def from_config(cls, cfg, window_seconds: float, micro_steps: int = 1) -> Curriculum:
+        """From ``data.curriculum`` (:class:`ssm_mm.config.CurriculumConfig`): a cap of
+        ``max_seconds`` is ``ceil(max_seconds / window_seconds)`` windows (so a stream's first
+        ``max_seconds`` seconds are always covered)."""
+        return cls(
+            tuple(int(e) for e in cfg.steps),
+            tuple(windows_for(s, window_seconds) for s in cfg.max_seconds),
+            int(micro_steps),
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return any(self.max_windows)
+
+    def stage(self, optimizer_step: int) -> int:
+        """Index of the stage that optimizer step ``optimizer_step`` is in."""
+        return bisect.bisect_right(self.ends, optimizer_step)
+
+    def cap(self, micro_step: int) -> int:
+        """The cap (windows per occurrence, 0 = none) in force at micro-step ``micro_step``."""
+        return self.max_windows[self.stage(micro_step // self.micro_steps)]
+
+
+def windows_for(seconds: float, window_seconds: float) -> int:
+    """``ceil(seconds / window_seconds)`` windows (0 for 0 s), with float noise forgiven: 1.1 s of
+    0.1-s windows is 11 windows, not 12."""
+    if seconds <= 0:
+        return 0
+    q = seconds / window_seconds
+    return max(1, round(q) if abs(q - round(q)) <= 1e-9 * max(1.0, q) else math.ceil(q))
+
+
 class SlotSchedule:
     """Deterministic (stream, window) for every slot and micro-step.
 
@@ -42,15 +106,23 @@ class SlotSchedule:
         batch_size: global number of slots B.
         seed: permutation seed.
         rank, world: this process owns slots ``[rank·B/world, (rank+1)·B/world)``.
+        curriculum: caps on the windows walked per stream occurrence by stage (default: none).
     """
 
     def __init__(
-        self, windows_per_stream: Sequence[int], batch_size: int, seed: int, rank: int = 0, world: int = 1
+        self,
+        windows_per_stream: Sequence[int],
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world: int = 1,
+        curriculum: Curriculum | None = None,
     ):
         if not windows_per_stream:
             raise ValueError("SlotSchedule: no streams to train on")
         if batch_size % world:
             raise ValueError(f"train.batch_size={batch_size} must be divisible by the world size {world}")
+        self.curriculum = curriculum or Curriculum()
         self.wps = list(windows_per_stream)
         self.first = [0]
         for n in self.wps:
@@ -73,19 +145,26 @@ class SlotSchedule:
         return self._perms[epoch][i]
 
     def iterate(self, start_step: int = 0) -> Iterator[list[Item]]:
-        """Items of this rank's slots for micro-steps ``start_step, start_step + 1, ...``."""
+        """Items of this rank's slots for micro-steps ``start_step, start_step + 1, ...``.
+
+        A slot's occurrence goes on to its next window at micro-step ``m + 1`` only if that window
+        exists and is below the curriculum's cap at ``m + 1``; otherwise the slot starts its next
+        stream there. (Replayed from micro-step 0, so ``iterate(k)`` is exactly the tail of
+        ``iterate(0)``.)"""
         # cursor per slot: (occurrence number k -> stream position j + k·B, window)
         cursors = {j: [0, 0] for j in self.slots}
+        cap = self.curriculum.cap
         step = 0
         while True:
             items = []
+            limit_next = cap(step + 1)
             for j in self.slots:
                 k, w = cursors[j]
                 pos = j + k * self.B
                 s = self.stream_at(pos)
                 items.append(Item(self.first[s] + w, pos))
                 w += 1
-                if w == self.wps[s]:
+                if w >= self.wps[s] or (limit_next and w >= limit_next):
                     k, w = k + 1, 0
                 cursors[j] = [k, w]
             if step >= start_step:
