@@ -18,6 +18,7 @@ _LAZY = {
     "MultimodalSSM": "ssm_mm.models.multimodal",
     "StreamingSession": "ssm_mm.streaming.session",
     "step_sessions": "ssm_mm.streaming.batched",
+    "close_sessions": "ssm_mm.streaming.batched",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -564,18 +564,25 @@ class StreamingSession:
         if self._st.closed:
             return
         with self._transaction():
-            st = self._st
-            if st.resampler is not None and st.audio_rate:
-                y, st.resampler = self._resampler(st.audio_rate).flush(st.resampler)
-                self._featurize_audio(y)
-            last = st.next_tick - 1
-            for times in (st.video_times, st.audio_times):
-                if times.shape[0]:
-                    last = max(last, tick_index(float(times[-1]) - self.t0, self.tau))
-            st.end_tick = last + 1
+            self._end_media()
             self._advance(force=True)
-            st = self._st
-            st.closed = True
+            self._mark_closed()
+
+    def _end_media(self) -> None:
+        """close(), first half: flush the resampler and mark the last tick complete (no stepping)."""
+        st = self._st
+        if st.resampler is not None and st.audio_rate:
+            y, st.resampler = self._resampler(st.audio_rate).flush(st.resampler)
+            self._featurize_audio(y)
+        last = st.next_tick - 1
+        for times in (st.video_times, st.audio_times):
+            if times.shape[0]:
+                last = max(last, tick_index(float(times[-1]) - self.t0, self.tau))
+        st.end_tick = last + 1
+
+    def _mark_closed(self) -> None:
+        """close(), last half, once every tick is processed."""
+        self._st.closed = True
 
     # ------------------------------------------------------------------------------------ text
 

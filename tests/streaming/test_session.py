@@ -216,7 +216,8 @@ def test_resume_refuses_other_models_and_stream_changes(media):
 
 
 def _drive_group(sessions, media, rng_seed, step):
-    """Push three streams in random pieces, round robin; ``step``: call step_sessions after each round."""
+    """Push three streams in random pieces, round robin; ``step``: call step_sessions after each round
+    and close the streams with close_sessions."""
     rngs = [np.random.default_rng(rng_seed + i) for i in range(len(sessions))]
     cursors = [[0, 0] for _ in sessions]
     answers = []
@@ -241,8 +242,10 @@ def _drive_group(sessions, media, rng_seed, step):
             answers.append(sessions[0].ask("how many times did the bell ring?"))
         if not active:
             break
+    if step:  # the streams' ends together: their last ticks in batched rounds
+        ssm_mm.close_sessions(sessions)
     for s in sessions:
-        s.close()
+        s.close()  # idempotent after close_sessions
     return answers
 
 
@@ -295,6 +298,46 @@ def test_step_sessions_checks_its_input():
         ssm_mm.step_sessions([s, s])
     with pytest.raises(ValueError, match="same model"):
         ssm_mm.step_sessions([s, tiny_model().stream()])
+    with pytest.raises(ValueError, match="close_sessions: the same session appears twice"):
+        ssm_mm.close_sessions([s, s])
+    with pytest.raises(ValueError, match="close_sessions takes StreamingSession"):
+        ssm_mm.close_sessions([s, "s"])
+    assert ssm_mm.close_sessions([]) == [] and not s.closed
+
+
+def test_close_sessions_is_all_or_nothing(media):
+    """A failing forward while close_sessions steps the last ticks leaves every session as it was
+    (open, same ticks and buffers), and closing again then gives what closing each alone gives."""
+    model = tiny_model()
+    m = media[0]
+
+    def opened():
+        s = model.stream(auto_step=False)
+        s.push_video(m.frames, m.times)
+        s.push_audio(m.samples[: m.samples.shape[0] // 2], m.sample_rate, m.audio_t0)
+        return s
+
+    sessions = [opened(), opened()]
+    before = [(s.ticks_done, s.buffered_bytes()) for s in sessions]
+
+    def broken(*args, **kw):
+        raise RuntimeError("device lost")
+
+    model.forward = broken
+    try:
+        with pytest.raises(RuntimeError, match="device lost"):
+            ssm_mm.close_sessions(sessions)
+    finally:
+        del model.forward
+    assert [(s.ticks_done, s.buffered_bytes()) for s in sessions] == before
+    assert not any(s.closed for s in sessions)
+    alone = opened()
+    alone.close()
+    n = ssm_mm.close_sessions(sessions)
+    assert n == [alone.ticks_done - before[0][0]] * 2 and all(s.closed for s in sessions)
+    ref = [(x.tick, x.index) for x in alone.segment_labels()]
+    assert all([(x.tick, x.index) for x in s.segment_labels()] == ref for s in sessions)
+    assert ssm_mm.close_sessions(sessions) == []  # closed sessions are skipped
 
 
 # ------------------------------------------------------------------------------- ticks and time
