@@ -17,9 +17,9 @@ calls ``advance_to(c)`` and steps, so the tick completes and the question is ask
 :func:`ssm_mm.streaming.drive.drive` (the CLI and evaluation driver) asks it. Hence a served stream
 gives the same labels, proactive responses and answers as an in-process session fed the same media.
 
-Latency (``/metrics``): a tick's latency is the time from the arrival of the oldest media message
-consumed in the round that completed it to the moment its outputs are handed to the event loop: an
-upper bound on how long any input waited for its tick's result.
+Latency (``/metrics``): a tick's latency is the time from the arrival of the newest media message
+pushed in the round that completed it (media waits in the queue until it can complete a tick, so
+that is the message completing the tick) to the moment its outputs are handed to the event loop.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 import ssm_mm
-from ssm_mm.data.interleave import place_text_time
+from ssm_mm.data.interleave import place_text_time, tick_end_time, tick_index
 from ssm_mm.serve.protocol import AudioMessage, ProtocolError, VideoMessage, decode_media, decode_text
 from ssm_mm.serve.snapshots import SESSION_ID, SnapshotError, SnapshotStore
 
@@ -755,19 +755,20 @@ class Server:
             if live.closed:
                 continue
             before = live.session.ticks_done
-            did, oldest = self._ingest(live)
+            did, newest = self._ingest(live)
             if did:
-                touched[live.sid] = (live, oldest, before)
+                touched[live.sid] = (live, newest, before)
         if not touched:
             return
         lives = [x[0] for x in touched.values()]
         self._step([lv for lv in lives if not lv.closed])
+        self._close([lv for lv in lives if lv.finishing and not lv.closed])
         # answers are generated one session at a time: past this budget, due questions wait for the
         # next round (at least one per round), so a burst of questions does not hold every stream's ticks
         self._ask_deadline, self._asked = time.perf_counter() + self.tau * _ASK_BUDGET, 0
         again = False
-        for live, oldest, before in touched.values():
-            again |= self._after_step(live, oldest, before)
+        for live, newest, before in touched.values():
+            again |= self._after_step(live, newest, before)
         self._rounds.append(time.perf_counter() - t_start)
         self._counts["rounds"] += 1
         if again:
@@ -785,6 +786,16 @@ class Server:
                     ssm_mm.step_sessions([lv.session])
                 except Exception as e1:
                     self._fail(lv, f"stepping the session failed: {type(e1).__name__}: {e1}")
+
+    def _close(self, lives: list[_Live]) -> None:
+        """The ends of the streams finishing this round, their last ticks in one batch (streams often
+        end together, e.g. at a shutdown); on an error each is closed alone by :meth:`_after_step`."""
+        if not lives:
+            return
+        try:
+            ssm_mm.close_sessions([lv.session for lv in lives])
+        except Exception as e:  # every session is unchanged
+            log.warning("batched close failed (%s); closing sessions one by one", e)
 
     def _fail(self, live: _Live, message: str) -> None:
         """End a session that cannot go on (an internal error), telling its client."""
@@ -808,7 +819,7 @@ class Server:
 
     def _ingest(self, live: _Live) -> tuple[bool, float | None]:
         """Push ``live``'s queued media into its session, up to the next question's cut. Returns
-        (did anything, arrival time of the oldest message consumed)."""
+        (did anything, arrival time of the newest message consumed)."""
         s = live.session
         did = False
         with self._lock:
@@ -824,8 +835,10 @@ class Server:
             did = True
         did |= self._question_due(live)  # deferred by the last round's answer budget
         cut, q = self._cut(live)
-        oldest = self._push(live, cut)
-        did |= oldest is not None
+        if q is None and not closing and not self._stopping and self._holds(live):
+            return did, None
+        newest = self._push(live, cut)
+        did |= newest is not None
         if q is not None and s.time < q.placed - _TIME_EPS:
             with self._lock:  # queued media that starts at or after the cut (media before it can be
                 # held back, e.g. behind a question the worker has not taken yet: it must go in first)
@@ -838,7 +851,7 @@ class Server:
                 did = True
             elif closing:  # the media ends before the question's tick completes: as at a stream's end
                 o2 = self._push(live, math.inf)
-                oldest = o2 if oldest is None else oldest
+                newest = max((x for x in (newest, o2) if x is not None), default=None)
                 live.questions_final = True
         if closing:
             with self._lock:
@@ -846,7 +859,40 @@ class Server:
             if empty and (q is None or live.questions_final) and not self._question_due(live):
                 live.finishing = True
                 did = True
-        return did, oldest
+        return did, newest
+
+    def _holds(self, live: _Live) -> bool:
+        """Whether ``live``'s queued media waits for the media that completes the session's next tick.
+
+        Pushing and featurizing cost per call more than per sample, and clients send several messages
+        per tick (0.1-s audio chunks): pushed as they come, a tick costs ~5 pushes a stream. Held until
+        every modality reaches past the next tick's end (audio by the resampler's lookahead too), a tick
+        costs one, and no tick completes later. Only without pending questions or a close (the cut
+        logic pushes those), and never beyond half of ``max_queue_bytes``."""
+        s = live.session
+        k, t0 = s.ticks_done, s.t0
+        t_end = tick_end_time(k, self.tau, t0)
+        with self._lock:
+            if live.asks or live.queued_bytes > self.config.max_queue_bytes // 2:
+                return False
+            if not live.video and not live.audio:
+                return True  # nothing to push
+            v_end = live.video[-1][0].t if live.video else -math.inf
+            a_last = live.audio[-1][0] if live.audio else None
+        for m in s.modalities:
+            if m == "video":
+                v = max(v_end, -math.inf if live.video_until is None else live.video_until)
+                if v == -math.inf or tick_index(v - t0, self.tau) <= k:
+                    return True
+            else:
+                a = -math.inf if a_last is None else a_last.end
+                if live.audio_end is not None:
+                    a = max(a, live.audio_end)
+                rate = live.audio_rate or (a_last.rate if a_last is not None else None)
+                margin = max(_MIN_MARGIN, s.audio_lookahead(rate)) if rate else _MIN_MARGIN
+                if a < t_end + margin:
+                    return True
+        return False
 
     def _guard(self, live: _Live, fn: Callable[[], None], qid=None) -> bool:
         """Run a session call; a ValueError (bad input: the session is unchanged) becomes an error
@@ -863,10 +909,10 @@ class Server:
             return False
 
     def _push(self, live: _Live, cut: float) -> float | None:
-        """Push queued frames with ``t < cut`` and audio samples before ``cut``; returns the oldest
+        """Push queued frames with ``t < cut`` and audio samples before ``cut``; returns the newest
         consumed message's arrival time (None when nothing was consumed)."""
         s = live.session
-        oldest = None
+        newest = None
         frames, audio = [], []
         with self._lock:
             # media that arrived after a question the worker has not taken yet waits for it (the
@@ -875,13 +921,13 @@ class Server:
                 m, arr, _ = live.video.popleft()
                 live.queued_bytes -= m.nbytes
                 frames.append(m)
-                oldest = arr if oldest is None else min(oldest, arr)
+                newest = arr if newest is None else max(newest, arr)
             while live.audio and live.audio[0][0].t0 < cut and live.audio[0][2] <= live.asks_taken:
                 m, arr, gen = live.audio[0]
                 n_keep = m.n if m.end <= cut else min(m.n, max(0, math.ceil((cut - m.t0) * m.rate)))
                 if n_keep == 0:
                     break
-                oldest = arr if oldest is None else min(oldest, arr)
+                newest = arr if newest is None else max(newest, arr)
                 if n_keep == m.n:
                     live.audio.popleft()
                     live.queued_bytes -= m.nbytes
@@ -900,7 +946,7 @@ class Server:
             if self._guard(live, lambda g=group, x=x: s.push_audio(x, g[0].rate, g[0].t0)):
                 live.audio_end = group[-1].end
                 live.audio_rate = group[0].rate
-        return oldest
+        return newest
 
     @staticmethod
     def _contiguous(chunks: list[AudioMessage]) -> list[list[AudioMessage]]:
@@ -936,7 +982,7 @@ class Server:
             if self._guard(live, lambda st=stack, ts=ts: s.push_video(st, ts)):
                 live.video_until = float(ts[-1])
 
-    def _after_step(self, live: _Live, oldest: float | None, before: int) -> bool:
+    def _after_step(self, live: _Live, newest: float | None, before: int) -> bool:
         """Outputs, due questions, the end of a closing stream and snapshots. Returns True when the
         session has queued media a question's cut held back (another round is due)."""
         if live.closed:
@@ -948,8 +994,8 @@ class Server:
             self._guard(live, s.close)
         n = s.ticks_done - before
         self._counts["ticks"] += n
-        if n and oldest is not None:
-            lat = time.perf_counter() - oldest
+        if n and newest is not None:
+            lat = time.perf_counter() - newest
             self._latency.extend([lat] * min(n, 64))
         out += self._drain(live)
         while live.questions and (finishing or s.time >= live.questions[0].placed - _TIME_EPS):

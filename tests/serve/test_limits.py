@@ -50,7 +50,11 @@ async def _bad_socket(url: str, token: str) -> list[dict]:
             if r["type"] == "pong":
                 break
             replies.append(r)
-        # the broken JPEG is decoded on the worker: its error comes after the pong
+        # the broken JPEG is decoded on the worker when its tick's media goes in: media past the first
+        # tick's end completes it, and the JPEG's error comes after the pong
+        await ws.send(encode_video(1.0, frame))
+        for i in range(10):  # 0.1-s chunks (the socket's max_message_bytes is 64 KiB)
+            await ws.send(encode_audio(0.01 + 0.1 * i, 44100, np.zeros(4410, np.float32)))
         replies.append(json.loads(await asyncio.wait_for(ws.recv(), 20)))
         return replies
 
