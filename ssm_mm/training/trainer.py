@@ -3,8 +3,10 @@
 ``Trainer(cfg).run()`` is everything ``train.py`` does (``setup()`` then ``step()`` in a loop, see
 :class:`Trainer`):
 
-1. data: the manifest (or the built-in world generated into the cache on first use), validated, with bad
-   streams skipped and counted when ``data.on_error=skip``; features decoded once into a disk cache;
+1. data: the manifest (or the built-in world generated into the cache on first use) and the extra
+   sources of ``data.mix`` (manifests, or worlds generated likewise) as one training set, validated,
+   with bad streams skipped and counted when ``data.on_error=skip``; features decoded once into a disk
+   cache;
 2. model + AdamW (no weight decay on gains/biases) + linear warm-up and cosine decay;
 3. the loop: every micro-step each batch slot runs its next window with its carried recurrent state
    (detached: gradients are truncated between windows); an optimizer step every ``grad_accum``
@@ -27,7 +29,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -40,7 +42,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from ssm_mm.config import Config, ConfigError, save_config, to_dict
+from ssm_mm.config import Config, ConfigError, mix_sources, save_config, to_dict
 from ssm_mm.data.dataset import StreamDataset
 from ssm_mm.data.feature_cache import load_features
 from ssm_mm.data.manifest import read_manifest
@@ -52,7 +54,7 @@ from ssm_mm.training import distributed as D
 from ssm_mm.training.checkpoint import load_checkpoint, save_checkpoint
 from ssm_mm.training.logger import RunLogger, Throughput
 from ssm_mm.training.runs import apply_plan, check_weights_fit, init_weights, plan_start
-from ssm_mm.training.schedule import ScheduledWindows, ScheduleSampler, SlotSchedule
+from ssm_mm.training.schedule import Curriculum, ScheduledWindows, ScheduleSampler, SlotSchedule
 from ssm_mm.training.validate import validate
 
 # Checkpoints hold full state dicts; on load every rank reads the file and keeps its own shard.
@@ -108,12 +110,14 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
 
 @dataclass
 class DataSetup:
-    train: StreamDataset
+    train: StreamDataset  # every training source's streams: the main source's first, then data.mix's
     val: StreamDataset | None
     labels: list[str]
     skipped: list[tuple]
-    train_manifest: Path
+    train_manifest: Path  # the main source's
     val_manifest: Path | None
+    # (name, manifest, usable streams) of each training source: ("data", main), ("data.mix[i]", ...)
+    sources: list[tuple[str, Path, int]] = field(default_factory=list)
 
 
 def _data_workers() -> int:
@@ -124,18 +128,39 @@ def _data_workers() -> int:
 
 
 def prepare_data(cfg: Config, log=print) -> DataSetup:
-    """Manifests (the world ``data.world`` generated on first use), validation with skip/raise,
-    feature cache warm-up."""
+    """Manifests (the world ``data.world`` and the worlds of ``data.mix`` generated on first use),
+    validation with skip/raise, feature cache warm-up.
+
+    The training set is the main source's streams followed by each ``data.mix`` source's, in one
+    :class:`StreamDataset` (the schedule shuffles them together); its event labels are the union:
+    the labels the sources' worlds pin (the main world's first, in their order), then every other
+    label of the training and validation streams, sorted. Validation is the main source's."""
     from ssm_mm import worlds
 
     d = cfg.data
     cache = Path(d.cache_dir)
+    mix = mix_sources(d, check_files=True)  # a bad entry fails here, before anything is generated
+    pinned: list[str] = []  # labels the worlds of the training sources pin, in order
+
+    def pin(world, world_cfg) -> None:
+        pinned.extend(x for x in world.labels(world_cfg) or [] if x not in pinned)
+
     if d.manifest is None:
         world, world_cfg = worlds.selected(d)
         train_m = world.ensure(cache / world.name, world_cfg, "train", workers=_data_workers())
         val_m = d.val_manifest or world.ensure(cache / world.name, world_cfg, "val", workers=_data_workers())
+        pin(world, world_cfg)
     else:
         train_m, val_m = d.manifest, d.val_manifest
+    train_ms: list[tuple[str, Path]] = [("data", Path(train_m))]
+    for src in mix:
+        if src.manifest is not None:
+            train_ms.append((src.where, Path(src.manifest)))
+        else:
+            w = worlds.get(src.world)
+            path = w.ensure(cache / w.name, src.world_config, "train", workers=_data_workers())
+            train_ms.append((src.where, Path(path)))
+            pin(w, src.world_config)
     skipped: list[tuple] = []
 
     def load(path) -> list:
@@ -168,16 +193,25 @@ def prepare_data(cfg: Config, log=print) -> DataSetup:
             raise DataError(f"{path}: no usable stream ({len(skipped)} skipped)")
         return good
 
-    train_streams = load(train_m)
+    per_source = [load(path) for _, path in train_ms]
+    train_streams = [spec for specs in per_source for spec in specs]
+    if mix:
+        log(
+            f"training streams: {len(train_streams)} = "
+            + " + ".join(
+                f"{len(specs)} of {name} ({path})" for (name, path), specs in zip(train_ms, per_source)
+            )
+        )
     val_streams = load(val_m) if val_m else None
-    # label vocabulary: every event label of the training and validation streams (pinned in the model)
-    labels = sorted({s.label for st in train_streams + (val_streams or []) for s in st.segments})
-    if d.manifest is None and world.labels(world_cfg) is not None:  # a world may pin its whole vocabulary
-        labels = list(world.labels(world_cfg))
+    # label vocabulary (pinned in the model): what the worlds pin (a world may pin its whole table,
+    # classes a short training set need not show), then every other label of the streams
+    seen = {s.label for st in train_streams + (val_streams or []) for s in st.segments}
+    labels = pinned + sorted(seen - set(pinned))
     labels = ["background"] + [x for x in labels if x != "background"]
+    where = ", ".join(str(path) for _, path in train_ms)
     for name, ocfg in enabled_configs(cfg.objectives).items():  # fit each objective to the training streams
         try:
-            objective_class(name).prepare(ocfg, train_streams, str(train_m))
+            objective_class(name).prepare(ocfg, train_streams, where)
         except ValueError as e:
             raise ConfigError(str(e)) from None
     tok = load_tokenizer(cfg.tokenizer)
@@ -209,7 +243,8 @@ def prepare_data(cfg: Config, log=print) -> DataSetup:
     )
     for line, sid, msg in skipped:
         log(f"skipped bad stream {sid!r} (line {line}): {msg}")
-    return DataSetup(train, val, labels, skipped, Path(train_m), Path(val_m) if val_m else None)
+    sources = [(name, path, len(specs)) for (name, path), specs in zip(train_ms, per_source)]
+    return DataSetup(train, val, labels, skipped, Path(train_m), Path(val_m) if val_m else None, sources)
 
 
 class Trainer:
@@ -265,6 +300,7 @@ class Trainer:
             raise ConfigError(
                 f"train.batch_size={tc.batch_size} must be divisible by the world size {info.world}"
             )
+        mix_sources(cfg.data, check_files=True)  # a missing data.mix manifest: before the folder changes
         plan = plan_start(cfg, to_dict(cfg))
         D.barrier(info)  # every rank has read the folder before rank 0 changes it
         if info.is_main:
@@ -334,7 +370,17 @@ class Trainer:
             log(f"weights from {source}; optimizer, schedule and data start at step 0")
 
         self.accum = accum = max(1, tc.grad_accum)
-        schedule = SlotSchedule(data.train.windows_per_stream, tc.batch_size, tc.seed, info.rank, info.world)
+        curriculum = Curriculum.from_config(cfg.data.curriculum, cfg.data.window_seconds, accum)
+        if curriculum.enabled:
+            stages = [
+                (f"steps {lo}-{hi - 1}" if hi is not None else f"from step {lo}")
+                + (f": {n} ({n * cfg.data.window_seconds:g} s)" if n else ": all")
+                for lo, hi, n in zip([0, *curriculum.ends], [*curriculum.ends, None], curriculum.max_windows)
+            ]
+            log("curriculum, windows walked per stream: " + "; ".join(stages))
+        schedule = SlotSchedule(
+            data.train.windows_per_stream, tc.batch_size, tc.seed, info.rank, info.world, curriculum
+        )
         windows = ScheduledWindows(
             data.train, tc.seed, cfg.model.temporal.train_clock_offset, tc.modality_dropout
         )
