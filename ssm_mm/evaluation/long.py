@@ -16,7 +16,8 @@ accuracy by stream age.
   (also per question type) and proactive recall per bin of media time (``eval.age_bin`` seconds; 0 =
   T), so a curve shows where a long stream starts to fail.
 * **Summary.** :func:`lengths_summary` puts each model's scores at every multiple side by side with
-  their fraction of the 1 T score (``results.json["lengths"]``, the table of
+  their fraction of the 1 T score, and QA with the 1 T mix of question types (:func:`type_matched_qa`)
+  (``results.json["lengths"]``, the table of
   :func:`ssm_mm.evaluation.report.format_lengths`, the plot :func:`ssm_mm.evaluation.report.plot_age`).
 """
 
@@ -30,7 +31,15 @@ import numpy as np
 
 from ssm_mm.data.manifest import StreamSpec
 
-__all__ = ["concat_specs", "piece_plan", "median_seconds", "age_metrics", "lengths_summary", "LENGTH_METRICS"]
+__all__ = [
+    "concat_specs",
+    "piece_plan",
+    "median_seconds",
+    "age_metrics",
+    "lengths_summary",
+    "type_matched_qa",
+    "LENGTH_METRICS",
+]
 
 # metric name -> path into a result's metrics (the columns of the lengths summary)
 LENGTH_METRICS: dict[str, tuple[str, ...]] = {
@@ -150,6 +159,22 @@ def _get(metrics: dict, path: tuple[str, ...]) -> float:
     return float("nan") if x is None else float(x)
 
 
+def type_matched_qa(metrics: dict, ref: dict) -> float:
+    """QA exact match of ``metrics`` with its per-type accuracies weighted by ``ref``'s question-type
+    counts (over the types both have): the score ``metrics`` would have with ``ref``'s mix of questions.
+
+    Longer streams ask a different mix (a stream's requests, "tell me when ...", come early, so a
+    300-s stream asks fewer of them per question than a 30-s one): the plain accuracies of two lengths
+    then compare two mixes. NaN when the two share no type."""
+    mine = (metrics.get("qa") or {}).get("per_type") or {}
+    theirs = (ref.get("qa") or {}).get("per_type") or {}
+    shared = [t for t in theirs if t in mine and theirs[t].get("n") and mine[t].get("n")]
+    n = sum(theirs[t]["n"] for t in shared)
+    if not n:
+        return float("nan")
+    return sum(theirs[t]["n"] * mine[t]["accuracy"] for t in shared) / n
+
+
 def lengths_summary(results: list[dict], groups: dict[str, dict]) -> dict:
     """``results.json["lengths"]``: per base dataset ``{"seconds": T, "multiples": [...], "datasets":
     [NAME per multiple], "models": {MODEL: {METRIC: [value per multiple], "fraction": {METRIC: [value /
@@ -165,6 +190,11 @@ def lengths_summary(results: list[dict], groups: dict[str, dict]) -> dict:
                 k: [_get(by[(model, d)], p) if (model, d) in by else float("nan") for d in g["datasets"]]
                 for k, p in LENGTH_METRICS.items()
             }
+            ref = by[(model, g["datasets"][0])]
+            series["qa_type_matched"] = [
+                type_matched_qa(by[(model, d)], ref) if (model, d) in by else float("nan")
+                for d in g["datasets"]
+            ]
             frac = {}
             for k, v in series.items():
                 one = v[0]

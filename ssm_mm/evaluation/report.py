@@ -80,7 +80,12 @@ def format_lengths(lengths: dict) -> str:
     """The long-stream table: per base dataset and model, one row per multiple of T with its scores and
     each score as a fraction of the 1 T score (``results.json["lengths"]``); "" when no group has a
     multiple other than 1."""
-    cols = [("tick%", "tick_accuracy"), ("mF1%", "macro_f1"), ("QA%", "qa_accuracy")]
+    cols = [
+        ("tick%", "tick_accuracy"),
+        ("mF1%", "macro_f1"),
+        ("QA%", "qa_accuracy"),
+        ("QAm%", "qa_type_matched"),
+    ]
     cols += [("proR%", "proactive_recall"), ("proF1%", "proactive_f1")]
     header = ["model", "data", "length", *(h for h, _ in cols), *(f"{h[:-1]} /1T" for h, _ in cols)]
     rows = [header]
@@ -107,7 +112,7 @@ def format_lengths(lengths: dict) -> str:
             lines.append("  ".join("-" * w for w in widths))
     legend = (
         "long streams: scores on streams m times the training length T; X /1T: the score as a fraction "
-        "of the 1 T score (1.00 = kept); proR%: proactive recall"
+        "of the 1 T score (1.00 = kept); QAm%: QA with the 1 T mix of question types; proR%: proactive recall"
     )
     return "\n".join(lines) + "\n" + legend
 

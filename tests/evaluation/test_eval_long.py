@@ -11,7 +11,7 @@ from eval_helpers import load_eval_script, tiny_model
 
 from ssm_mm.config import ConfigError, load_config
 from ssm_mm.data.manifest import Segment, StreamSpec, Turn, read_manifest
-from ssm_mm.evaluation.long import age_metrics, concat_specs, lengths_summary, piece_plan
+from ssm_mm.evaluation.long import age_metrics, concat_specs, lengths_summary, piece_plan, type_matched_qa
 from ssm_mm.evaluation.report import format_lengths
 from ssm_mm.evaluation.suite import length_datasets, load_dataset
 from ssm_mm.evaluation.tasks import StreamScore, stream_tasks
@@ -171,8 +171,34 @@ def test_lengths_summary_and_table():
     assert math.isnan(out["proactive_f1"][0]) and math.isnan(out["fraction"]["proactive_f1"][1])
     table = format_lengths(lengths_summary(results, groups))
     row = next(line for line in table.splitlines() if "val@10T" in line)
-    assert "10T = 300 s" in row and row.split()[-5:] == ["0.75", "0.75", "0.20", "-", "-"]
+    assert "10T = 300 s" in row and row.split()[-6:] == ["0.75", "0.75", "0.20", "-", "-", "-"]
     assert format_lengths(lengths_summary(results[:1], {"val": {**groups["val"], "multiples": [1.0]}})) == ""
+
+
+def test_type_matched_qa_weighs_by_the_reference_mix():
+    def qa(**types):
+        n = sum(c for _, c in types.values())
+        acc = sum(a * c for a, c in types.values()) / n
+        return {
+            "qa": {"accuracy": acc, "per_type": {t: {"accuracy": a, "n": c} for t, (a, c) in types.items()}}
+        }
+
+    short = qa(request=(1.0, 10), count=(0.5, 10))  # 75%
+    long = qa(request=(1.0, 10), count=(0.5, 90), color=(0.0, 50))  # 37%: more counts, a new type
+    # the long stream with the short one's mix: half requests, half counts, colour left out
+    assert type_matched_qa(long, short) == pytest.approx(0.75)
+    assert type_matched_qa(short, short) == pytest.approx(short["qa"]["accuracy"])
+    assert math.isnan(type_matched_qa(qa(color=(1.0, 3)), short)) and math.isnan(type_matched_qa({}, short))
+    results = [
+        {"model": "m", "dataset": "val", "metrics": short},
+        {"model": "m", "dataset": "val@10T", "metrics": long},
+    ]
+    groups = {"val": {"seconds": 30.0, "multiples": [1.0, 10.0], "datasets": ["val", "val@10T"]}}
+    out = lengths_summary(results, groups)["val"]["models"]["m"]
+    assert out["fraction"]["qa_accuracy"][1] == pytest.approx((55 / 150) / 0.75)
+    assert (
+        out["qa_type_matched"] == pytest.approx([0.75, 0.75]) and out["fraction"]["qa_type_matched"][1] == 1.0
+    )
 
 
 def test_state_norms_of_a_tiny_model(world, tmp_path, capsys):
