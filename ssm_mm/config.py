@@ -153,7 +153,7 @@ class DataConfig:
     # replaced, generated into cache_dir like the main world (its "train" split). Without a ``world``
     # key the knobs are the run's own world's (data.world), which must then be the main source
     # (``manifest`` null); to mix a world into a manifest's streams (or mix another world) name it.
-    #   data.mix=[extra.jsonl]   'data.mix=[{seconds:120,streams:32}]'   'data.mix=[{world:avworld}]'
+    #   data.mix=[extra.jsonl]   'data.mix=[{seconds:120,streams:32}]'   'data.mix=[{world:NAME,seed:7}]'
     mix: list[Any] = field(default_factory=list)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
 
