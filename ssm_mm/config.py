@@ -151,8 +151,9 @@ class DataConfig:
     # stay the main source's. An entry is a manifest path (relative to the working directory, like
     # ``manifest``) or a mapping of world knobs: the config data.worlds.<world> with those knobs
     # replaced, generated into cache_dir like the main world (its "train" split). Without a ``world``
-    # key the knobs are the run's own world's (data.world), which must then be the main source
-    # (``manifest`` null); to mix a world into a manifest's streams (or mix another world) name it.
+    # key the knobs are the run's own world's (data.world) and apply only while it is the main source
+    # (``manifest`` null; otherwise the entry is not used, with a notice); to mix a world into a
+    # manifest's streams (or mix another world) name it.
     #   data.mix=[extra.jsonl]   'data.mix=[{seconds:120,streams:32}]'   'data.mix=[{world:NAME,seed:7}]'
     mix: list[Any] = field(default_factory=list)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
@@ -598,13 +599,17 @@ class MixSource:
     manifest: str | None = None  # a manifest path; None for a world
     world: str | None = None  # the registered world's name
     world_config: Any = None  # its config (the world's config dataclass)
+    # why this entry does not apply (world knobs of the run's world while data.manifest is the main
+    # source: the world is not in use), None when it does
+    unused: str | None = None
 
 
 def mix_sources(d: DataConfig, *, check_files: bool = False) -> list[MixSource]:
     """``d.mix`` resolved (the rules in :class:`DataConfig`'s comment): :class:`ConfigError` naming
     ``data.mix[i]`` and what is wrong with it (not a path nor a mapping, an unknown world or knob, a
-    bad knob value, world knobs while ``data.manifest`` is the main source, and with ``check_files``
-    a manifest file that does not exist). Generates nothing."""
+    bad knob value, and with ``check_files`` a manifest file that does not exist). Knobs without a
+    ``world`` while ``data.manifest`` is the main source are checked but marked ``unused`` (the run's
+    world is not in use; the trainer says so). Generates nothing."""
     from ssm_mm import worlds
 
     out = []
@@ -624,14 +629,15 @@ def mix_sources(d: DataConfig, *, check_files: bool = False) -> list[MixSource]:
             )
         knobs = dict(entry)
         name = knobs.pop("world", None)
+        unused = None
         if name is None:
-            if d.manifest is not None:
-                raise ConfigError(
-                    f"{where}={entry}: world knobs without a world while the main source is "
-                    f"data.manifest={d.manifest}; name the world to mix in, e.g. "
-                    f"{{world: {d.world}, {', '.join(f'{k}: {v}' for k, v in knobs.items())}}}"
-                )
             name = d.world
+            if d.manifest is not None:  # e.g. a config's recipe for its world, run on a user's manifest
+                unused = (
+                    f"{where}={entry}: not used: knobs of the world {name}, which is not the main source "
+                    f"(data.manifest={d.manifest}); to mix it in, name it: "
+                    f"{{world: {name}, {', '.join(f'{k}: {v}' for k, v in knobs.items())}}}"
+                )
         try:
             world = worlds.get(name)
         except KeyError as e:
@@ -641,7 +647,7 @@ def mix_sources(d: DataConfig, *, check_files: bool = False) -> list[MixSource]:
             cfg = world.with_knobs(world.config() if base is None else base, knobs)
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from None
-        out.append(MixSource(where, world=world.name, world_config=cfg))
+        out.append(MixSource(where, world=world.name, world_config=cfg, unused=unused))
     return out
 
 

@@ -154,6 +154,9 @@ def prepare_data(cfg: Config, log=print) -> DataSetup:
         train_m, val_m = d.manifest, d.val_manifest
     train_ms: list[tuple[str, Path]] = [("data", Path(train_m))]
     for src in mix:
+        if src.unused:
+            log(src.unused)
+            continue
         if src.manifest is not None:
             train_ms.append((src.where, Path(src.manifest)))
         else:
@@ -195,7 +198,7 @@ def prepare_data(cfg: Config, log=print) -> DataSetup:
 
     per_source = [load(path) for _, path in train_ms]
     train_streams = [spec for specs in per_source for spec in specs]
-    if mix:
+    if len(train_ms) > 1:
         log(
             f"training streams: {len(train_streams)} = "
             + " + ".join(

@@ -135,15 +135,19 @@ def test_bad_entries_exit_2_naming_the_entry_before_any_work(tmp_path, capsys, o
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
 
 
-def test_world_knobs_need_the_world_as_main_source_or_its_name(tmp_path, tiny_world, capsys):
-    train, val = tiny_world
-    args = [f"data.manifest={train}", f"data.val_manifest={val}", f"train.run_dir={tmp_path / 'run'}"]
-    assert train_cli.main([*args, "data.mix=[{seconds:120,streams:32}]"]) == 2
-    err = capsys.readouterr().err
-    assert (
-        "data.mix[0]" in err
-        and "name the world to mix in, e.g. {world: avworld, seconds: 120, streams: 32}" in err
-    )
+def test_world_knobs_without_a_world_do_not_apply_to_a_manifest(tmp_path, tiny_world, tiny_overrides, capsys):
+    """A config's recipe for its world (configs/default.yaml mixes longer world streams) run on a user's
+    manifest: the entry is not used, said in one line, and the manifest alone trains; a misspelt knob
+    is still an error."""
+    mix = "data.mix=[{seconds:120,streams:32}]"
+    args = tiny_overrides(tmp_path / "run", *tiny_world, "eval.at_end=false", "train.max_steps=2", mix)
+    assert train_cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "data.mix[0]={'seconds': 120, 'streams': 32}: not used: knobs of the world avworld" in out
+    assert "{world: avworld, seconds: 120, streams: 32}" in out and "training streams:" not in out
+    bad = tiny_overrides(tmp_path / "bad", *tiny_world, "data.mix=[{secnds:120}]")
+    assert train_cli.main(bad) == 2
+    assert "data.mix[0]" in capsys.readouterr().err
 
 
 def test_train_py_with_mix_and_curriculum_resumes_exactly_and_checks_both_keys(
