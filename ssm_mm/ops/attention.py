@@ -156,10 +156,17 @@ def _new_cache(k_all: Tensor, v_all: Tensor, lo: Tensor, end: Tensor, window: in
             ``lo[r] <= j < end[r]`` (lo, end: (b,) long).
     Returns:
         new_k, new_v (b, keep, hkv, d) with zeros in invalid slots, new_valid (b, keep). For a window the
-        size is fixed (W - 1) and nothing syncs; for window None it is the largest valid count (one sync).
+        size is fixed (W - 1) and nothing syncs; for window None it is the largest valid count (one sync),
+        or under torch.compile all S slots (a size known from shapes alone: no sync, no data-dependent
+        shape; the extra slots are invalid, as in a shorter row).
     """
     b, S, hkv, d = k_all.shape
-    keep = window - 1 if window is not None else int((end - lo).max()) if b and S else 0
+    if window is not None:
+        keep = window - 1
+    elif torch.compiler.is_compiling():
+        keep = S
+    else:
+        keep = int((end - lo).max()) if b and S else 0
     if keep == 0 or S == 0:
         empty = k_all.new_zeros(b, keep, hkv, d)
         return empty, empty.clone(), torch.zeros(b, keep, dtype=torch.bool, device=k_all.device)
@@ -359,7 +366,8 @@ def window_attention(
         backend: None (the module setting, see ``set_attention_backend``) or one of ``BACKENDS``.
     Returns:
         out (b, lq, h, d) (zeros at invalid queries), new_k, new_v (b, s', hkv, d), new_valid (b, s'):
-        s' = W - 1 for a window, else the largest number of valid keys in a row so far.
+        s' = W - 1 for a window, else the largest number of valid keys in a row so far (under
+        torch.compile: s + lq, the extra slots invalid).
 
     Any valid masks are allowed. They are first *packed* — the cache's valid slots moved to its end,
     this call's valid tokens to its start, order kept (a permutation from cumulative counts) — after

@@ -51,7 +51,8 @@ def _check_lengths(lengths: Tensor | None, b: int, L: int) -> None:
             f"causal_conv1d: lengths must be an integer tensor of shape ({b},), "
             f"got {lengths.dtype} {tuple(lengths.shape)}"
         )
-    if bool(((lengths < 0) | (lengths > L)).any()):
+    # A check of values (a host sync): eager only; under torch.compile it would break the graph.
+    if not torch.compiler.is_compiling() and bool(((lengths < 0) | (lengths > L)).any()):
         raise ValueError(f"causal_conv1d: lengths must lie in [0, {L}], got {lengths.tolist()}")
 
 

@@ -110,6 +110,18 @@ def _decay_mask(cs_bchq: Tensor) -> Tensor:
     return seg.clamp_max_(0.0).exp_()
 
 
+def _addcmul_into(out: Tensor, u: Tensor, s: Tensor, d: Tensor) -> None:
+    """out = u + s · d, written into ``out`` (a strided view of the scan's output).
+
+    Eager: ``addcmul(out=)``, no temporary. Under torch.compile, Dynamo refuses ``out=`` into a
+    non-contiguous view (a graph break), so the sum is computed and copied in; the values are the same.
+    """
+    if torch.compiler.is_compiling():
+        out.copy_(torch.addcmul(u, s, d))
+    else:
+        torch.addcmul(u, s, d, out=out)
+
+
 def _scan_chunks(u: Tensor, log_d: Tensor, init: Tensor | None, reverse: bool) -> Tensor:
     """Linear recurrence over chunks: the state passing step of the chunked scan (and its adjoint).
 
@@ -139,9 +151,9 @@ def _scan_chunks(u: Tensor, log_d: Tensor, init: Tensor | None, reverse: bool) -
     if k < 2:  # too few chunks for blocking to pay
         for i in range(c - 1, -1, -1) if reverse else range(c):
             if reverse:
-                torch.addcmul(u[:, i], out[:, i + 1], d[:, i], out=out[:, i])
+                _addcmul_into(out[:, i], u[:, i], out[:, i + 1], d[:, i])
             else:
-                torch.addcmul(u[:, i], out[:, i], d[:, i], out=out[:, i + 1])
+                _addcmul_into(out[:, i + 1], u[:, i], out[:, i], d[:, i])
         return out
     kT = k * T
     # Blocks cover chunks [lo, lo + kT); the leftover chunks are on the far side of the scan direction.
@@ -155,25 +167,25 @@ def _scan_chunks(u: Tensor, log_d: Tensor, init: Tensor | None, reverse: bool) -
     if reverse:
         o_blk[:, :, T - 1].copy_(u_blk[:, :, T - 1])
         for t in range(T - 2, -1, -1):
-            torch.addcmul(u_blk[:, :, t], o_blk[:, :, t + 1], d_blk[:, :, t], out=o_blk[:, :, t])
+            _addcmul_into(o_blk[:, :, t], u_blk[:, :, t], o_blk[:, :, t + 1], d_blk[:, :, t])
         prod = ld_blk.flip(2).cumsum(2).flip(2).exp()[..., None, None]  # Π_{s ≥ t} d  (b, k, T, h, 1, 1)
         carries[:, k - 1].copy_(out[:, c])
         for j in range(k - 1, 0, -1):
-            torch.addcmul(o_blk[:, j, 0], prod[:, j, 0], carries[:, j], out=carries[:, j - 1])
+            _addcmul_into(carries[:, j - 1], o_blk[:, j, 0], prod[:, j, 0], carries[:, j])
         o_blk.addcmul_(prod, carries[:, :, None])
         for i in range(lo - 1, -1, -1):
-            torch.addcmul(u[:, i], out[:, i + 1], d[:, i], out=out[:, i])
+            _addcmul_into(out[:, i], u[:, i], out[:, i + 1], d[:, i])
     else:
         o_blk[:, :, 0].copy_(u_blk[:, :, 0])
         for t in range(1, T):
-            torch.addcmul(u_blk[:, :, t], o_blk[:, :, t - 1], d_blk[:, :, t], out=o_blk[:, :, t])
+            _addcmul_into(o_blk[:, :, t], u_blk[:, :, t], o_blk[:, :, t - 1], d_blk[:, :, t])
         prod = ld_blk.cumsum(2).exp()[..., None, None]  # Π_{s ≤ t} d  (b, k, T, h, 1, 1)
         carries[:, 0].copy_(out[:, 0])
         for j in range(k - 1):
-            torch.addcmul(o_blk[:, j, T - 1], prod[:, j, T - 1], carries[:, j], out=carries[:, j + 1])
+            _addcmul_into(carries[:, j + 1], o_blk[:, j, T - 1], prod[:, j, T - 1], carries[:, j])
         o_blk.addcmul_(prod, carries[:, :, None])
         for i in range(kT, c):
-            torch.addcmul(u[:, i], out[:, i], d[:, i], out=out[:, i + 1])
+            _addcmul_into(out[:, i + 1], u[:, i], out[:, i], d[:, i])
     return out
 
 
@@ -349,7 +361,8 @@ def ssd_chunked(
     b, L, h, p, g, n = _check_scan_inputs(x, log_decay, B, C, initial_state)
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"ssd_chunked: chunk_size must be a positive int, got {chunk_size!r}")
-    if bool((log_decay > 0).any()):
+    # A check of values (a host sync): eager only; under torch.compile it would break the graph.
+    if not torch.compiler.is_compiling() and bool((log_decay > 0).any()):
         # The decay mask clamps exp arguments at 0 (overflow safety), which is only exact for a ≤ 0.
         raise ValueError("ssd_chunked: log_decay must be ≤ 0 everywhere (it is A·λ with A < 0, λ ≥ 0)")
     cdt = _compute_dtype(x)
