@@ -175,6 +175,75 @@ def upgrade_weight_names(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def bucket_length(n: int, per_octave: int = 8) -> int:
+    """``n`` rounded up to the next of ``per_octave`` evenly spaced lengths per octave (``per_octave`` a
+    power of two): the next multiple of ``2**floor(log2 n) / per_octave``, so at most ``1 / per_octave``
+    of ``n`` is added. Lengths below ``2 * per_octave`` are kept."""
+    if per_octave < 1 or per_octave & (per_octave - 1):
+        raise ValueError(f"bucket_length: per_octave must be a power of two, got {per_octave}")
+    step = 1 << max(0, n.bit_length() - per_octave.bit_length())
+    return -(-n // step) * step
+
+
+def prepare_compile() -> None:
+    """Make the model's einops calls cheap and stable to trace (called before compiling it).
+
+    - ``einops.rearrange`` goes into the graph as one call (``allow_in_graph``, what einops itself did
+      for torch < 2.8): Dynamo would otherwise trace einops' pattern parsing in Python at every call
+      site, ~5x the model's trace time (tiny model: 35 s -> 7 s);
+    - einops registers its torch backend in a global dict at its first call, and Dynamo guards on
+      that dict: a first trace before any eager einops call would be recompiled at the second call.
+    """
+    from einops import rearrange
+
+    torch._dynamo.allow_in_graph(rearrange)
+    rearrange(torch.zeros(1), "n -> n")
+
+
+class CompiledForward:
+    """``model.forward_batch`` under ``torch.compile``, for training steps (``train.compile=true``).
+
+    The forward traces as one graph with no breaks (no host syncs, no data-dependent shapes: see
+    ``tests/models/test_compile.py``). What varies from batch to batch is handled so that it does not
+    recompile every step:
+
+    - the sequence length L is padded (invalid TEXT tokens repeating each row's last time, the
+      padding a collated batch already has) to :func:`bucket_length` and compiled static per bucket:
+      the scan's chunk count and the attention's block count are then Python constants; ≤ 8 buckets
+      per octave, ≤ 12.5% padding, and outputs are cut back to L (padding never touches the state,
+      so the carried state is the unpadded one up to rounding);
+    - the numbers of frames and audio tokens (F, A) are marked dynamic from the first call.
+
+    The carried state (fixed shapes for SSM layers and windowed attention) is an ordinary input. The
+    losses stay eager (:class:`ssm_mm.training.trainer.TrainStep`): they select supervised positions
+    with boolean masks (data-dependent shapes) and count items on the host.
+    """
+
+    def __init__(self, model: MultimodalSSM, per_octave: int = 8, **compile_options):
+        prepare_compile()
+        self.model = model
+        self.per_octave = per_octave
+        # the bound method, not model.compile(): validation and streaming keep the eager model
+        self.fn = torch.compile(model.forward, **compile_options)
+
+    def __call__(self, batch, state: ModelState | None = None) -> ModelOutput:
+        b, n = batch.kind.shape
+        kind, t, src, valid = batch.kind, batch.t, batch.src, batch.valid
+        pad = bucket_length(n, self.per_octave) - n
+        if pad:
+            kind = torch.cat([kind, kind.new_full((b, pad), TEXT)], 1)
+            t = torch.cat([t, t[:, -1:].expand(b, pad)], 1)  # Δt = 0 over the padding
+            src = torch.cat([src, src.new_full((b, pad), self.model.tokenizer.pad_id)], 1)
+            valid = torch.cat([valid, valid.new_zeros(b, pad)], 1)
+        for x in (kind, t, src, valid):
+            torch._dynamo.mark_static(x, 1)
+        for x in (batch.video, batch.audio):
+            if x is not None:
+                torch._dynamo.maybe_mark_dynamic(x, 0)
+        out = self.fn(kind, t, src, valid, batch.video, batch.audio, state)
+        return ModelOutput(out.hidden[:, :n], out.state) if pad else out
+
+
 def _model_config_from_dict(d: dict) -> ModelConfig:
     d = dict(d)
     temporal = TemporalConfig(**d.pop("temporal", {}))
@@ -273,17 +342,32 @@ class MultimodalSSM(nn.Module):
 
         kind, src: (B, L); video: (F, 3, S, S) frames whose patch p of frame f is ``src = f·P + p``;
         audio: (A, D) audio tokens (``src`` = row); text: ``src`` = token id.
+
+        Every position is looked up with fixed shapes (a text lookup of all positions, one gather from
+        the stacked media embeddings, a select by kind) rather than boolean-mask indexing: no
+        data-dependent shape and no host sync, so ``torch.compile`` traces it whole. A frontend runs
+        when its features are present (F or A > 0: a shape, not a value).
         """
-        b, l = kind.shape
-        x = torch.zeros(b, l, self.cfg.d_model, device=kind.device, dtype=self.kind_emb.weight.dtype)
-        is_v, is_a, is_t = kind == VIDEO, kind == AUDIO, kind == TEXT
-        if is_v.any():
-            patches = self.video_in(video).flatten(0, 1)  # (F*P, d)
-            x = x.index_put((is_v,), patches[src[is_v]])
-        if is_a.any():
-            x = x.index_put((is_a,), self.audio_in(audio)[src[is_a]])
-        if is_t.any():
-            x = x.index_put((is_t,), self.text_in(src[is_t]))
+        dtype = self.kind_emb.weight.dtype
+        has_v = video is not None and video.shape[0] > 0
+        has_a = audio is not None and audio.shape[0] > 0
+        if not torch.compiler.is_compiling():  # a check of values (host sync): eager only
+            for k, has, name in ((VIDEO, has_v, "video"), (AUDIO, has_a, "audio")):
+                if not has and bool((kind == k).any()):
+                    raise ValueError(f"embed: the sequence has {name} tokens but no {name} features")
+        is_t = kind == TEXT
+        x = self.text_in(torch.where(is_t, src, 0)).to(dtype)  # media positions read row 0, replaced below
+        media = []  # (F·P + A, d): patch embeddings, then audio-token embeddings
+        if has_v:
+            media.append(self.video_in(video).flatten(0, 1).to(dtype))
+        if has_a:
+            media.append(self.audio_in(audio).to(dtype))
+        if media:
+            n_patches = media[0].shape[0] if has_v else 0
+            # media row of each media token; text positions read row 0 (discarded by the select)
+            row = torch.where(kind == AUDIO, src + n_patches, torch.where(kind == VIDEO, src, 0))
+            table = torch.cat(media) if len(media) > 1 else media[0]
+            x = torch.where((~is_t).unsqueeze(-1), table[row], x)
         return x + self.kind_emb(kind)
 
     def forward(
@@ -321,6 +405,10 @@ class MultimodalSSM(nn.Module):
     def forward_batch(self, batch, state: ModelState | None = None) -> ModelOutput:
         """``forward`` on a :class:`ssm_mm.data.dataset.Batch`."""
         return self(batch.kind, batch.t, batch.src, batch.valid, batch.video, batch.audio, state)
+
+    def compiled_forward(self, **compile_options) -> CompiledForward:
+        """A :class:`CompiledForward`: ``forward_batch`` under ``torch.compile`` (training steps)."""
+        return CompiledForward(self, **compile_options)
 
     # --------------------------------------------------------------------------------- heads
 
