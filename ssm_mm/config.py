@@ -183,6 +183,9 @@ class TrainConfig:
     init_from: str | None = None
     threads: int = 0  # 0 = torch default
     parallel: str = "ddp"  # with torchrun: "ddp" (replicated) | "fsdp" (FSDP2 fully_shard per block)
+    # the model's forward under torch.compile (one graph; lengths padded to <= 8 buckets per octave;
+    # the losses stay eager): one compile per length bucket, tens of seconds to minutes on a CPU
+    compile: bool = False
 
 
 @dataclass

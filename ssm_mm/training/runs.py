@@ -48,6 +48,7 @@ MAY_CHANGE_ON_RESUME = (
     "train.init_from",
     "train.threads",
     "train.parallel",  # checkpoints hold full state dicts: DDP, FSDP and one process resume each other
+    "train.compile",  # the same step, compiled or eager
     "train.run_dir",  # a run folder may be moved
     "train.debug_signal_at_step",  # a removed test-only key: configs of older runs still hold it
     "data.num_workers",

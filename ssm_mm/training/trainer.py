@@ -73,15 +73,24 @@ class TrainStep(nn.Module):
     """Model + losses in one ``forward`` so that DDP sees every head's parameters used.
 
     ``weights``: each objective's weight in the total loss (default: its config's ``weight``);
-    ``norm`` (forward): each objective's normaliser (its global count of supervised items)."""
+    ``norm`` (forward): each objective's normaliser (its global count of supervised items).
 
-    def __init__(self, model: MultimodalSSM, weights: dict[str, float] | None = None):
+    ``compile`` (``train.compile``): the model's forward runs under ``torch.compile``
+    (:class:`ssm_mm.models.multimodal.CompiledForward`: one graph, no breaks, lengths bucketed) and the
+    losses stay eager. The forward is what is compiled, not this module or the losses: the losses
+    select supervised positions with boolean masks and count items on the host (graph breaks and a
+    recompile per new count), and the compiled function is an ordinary call inside this module, so
+    DDP / FSDP wrap this module as they do eagerly and the carried state is a plain input/output.
+    Off, the step is the eager one, unchanged."""
+
+    def __init__(self, model: MultimodalSSM, weights: dict[str, float] | None = None, compile: bool = False):
         super().__init__()
         self.model = model
         self.weights = weights or {k: obj.cfg.weight for k, obj in model.objectives.items()}
+        self.forward_model = model.compiled_forward() if compile else model.forward_batch
 
     def forward(self, batch, state: ModelState, norm: dict[str, float]):
-        out = self.model.forward_batch(batch, state)
+        out = self.forward_model(batch, state)
         sums, counts = self.model.loss_sums(out, batch)
         loss = sum(self.weights[k] * sums[k] / norm[k] for k in sums)
         return loss, {k: v.detach() for k, v in sums.items()}, counts, out.state
@@ -328,7 +337,7 @@ class Trainer:
         self.loss_names = list(model.objectives)  # the losses, in objective order
         # objectives.<name>.weight
         self.weights = {k: obj.cfg.weight for k, obj in model.objectives.items()}
-        step_module: nn.Module = TrainStep(model, self.weights)
+        step_module: nn.Module = TrainStep(model, self.weights, compile=tc.compile)
         if info.enabled and tc.parallel == "fsdp":
             # FSDP2: shard each backbone block, then the rest (frontends, heads) at the root, which is
             # the TrainStep so that the heads are used inside its forward

@@ -86,3 +86,13 @@ def test_compiled_forward_equals_eager_with_carried_state(make_dataset):
             assert p.grad is None or not p.grad.any(), name
             continue
         assert rel(p.grad, q.grad) <= 1e-4, name
+
+
+def test_media_tokens_without_their_features_are_refused(make_dataset):
+    """embed reads media rows by position, with no shape check a wrong batch would trip: the eager
+    forward names the missing modality instead of reading other rows."""
+    model = support.tiny_model(0, LABELS)
+    batch = windows(make_dataset, 0)
+    for name, video, audio in (("video", None, batch.audio), ("audio", batch.video, batch.audio[:0])):
+        with pytest.raises(ValueError, match=f"{name} tokens but no {name} features"):
+            model(batch.kind, batch.t, batch.src, batch.valid, video, audio)
