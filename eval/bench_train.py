@@ -26,6 +26,9 @@ On CUDA the hybrid's SSM layers run mamba_ssm's Triton SSD kernel, its windowed 
 FlexAttention with a sliding-window block mask (``--attn-backend`` picks another), the Transformer
 runs SDPA's fused causal kernel; ``--bf16`` adds bf16 autocast as ``train.bf16=true`` does. The SPEC
 target is a CPU one; on a GPU the figure says how the two compare where both have fast kernels.
+``--compile`` runs both models' forward under ``torch.compile`` as ``train.compile=true`` does (the
+losses stay eager; lengths padded to the compile buckets, tokens/s still counts real tokens); the
+compile happens in the warm-up steps (at least one with ``--compile``).
 ``--config`` / ``--baseline`` pick other models (issue 32: ``configs/gpu_base.yaml`` against
 ``configs/gpu_base_transformer.yaml`` at 4K/16K/64K tokens); a model that runs out of GPU memory at a
 length is reported as ``"oom": true`` there (the other model still runs).
@@ -161,7 +164,7 @@ class Stepper:
         self.tc = tc
         self.device = torch.device(device)
         self.autocast = lambda: torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
-        self.step_module = TrainStep(model, {k: 1.0 for k in model.objectives})
+        self.step_module = TrainStep(model, {k: 1.0 for k in model.objectives}, compile=tc.compile)
         self.opt = build_optimizer(model, tc)
 
     def step(self, batch: Batch) -> float:
@@ -225,6 +228,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (as train.bf16=true)")
     ap.add_argument("--attn-backend", choices=BACKENDS, default="auto", help="windowed attention backend")
+    ap.add_argument(
+        "--compile", action="store_true", help="both models' forward under torch.compile (train.compile=true)"
+    )
     ap.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (default: by name)")
     ap.add_argument("--quick", action="store_true", help="short sequences, one timed step (smoke test)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bench_train.json"))
@@ -237,6 +243,8 @@ def main(argv: list[str] | None = None) -> dict:
             1,
             1e9,
         )
+    if args.compile:  # the compile runs in the first step at each length: never time it
+        args.warmup = max(1, args.warmup)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device is available")
     for flag, path in (("--config", args.config), ("--baseline", args.baseline)):
@@ -245,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
     set_attention_backend(args.attn_backend)
     threads = set_threads(args.threads)
     load = wait_for_low_load(args.max_load)
-    tc = TrainConfig()
+    tc = TrainConfig(compile=args.compile)
     models = {"hybrid": args.config, "transformer": args.baseline}
     try:
         steppers = {
@@ -281,6 +289,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "device": args.device,
                 "bf16": args.bf16,
                 "attention_backend": args.attn_backend,
+                "compile": args.compile,
                 "config": args.config,
                 "baseline": args.baseline,
                 "parameters": params,
@@ -303,7 +312,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     results = []
     print(
-        f"device={args.device}, bf16={args.bf16}, threads={threads}, attention={args.attn_backend}, "
+        f"device={args.device}, bf16={args.bf16}, compile={args.compile}, threads={threads}, "
+        f"attention={args.attn_backend}, "
         f"params hybrid {params['hybrid'] / 1e6:.1f}M transformer {params['transformer'] / 1e6:.1f}M"
     )
     print(

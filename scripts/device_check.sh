@@ -26,7 +26,9 @@
 #   => at most ~7.5 min, typically less.
 # Optional stages (name them): cuda_tests (every -m cuda test, 9 + attention: ~90-150 s), train
 # (train.py proxy run, 300 s), scan (bench_scan, 150 s), train_fp32 / train_bf16 (default config vs
-# its Transformer at 1K/4K/16K, 150 s each: the session-14 comparison after the attention fix).
+# its Transformer at 1K/4K/16K, 150 s each: the session-14 comparison after the attention fix),
+# gpu_train_compile (gpu_train with both models' forward under torch.compile, train.compile=true;
+# compile time unmeasured on a GPU: 300 s).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,9 +56,9 @@ if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; shift; fi
 DEFAULT_STAGES=(tests gpu_train gpu_train64k sessions)
 for st in "$@"; do
   case $st in
-    tests|gpu_train|gpu_train64k|sessions|cuda_tests|train|scan|train_fp32|train_bf16) ;;
-    *) echo "device_check.sh: unknown stage '$st' (tests, gpu_train, gpu_train64k, sessions, cuda_tests," \
-         "train, scan, train_fp32, train_bf16)" >&2; exit 2 ;;
+    tests|gpu_train|gpu_train_compile|gpu_train64k|sessions|cuda_tests|train|scan|train_fp32|train_bf16) ;;
+    *) echo "device_check.sh: unknown stage '$st' (tests, gpu_train, gpu_train_compile, gpu_train64k," \
+         "sessions, cuda_tests, train, scan, train_fp32, train_bf16)" >&2; exit 2 ;;
   esac
 done
 OUT=${OUT:-/tmp/device_check}
@@ -113,6 +115,9 @@ GPU_BASE=(--config configs/gpu_base.yaml --baseline configs/gpu_base_transformer
 want tests && stage tests 75 $PY -m pytest -q -p no:cacheprovider -m cuda tests/ops/test_attention.py
 want gpu_train && stage gpu_train 180 $PY eval/bench_train.py --device $DEV "${BF16[@]}" "${GPU_BASE[@]}" \
   --lengths "${LEN_A[@]}" --tokens-per-step $TPS "${REP[@]}" --max-load 1e9 --out "$OUT/bench_train_gpu_base.json"
+want gpu_train_compile && stage gpu_train_compile 300 $PY eval/bench_train.py --device $DEV "${BF16[@]}" \
+  "${GPU_BASE[@]}" --compile --lengths "${LEN_A[@]}" --tokens-per-step $TPS "${REP[@]}" --max-load 1e9 \
+  --out "$OUT/bench_train_gpu_base_compile.json"
 want gpu_train64k && stage gpu_train64k 120 $PY eval/bench_train.py --device $DEV "${BF16[@]}" "${GPU_BASE[@]}" \
   --lengths "${LEN_B[@]}" --tokens-per-step $TPS "${REP[@]}" --max-load 1e9 --out "$OUT/bench_train_gpu_base_64k.json"
 want sessions && stage sessions 75 $PY eval/bench_sessions.py --device $DEV "${SESS[@]}" --max-load 1e9 \
