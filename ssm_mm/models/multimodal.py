@@ -204,8 +204,8 @@ class CompiledForward:
     """``model.forward_batch`` under ``torch.compile``, for training steps (``train.compile=true``).
 
     The forward traces as one graph with no breaks (no host syncs, no data-dependent shapes: see
-    ``tests/models/test_compile.py``). What varies from batch to batch is handled so that it does not
-    recompile every step:
+    ``tests/models/test_compiled_forward.py``). What varies from batch to batch is handled so that it
+    does not recompile every step:
 
     - the sequence length L is padded (invalid TEXT tokens repeating each row's last time, the
       padding a collated batch already has) to :func:`bucket_length` and compiled static per bucket:

@@ -26,7 +26,7 @@ def test_compiled_training_steps_equal_eager(tmp_path, tiny_world, tiny_override
     the losses of train.compile=true equal eager's. Compiled with Dynamo + AOTAutograd and eager
     kernels (backend "aot_eager") and lengths bucketed to powers of two (2 compiles), so the test
     checks the trainer's wiring in ~1 min; inductor's own numerics are checked by
-    tests/models/test_compile.py (a cold inductor compile takes minutes on the 2-core CPU)."""
+    tests/models/test_compiled_forward.py (a cold inductor compile takes minutes on the 2-core CPU)."""
     from ssm_mm.models.multimodal import CompiledForward, MultimodalSSM
 
     made = []
