@@ -42,5 +42,8 @@ def _tiny_overrides(tmp, train, val, *extra):
         "logging.wandb.mode=disabled",
         "logging.progress=false",
         "eval.lengths=[1]",  # no long-stream evaluation: the evaluation tests cover it
+        # train.py reads configs/default.yaml, whose data.mix is a recipe for the built-in world (not
+        # used with a manifest, but part of the resume check): the in-process Trainer runs start bare
+        "data.mix=[]",
         *extra,
     ]
