@@ -429,7 +429,7 @@ class Trainer:
         names = self.loss_names
         acc = {k: 0.0 for k in names}
         tokens = 0
-        for _ in range(accum):
+        for micro in range(accum):
             t_w = time.perf_counter()
             batch = next(self.batches).to(info.device)
             t_c = time.perf_counter()
@@ -443,6 +443,8 @@ class Trainer:
             with self.autocast:
                 loss, sums, _, new_state = self.step_module(batch, state, norm)
             if D.any_rank(not bool(torch.isfinite(loss)), info):
+                for _ in range(accum - 1 - micro):  # the step's other micro-batches are skipped too:
+                    next(self.batches)  # the data position stays global_step x accum (exact resume)
                 self.carried = None
                 self.opt.zero_grad(set_to_none=True)
                 self.nonfinite += 1
