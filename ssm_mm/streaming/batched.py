@@ -159,7 +159,6 @@ def step_round(sessions: Sequence[TickSource]) -> None:
         s._finish_tick(w, TickResult(rows[i], int(label[i]), float(score[i]), float(speak[i]), responses[i]))
 
 
-@torch.no_grad()
 def _checked(sessions: Sequence[StreamingSession], what: str) -> list[StreamingSession]:
     from ssm_mm.streaming.session import StreamingSession  # the session module imports this one
 
@@ -182,6 +181,7 @@ def _step_ready(sessions: list[StreamingSession]) -> None:
         step_round(ready)  # one tick per session, or a whole run of media-less ticks
 
 
+@torch.no_grad()
 def step_sessions(sessions: Sequence[StreamingSession]) -> list[int]:
     """Advance many sessions together: every completed tick of every session is processed, in rounds
     where each session with a completed tick contributes its next tick to ONE batched forward
@@ -202,6 +202,7 @@ def step_sessions(sessions: Sequence[StreamingSession]) -> list[int]:
     return [s.ticks_done - k for s, k in zip(sessions, start)]
 
 
+@torch.no_grad()
 def close_sessions(sessions: Sequence[StreamingSession]) -> list[int]:
     """``close()`` many sessions together: each stream's end (resampler flushed, the last partial tick
     complete) as :meth:`StreamingSession.close`, their remaining ticks stepped in batched rounds as

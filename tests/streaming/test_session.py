@@ -305,6 +305,31 @@ def test_step_sessions_checks_its_input():
     assert ssm_mm.close_sessions([]) == [] and not s.closed
 
 
+def test_batched_calls_build_no_autograd_graph(media):
+    """step_sessions / close_sessions run the model without gradients (as every session method does):
+    a graph per tick would cost time and keep activations alive."""
+    model = tiny_model()
+    m = media[0]
+    s = model.stream(auto_step=False)
+    s.push_video(m.frames, m.times)
+    s.push_audio(m.samples, m.sample_rate, m.audio_t0)
+    modes = []
+    orig = model.forward
+
+    def recording_forward(*args, **kw):
+        modes.append(torch.is_grad_enabled())
+        return orig(*args, **kw)
+
+    model.forward = recording_forward
+    try:
+        assert ssm_mm.step_sessions([s])[0] > 0
+        ssm_mm.close_sessions([s])
+    finally:
+        del model.forward
+    assert modes and not any(modes)
+    assert not any(t.requires_grad for t in s.state_dict()["model_state"].values() if torch.is_tensor(t))
+
+
 def test_close_sessions_is_all_or_nothing(media):
     """A failing forward while close_sessions steps the last ticks leaves every session as it was
     (open, same ticks and buffers), and closing again then gives what closing each alone gives."""
