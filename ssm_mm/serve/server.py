@@ -804,8 +804,10 @@ class Server:
         self._post(live, [{"type": "error", "code": "internal", "message": message}], end=True)
         self._lives.pop(live.sid, None)
 
-    def _margin(self, live: _Live) -> float:
-        rate = live.audio_rate
+    def _margin(self, live: _Live, rate: int | None = None) -> float:
+        """Seconds of audio past a time needed before the session's audio up to it is complete, at the
+        stream's input rate (``rate`` where it is not known yet: nothing pushed so far)."""
+        rate = live.audio_rate or rate
         return max(_MIN_MARGIN, live.session.audio_lookahead(rate) if rate else 0.0)
 
     def _cut(self, live: _Live) -> tuple[float, _Question | None]:
@@ -888,9 +890,7 @@ class Server:
                 a = -math.inf if a_last is None else a_last.end
                 if live.audio_end is not None:
                     a = max(a, live.audio_end)
-                rate = live.audio_rate or (a_last.rate if a_last is not None else None)
-                margin = max(_MIN_MARGIN, s.audio_lookahead(rate)) if rate else _MIN_MARGIN
-                if a < t_end + margin:
+                if a < t_end + self._margin(live, a_last.rate if a_last is not None else None):
                     return True
         return False
 
