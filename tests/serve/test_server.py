@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import urllib.request
 
 import numpy as np
@@ -144,3 +145,42 @@ def test_media_held_behind_an_untaken_question_is_not_skipped_by_the_cut(model):
     server._ingest(live)  # the next round takes the question and the held audio, then cuts
     assert not errors, errors
     assert s.time == 1.5 and live.audio_end == 1.501
+
+
+def test_queued_media_goes_in_once_it_completes_a_tick(model):
+    """Without a pending question, the worker leaves a stream's media queued until every modality
+    reaches past the next tick's end, then pushes it in one call per modality (featurizing per call,
+    not per 0.1-s chunk); a stopping server pushes whatever is queued."""
+    import ssm_mm
+
+    server = Server(model)
+    s = model.stream(auto_step=False)
+    live = _Live(sid="x", session=s)
+    rate, frame = 16000, np.zeros((64, 64, 3), np.uint8)
+    calls = {"audio": 0, "video": 0}
+    for name in calls:
+        orig = getattr(s, f"push_{name}")
+
+        def counted(*a, _orig=orig, _name=name, **kw):
+            calls[_name] += 1
+            return _orig(*a, **kw)
+
+        setattr(s, f"push_{name}", counted)
+
+    def queue(t0, t1):  # 0.1-s audio chunks and 4-fps frames over [t0, t1)
+        for k in range(round(t0 * 10), round(t1 * 10)):
+            live.audio.append((AudioMessage(k / 10, rate, np.zeros(rate // 10, np.float32)), 0.0, 0))
+        for k in range(math.ceil(t0 * 4), math.ceil(t1 * 4)):
+            live.video.append((VideoMessage(t=k / 4, rgb=frame), 0.0, 0))
+
+    queue(0.0, 0.5)  # all of tick 0, but nothing past its end yet
+    assert server._ingest(live) == (False, None) and calls == {"audio": 0, "video": 0}
+    queue(0.5, 0.8)  # a frame at 0.75 and audio to 0.8 s: tick 0 is complete
+    did, newest = server._ingest(live)
+    assert did and newest == 0.0 and calls == {"audio": 1, "video": 1}
+    assert ssm_mm.step_sessions([s]) == [1] and live.video_until == 0.75
+    assert live.audio_end == pytest.approx(0.8)
+    queue(0.8, 0.9)
+    assert server._ingest(live) == (False, None)  # tick 1 is not complete: held
+    server._stopping = True
+    assert server._ingest(live)[0] and calls == {"audio": 2, "video": 1}
