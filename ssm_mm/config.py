@@ -153,7 +153,8 @@ class DataConfig:
     # replaced, generated into cache_dir like the main world (its "train" split). Without a ``world``
     # key the knobs are the run's own world's (data.world) and apply only while it is the main source
     # (``manifest`` null; otherwise the entry is not used, with a notice); to mix a world into a
-    # manifest's streams (or mix another world) name it.
+    # manifest's streams (or mix another world) name it. Without a ``seed`` knob an entry draws
+    # streams of its own, seeded by the section's seed + i + 1 (entry i).
     #   data.mix=[extra.jsonl]   'data.mix=[{seconds:120,streams:32}]'   'data.mix=[{world:NAME,seed:7}]'
     mix: list[Any] = field(default_factory=list)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
@@ -646,10 +647,20 @@ def mix_sources(d: DataConfig, *, check_files: bool = False) -> list[MixSource]:
         except KeyError as e:
             raise ConfigError(f"{where}.world: {e.args[0]}") from None
         base = (d.worlds or {}).get(world.name)
+        base = world.config() if base is None else base
+        if "seed" not in knobs and hasattr(base, "seed"):
+            # streams of their own: a world draws stream k of a seed the same way whatever its length,
+            # so with the section's seed the entry's streams would begin as the main source's do
+            knobs["seed"] = base.seed + i + 1
         try:
-            cfg = world.with_knobs(world.config() if base is None else base, knobs)
+            cfg = world.with_knobs(base, knobs)
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from None
+        if getattr(cfg, "seed", None) is not None and cfg.seed == getattr(cfg, "val_seed", None):
+            raise ConfigError(
+                f"{where}: seed {cfg.seed} is the held-out streams' (data.worlds.{world.name}.val_seed): "
+                f"validation would train; give the entry another seed"
+            )
         out.append(MixSource(where, world=world.name, world_config=cfg, unused=unused))
     return out
 

@@ -9,11 +9,11 @@ import signal
 import pytest
 
 import train as train_cli
-from ssm_mm.config import Config, load_config, to_dict
+from ssm_mm.config import Config, load_config, mix_sources, to_dict
 from ssm_mm.data.manifest import read_manifest
 from ssm_mm.training.runs import resume_view, upgrade_view
 from ssm_mm.training.trainer import Trainer, prepare_data
-from ssm_mm.worlds.avworld import CLASSES, generate
+from ssm_mm.worlds.avworld import CLASSES, generate, make_scene
 
 CURRICULUM = ("data.curriculum.steps=[3]", "data.curriculum.max_seconds=[2,0]")  # 1 window, then all
 
@@ -107,9 +107,28 @@ def test_world_knob_entries_are_generated_once_and_pin_their_labels(tmp_path, ti
     assert data.labels == ["background", *[c.name for c in CLASSES[:6]]]
 
 
+def test_world_knob_entries_without_a_seed_draw_streams_of_their_own():
+    """AVWorld draws stream k of a seed alike at any length: 120-s streams of the main seed would begin
+    as the 30-s ones do (the same worlds twice), so an entry without a seed takes seed + i + 1."""
+    cfg = load_config(
+        None,
+        ["data.worlds.avworld.seed=5", "data.mix=[{seconds:120}, {seconds:60,seed:5}, {streams:3}]"],
+    )
+    seeds = [src.world_config.seed for src in mix_sources(cfg.data)]
+    assert seeds == [6, 5, 8]  # entry 1 asked for the main seed, and gets it
+    main = load_config(None, ["data.worlds.avworld.seed=5"]).data.worlds["avworld"]
+    first = [s.start for s in make_scene(main, 0).events][:3]
+    assert first == [s.start for s in make_scene(mix_sources(cfg.data)[1].world_config, 0).events][:3]
+    assert first != [s.start for s in make_scene(mix_sources(cfg.data)[0].world_config, 0).events][:3]
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
+        (
+            "data.mix=[{seconds:60,seed:1000}]",
+            "data.mix[0]: seed 1000 is the held-out streams' (data.worlds.avworld.val_seed)",
+        ),
         ("data.mix=[{secnds:120}]", "data.mix[0]: unknown avworld knob 'secnds' (did you mean 'seconds'?)"),
         ("data.mix=[{seconds:2}]", "data.mix[0]: AVWorldConfig.seconds: must be >= 4"),
         ("data.mix=[{streams:4}, {seconds:abc}]", "data.mix[1]: avworld knob seconds:"),
