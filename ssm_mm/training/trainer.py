@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -53,7 +54,7 @@ from ssm_mm.objectives.base import enabled_configs
 from ssm_mm.training import distributed as D
 from ssm_mm.training.checkpoint import load_checkpoint, save_checkpoint
 from ssm_mm.training.logger import RunLogger, Throughput
-from ssm_mm.training.runs import apply_plan, check_weights_fit, init_weights, plan_start
+from ssm_mm.training.runs import ResumeError, apply_plan, check_weights_fit, init_weights, plan_start
 from ssm_mm.training.schedule import Curriculum, ScheduledWindows, ScheduleSampler, SlotSchedule
 from ssm_mm.training.validate import validate
 
@@ -259,6 +260,16 @@ def prepare_data(cfg: Config, log=print) -> DataSetup:
     return DataSetup(train, val, labels, skipped, Path(train_m), Path(val_m) if val_m else None, sources)
 
 
+def training_set_fingerprint(data: StreamDataset) -> dict[str, object]:
+    """What a checkpoint's data position indexes: the training streams in order, each with its window
+    count, as ``{"streams": n, "sha256": 16 hex digits}``. A resume on other streams (a manifest
+    edited, a world generated with other seeds) would continue at a position that names other
+    windows, so :class:`Trainer` refuses it."""
+    rows = [[s.id, round(s.duration, 6), n] for s, n in zip(data.streams, data.windows_per_stream)]
+    digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+    return {"streams": len(rows), "sha256": digest}
+
+
 class Trainer:
     """The training run of a :class:`~ssm_mm.config.Config` (module docstring: what it does).
 
@@ -368,6 +379,14 @@ class Trainer:
             torch.set_rng_state(ck["rng"]["torch"])
             random.setstate(_to_tuple(ck["rng"]["python"]))
             step = int(ck["step"])
+            then, now = ck.get("train_streams"), training_set_fingerprint(data.train)
+            if then is not None and then != now:  # checkpoints from before the fingerprint: not checked
+                raise ResumeError(
+                    f"{path}: the training streams are not those this run trained on ({then['streams']} "
+                    f"then, {now['streams']} now; fingerprint {then['sha256']} -> {now['sha256']}): its "
+                    "data position would name other windows; restore them, or start afresh "
+                    "(train.resume=false)"
+                )
             if ck.get("slot_state") is not None:
                 glob = ModelState.from_dict(ck["slot_state"])
                 lo = info.rank * local_b
@@ -609,6 +628,7 @@ class Trainer:
                 "model_config": model.config_dict(),
                 "labels": labels,
                 "world": info.world,
+                "train_streams": training_set_fingerprint(self.data.train),
             }
             run = self.run_identity
             payload["run_id"], payload["config_hash"] = run.run_id, run.config_hash

@@ -150,6 +150,31 @@ def test_resume_refuses_a_changed_config_naming_the_keys_before_data_preparation
     assert res["step"] == 6
 
 
+def test_resume_refuses_other_training_streams_under_the_same_config(
+    tmp_path, tiny_world, tiny_overrides, capsys
+):
+    """The config names a manifest, not its streams: one edited after the checkpoint (a stream gone)
+    would shift every later data position, so the resume stops with exit 2 and the checkpoint kept."""
+    import shutil
+
+    train = tmp_path / "world" / "manifest.jsonl"
+    shutil.copytree(tiny_world[0].parent, train.parent)
+    world = (train, tiny_world[1])
+    _run(tiny_overrides, tmp_path, world, "train.max_steps=4")
+    ck = load_checkpoint(dict(list_checkpoints(tmp_path / "run" / "checkpoints"))[4])
+    assert ck["train_streams"]["streams"] == 4
+    capsys.readouterr()
+    lines = train.read_text().splitlines()
+    train.write_text("\n".join(lines[1:]) + "\n")
+    args = tiny_overrides(tmp_path, *world, "eval.at_end=false", "train.resume=true", "train.max_steps=6")
+    assert train_cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "training streams are not those this run trained on" in err
+    assert "(4 then, 3 now" in err and _steps(tmp_path / "run" / "checkpoints")[-1] == 4
+    train.write_text("\n".join(lines) + "\n")  # the streams back: it resumes
+    assert train_cli.main(args) == 0 and _steps(tmp_path / "run" / "checkpoints")[-1] == 6
+
+
 def test_init_from_loads_weights_only_into_a_fresh_run(tmp_path, tiny_world, tiny_overrides):
     src = tmp_path / "src"
     _run(tiny_overrides, src, tiny_world, "train.max_steps=4")
