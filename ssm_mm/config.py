@@ -49,6 +49,11 @@ class TemporalConfig:
     # SSM decay-rate init: |A|·softplus(b_λ) spans [rate_min, rate_max] per second across heads.
     rate_min: float = 0.002
     rate_max: float = 10.0
+    # Memory horizon: every SSM head forgets at least this much per second, on top of its learned rate
+    # (log-decay −(|A|·softplus(·) + rate_floor)·Δt). The state then settles within a few
+    # 1/rate_floor seconds of any stream, so streams longer than that show no state older than training
+    # did. 0 = off (heads may hold for as long as they learn to).
+    rate_floor: float = 0.0
 
 
 @dataclass
@@ -430,6 +435,7 @@ RANGES: dict[str, tuple[str, float | None, float | None, str]] = {
     "model.temporal.train_clock_offset": ("[", 0, None, ")"),
     "model.temporal.rate_min": ("(", 0, None, ")"),
     "model.temporal.rate_max": ("(", 0, None, ")"),
+    "model.temporal.rate_floor": ("[", 0, None, ")"),
     "data.window_seconds": ("(", 0, None, ")"),
     "data.num_workers": ("[", 0, None, ")"),
     "data.curriculum.steps": ("[", 1, None, ")"),  # optimizer steps; ascending (validate_config)
@@ -507,6 +513,11 @@ def check_ranges(cfg: Config) -> None:
         raise ConfigError(
             "model.temporal: max_period must be >= min_period and rate_max >= rate_min "
             f"(got periods {t.min_period}..{t.max_period}, rates {t.rate_min}..{t.rate_max})"
+        )
+    if t.rate_floor > 0 and not t.time_aware_dt:
+        raise ConfigError(
+            f"model.temporal.rate_floor={t.rate_floor!r}: a floor in decay per second needs the "
+            "time-aware step (model.temporal.time_aware_dt=true); plain Mamba-2 decays per token"
         )
 
 

@@ -117,6 +117,8 @@ def test_attn_windows_per_layer():
         ("logging.log_every=0", "logging.log_every"),
         ("eval.speak_threshold=1.5", "eval.speak_threshold"),
         ("model.temporal.min_period=0", "model.temporal.min_period"),
+        ("model.temporal.rate_floor=-0.1", "model.temporal.rate_floor"),
+        ("model.temporal.rate_floor=nan", "model.temporal.rate_floor"),
         ("data.worlds.avworld.streams=0", "data.worlds.avworld: AVWorldConfig.streams"),
         ("data.worlds.avworld.fps=-1", "data.worlds.avworld: AVWorldConfig.fps"),
         ("data.avworld.fps=-1", "data.worlds.avworld: AVWorldConfig.fps"),  # an older config's key
@@ -125,6 +127,12 @@ def test_attn_windows_per_layer():
 def test_values_out_of_range_are_named(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, [override])
+
+
+def test_rate_floor_needs_the_time_aware_step():
+    assert load_config(None, ["model.temporal.rate_floor=0.05"]).model.temporal.rate_floor == 0.05
+    with pytest.raises(ConfigError, match=r"rate_floor=0\.05: .*time_aware_dt=true"):
+        load_config(None, ["model.temporal.rate_floor=0.05", "model.temporal.time_aware_dt=false"])
 
 
 def test_ranges_leave_the_defaults_and_edges_alone():

@@ -2,12 +2,15 @@
 
 Per head, with input ``u_t`` (the block input) and ``x_t, B_t, C_t`` (after the short causal conv)::
 
-    λ_t = softplus(w_λ·u_t + b_λ) · Δt_t        decay step, Δt_t = real seconds since the previous token
+    λ_t = (softplus(w_λ·u_t + b_λ) + ρ/|A|) · Δt_t   decay step, Δt_t = real seconds since the previous
+                                                 token, ρ ≥ 0 the floor rate (``temporal.rate_floor``)
     γ_t = softplus(w_γ·u_t + b_γ)               input gain, independent of Δt
     h_t = exp(A · λ_t) · h_{t-1} + γ_t · B_t x_tᵀ      A < 0 per head
     y_t = C_t h_t + D x_t
 
-Tokens sharing a timestamp (Δt = 0) are still written into the state (γ_t > 0) and the state forgets
+With ρ > 0 every head forgets at least ``exp(−ρ·Δt)`` over ``Δt`` seconds, whatever its input: a
+memory horizon of ~1/ρ seconds past which the state's distribution no longer depends on the stream's
+age. Tokens sharing a timestamp (Δt = 0) are still written into the state (γ_t > 0) and the state forgets
 by seconds, not by token count. With ``time_aware_dt=False`` this is plain Mamba-2 (Dao & Gu, 2024):
 a single ``dt_t = softplus(w·u_t + b)`` is both the decay step and the input gain, λ_t = γ_t = dt_t.
 
@@ -69,6 +72,7 @@ class Mamba2Mixer(nn.Module):
         self.norm = GatedRMSNorm(self.d_inner, eps=cfg.norm_eps)
         self.out_proj = nn.Linear(self.d_inner, cfg.d_model, bias=False)
         self._rate_range = (cfg.temporal.rate_min, cfg.temporal.rate_max)
+        self.rate_floor = float(cfg.temporal.rate_floor) if self.time_aware else 0.0
         self.reset_parameters()
 
     @torch.no_grad()
@@ -113,10 +117,14 @@ class Mamba2Mixer(nn.Module):
                     "Mamba2Mixer: time_aware_dt=True needs dt (seconds since the previous token)"
                 )
             rate, gain = F.softplus(g_bth).split(self.nheads, dim=-1)
-            lam = rate * dt_bt.float().unsqueeze(-1)  # (B, L, H)
+            dt_blh = dt_bt.float().unsqueeze(-1)
+            log_decay = A * (rate * dt_blh)  # (B, L, H)
+            if self.rate_floor:
+                log_decay = log_decay - self.rate_floor * dt_blh
         else:
-            lam = gain = F.softplus(g_bth)
-        return (A * lam).clamp(min=LOG_DECAY_FLOOR), gain
+            gain = F.softplus(g_bth)
+            log_decay = A * gain
+        return log_decay.clamp(min=LOG_DECAY_FLOOR), gain
 
     def forward(
         self, u: Tensor, dt: Tensor | None = None, state: SSMState | None = None, valid: Tensor | None = None

@@ -7,7 +7,7 @@ from ssm_mm.config import ModelConfig, TemporalConfig
 from ssm_mm.layers.mamba2 import Mamba2Mixer
 
 
-def mixer(time_aware=True):
+def mixer(time_aware=True, rate_floor=0.0):
     torch.manual_seed(0)
     cfg = ModelConfig(
         d_model=16,
@@ -18,7 +18,7 @@ def mixer(time_aware=True):
         d_conv=2,
         chunk_size=4,
         kernels="torch",
-        temporal=TemporalConfig(time_aware_dt=time_aware),
+        temporal=TemporalConfig(time_aware_dt=time_aware, rate_floor=rate_floor),
     )
     return Mamba2Mixer(cfg).eval()
 
@@ -92,3 +92,34 @@ def test_same_timestamp_tokens_write_and_get_gradient():
     assert (s.ssm - s5.ssm).abs().max() > 1e-6
     (y.square().sum() + s.ssm.square().sum()).backward()
     assert u.grad[0, -1].abs().sum() > 0 and u.grad[0, 0].abs().sum() > 0
+
+
+def test_rate_floor_adds_to_every_heads_decay_and_nothing_else():
+    u = torch.randn(2, 9, 16)
+    dt = torch.rand(2, 9) * 0.5
+    plain, floored = mixer(True), mixer(True, rate_floor=0.3)  # same seed: same weights
+    g = plain.in_proj(u)[..., plain.d_inner + plain.conv_dim :]
+    with torch.no_grad():
+        d0, g0 = plain._gates(g, dt)
+        d1, g1 = floored._gates(g, dt)
+    torch.testing.assert_close(d1, d0 - 0.3 * dt.unsqueeze(-1))
+    assert torch.equal(g0, g1)  # the input gain does not change
+
+
+def test_rate_floor_bounds_a_holding_heads_state():
+    """A head whose learned rate is ~0 integrates its input for ever; with the floor its state settles
+    within a few 1/rate_floor seconds and stays there however long the stream runs."""
+
+    def norms(m):
+        with torch.no_grad():
+            m.gate_bias[: m.nheads] = -30.0  # learned decay rate softplus(-30) ~ 1e-13 per second
+            u = torch.randn(1, 1, 16).expand(1, 400, 16)  # one token repeated, 10 per second
+            dt = torch.full((1, 400), 0.1)
+            _, s100 = m(u[:, :100], dt[:, :100])  # 10 s
+            _, s400 = m(u[:, 100:], dt[:, 100:], s100)  # 40 s
+        return s100.ssm.norm().item(), s400.ssm.norm().item()
+
+    a, b = norms(mixer(True))
+    assert b / a > 3.5  # no floor: the state grows with the stream's age (4x the tokens, ~4x)
+    a, b = norms(mixer(True, rate_floor=1.0))  # 1-s horizon: settled long before 10 s
+    assert abs(b / a - 1) < 1e-3

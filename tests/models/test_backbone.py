@@ -27,12 +27,19 @@ def rel(a, b):
 
 
 @pytest.mark.parametrize(
-    "pattern,time_aware,windows",
-    [("MAMA", True, None), ("MMMM", False, None), ("AMMA", True, None), ("AMMA", True, [3, 11])],
+    "pattern,time_aware,windows,floor",
+    [
+        ("MAMA", True, None, 0.0),
+        ("MMMM", False, None, 0.0),
+        ("AMMA", True, None, 0.0),
+        ("AMMA", True, [3, 11], 0.0),
+        ("MAMA", True, None, 0.5),  # temporal.rate_floor: the same decay in every path
+    ],
 )
-def test_full_equals_chunked_equals_steps(pattern, time_aware, windows):
+def test_full_equals_chunked_equals_steps(pattern, time_aware, windows, floor):
     torch.manual_seed(0)
-    cfg = small_cfg(pattern=pattern, temporal=TemporalConfig(time_aware_dt=time_aware), attn_windows=windows)
+    temporal = TemporalConfig(time_aware_dt=time_aware, rate_floor=floor)
+    cfg = small_cfg(pattern=pattern, temporal=temporal, attn_windows=windows)
     model = HybridBackbone(cfg).eval()
     b, l = 2, 37
     x = torch.randn(b, l, cfg.d_model)
