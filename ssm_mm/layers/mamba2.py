@@ -72,7 +72,12 @@ class Mamba2Mixer(nn.Module):
         self.norm = GatedRMSNorm(self.d_inner, eps=cfg.norm_eps)
         self.out_proj = nn.Linear(self.d_inner, cfg.d_model, bias=False)
         self._rate_range = (cfg.temporal.rate_min, cfg.temporal.rate_max)
-        self.rate_floor = float(cfg.temporal.rate_floor) if self.time_aware else 0.0
+        self.rate_floor = float(cfg.temporal.rate_floor)
+        if self.rate_floor and not self.time_aware:
+            raise ValueError(
+                f"Mamba2Mixer: temporal.rate_floor={self.rate_floor} is a decay per second and needs "
+                "time_aware_dt=True (plain Mamba-2 decays per token)"
+            )
         self.reset_parameters()
 
     @torch.no_grad()

@@ -1,5 +1,6 @@
 """The SPEC §6 time-aware step, checked directly against its formula."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -104,6 +105,11 @@ def test_rate_floor_adds_to_every_heads_decay_and_nothing_else():
         d1, g1 = floored._gates(g, dt)
     torch.testing.assert_close(d1, d0 - 0.3 * dt.unsqueeze(-1))
     assert torch.equal(g0, g1)  # the input gain does not change
+
+
+def test_rate_floor_without_the_time_aware_step_is_refused():
+    with pytest.raises(ValueError, match=r"rate_floor=0.1 .*time_aware_dt=True"):
+        mixer(False, rate_floor=0.1)
 
 
 def test_rate_floor_bounds_a_holding_heads_state():
