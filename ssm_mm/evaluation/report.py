@@ -419,7 +419,9 @@ def plot_sweep(
 
 def plot_age(path: str | Path, model: str, curves: dict[str, dict]) -> Path:
     """Accuracy by stream age for one model: tick accuracy, QA exact match and proactive recall per bin
-    of media time, one line per dataset (``curves[name]``: a result's ``metrics["by_age"]``)."""
+    of media time, one line per dataset (``curves[name]``: a result's ``metrics["by_age"]``); when
+    questions were asked, a last panel splits the QA of the longest dataset (most bins) by question
+    type, one line each."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -427,16 +429,29 @@ def plot_age(path: str | Path, model: str, curves: dict[str, dict]) -> Path:
 
     panels = [("tick_accuracy", "tick accuracy"), ("qa_accuracy", "QA exact match")]
     panels.append(("proactive_recall", "proactive recall"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0), squeeze=False)
+    longest = max(curves, key=lambda n: len(curves[n]["start"]), default=None)
+    per_type = curves[longest].get("qa_per_type") or {} if longest is not None else {}
+    n_panels = len(panels) + bool(per_type)
+    fig, axes = plt.subplots(1, n_panels, figsize=(3.6 * n_panels, 3.0), squeeze=False)
     nan = float("nan")
+
+    def draw(ax, age, series, label):
+        b = age["bin_seconds"]
+        x = [s + b / 2 for s in age["start"]]
+        ax.plot(x, [nan if v is None else v for v in series], marker="o", ms=3, label=label)
+
     for ax, (key, title) in zip(axes[0], panels):
         for name, age in curves.items():
-            b = age["bin_seconds"]
-            x = [s + b / 2 for s in age["start"]]
-            y = [nan if v is None else v for v in age[key]]
-            ax.plot(x, y, marker="o", ms=3, label=name)
-        ax.set_xlabel("stream time (s)")
+            draw(ax, age, age[key], name)
         ax.set_title(title, fontsize=10)
+    if per_type:
+        ax = axes[0][-1]
+        for qtype, series in per_type.items():
+            draw(ax, curves[longest], series, qtype)
+        ax.set_title(f"QA by type, {longest}", fontsize=8)
+        ax.legend(fontsize=6)
+    for ax in axes[0]:
+        ax.set_xlabel("stream time (s)")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)

@@ -154,6 +154,28 @@ def test_age_metrics_bin_by_media_time():
     assert math.isnan(age["proactive_recall"][1]) and age["proactive_recall"][2] == 0.5
 
 
+def test_age_plot_splits_the_longest_datasets_qa_by_type(tmp_path, monkeypatch):
+    from ssm_mm.evaluation import report
+
+    saved, real_save = {}, report.save_figure
+
+    def keep(fig, path):
+        saved["fig"] = fig
+        return real_save(fig, path)
+
+    monkeypatch.setattr(report, "save_figure", keep)
+    a = _score([1, 1, 0, 0, 2, 2], [1, 1, 1, 0, 0, 2], qa=[(0.4, True, "now"), (2.9, False, "count")])
+    short, long = age_metrics([a], 0.5, 3.0), age_metrics([a], 0.5, 1.0)
+    assert report.plot_age(tmp_path / "a.png", "m", {"val": short, "val@10T": long}).is_file()
+    axes = saved.pop("fig").axes
+    assert len(axes) == 4 and "val@10T" in axes[3].get_title()
+    assert sorted(line.get_label() for line in axes[3].get_lines()) == ["count", "now"]
+    assert [len(line.get_xdata()) for line in axes[3].get_lines()] == [3, 3]  # the longest set's 3 bins
+    no_qa = {k: v for k, v in long.items() if k != "qa_per_type"}
+    report.plot_age(tmp_path / "b.png", "m", {"val": no_qa})
+    assert len(saved.pop("fig").axes) == 3
+
+
 def test_lengths_summary_and_table():
     def metrics(tick, qa):
         return {"events": {"tick_accuracy": tick, "macro_f1": tick}, "qa": {"accuracy": qa}, "proactive": {}}
