@@ -430,7 +430,7 @@ def plot_age(path: str | Path, model: str, curves: dict[str, dict]) -> Path:
     panels = [("tick_accuracy", "tick accuracy"), ("qa_accuracy", "QA exact match")]
     panels.append(("proactive_recall", "proactive recall"))
     longest = max(curves, key=lambda n: len(curves[n]["start"]), default=None)
-    per_type = curves[longest].get("qa_per_type") or {} if longest is not None else {}
+    per_type = (curves[longest].get("qa_per_type") or {}) if longest is not None else {}
     n_panels = len(panels) + bool(per_type)
     fig, axes = plt.subplots(1, n_panels, figsize=(3.6 * n_panels, 3.0), squeeze=False)
     nan = float("nan")
