@@ -57,17 +57,18 @@ def _check_lengths(lengths: Tensor | None, b: int, L: int) -> None:
 
 
 def _new_state(xs: Tensor, w: int, lengths: Tensor | None) -> Tensor:
-    """Last w - 1 columns of xs = [state, x] (b, d, w - 1 + l) ending at each row's valid length.
+    """Last w - 1 steps of xs = [state, x] in channels-last layout (b, w - 1 + l, d), ending at each row's
+    valid length, as a (b, d, w - 1) state.
 
     Always a fresh tensor: a view would keep the whole chunk's input alive inside a streaming state.
     """
     if lengths is None:
-        return xs[..., xs.shape[-1] - (w - 1) :].contiguous()
-    # Row i's valid inputs end at column (w - 1) + lengths[i] of xs, so its state is the w - 1 columns
+        return xs[:, xs.shape[1] - (w - 1) :].transpose(1, 2).contiguous()
+    # Row i's valid inputs end at step (w - 1) + lengths[i] of xs, so its state is the w - 1 steps
     # starting at lengths[i].
-    b, d = xs.shape[:2]
+    b, d = xs.shape[0], xs.shape[2]
     idx = lengths.to(device=xs.device, dtype=torch.long)[:, None] + torch.arange(w - 1, device=xs.device)
-    return xs.gather(2, idx[:, None, :].expand(b, d, w - 1))  # (b, d, w - 1)
+    return xs.gather(1, idx[:, :, None].expand(b, w - 1, d)).transpose(1, 2).contiguous()  # (b, d, w - 1)
 
 
 def cuda_conv_available() -> bool:
@@ -123,7 +124,9 @@ def causal_conv1d(
     _check_lengths(lengths, b, x.shape[2])
     if state is None:
         state = x.new_zeros(b, d, w - 1)
-    xs = torch.cat([state.to(x.dtype), x], dim=-1)  # (b, d, w - 1 + l)
+    # [state, x] channels-last, (b, w - 1 + l, d): the mixer's x is a channels-first view of a (b, l, d)
+    # projection, so this reads memory in order
+    xs = torch.cat([state.to(x.dtype).transpose(1, 2), x.transpose(1, 2)], dim=1)
     new_state = _new_state(xs, w, lengths)
     if _use_cuda(kernels, x, w, "causal_conv1d"):
         from ssm_mm.ops.mamba_ref import load_mamba_refs
@@ -138,14 +141,20 @@ def causal_conv1d(
     # depthwise conv1d *backward* takes seconds per call at training lengths (5 s for 320 channels x
     # 16k steps, and up to 10-36 s on the first call of each new shape) against ~0.1 s for this
     # (eval/bench_train.py; BENCHMARKS.md).
+    # The taps run channels-last too and the result is returned as a (b, d, l) view of a (b, l, d)
+    # tensor, which the mixer turns back to (b, l, d) for free: every elementwise op here and in the
+    # backward reads memory contiguously. In (b, d, l) layout against the (b, l, d) gradients the
+    # mixed strides made them (silu's backward above all) several times slower (BENCHMARKS.md,
+    # "Training throughput"). The same ops per element in the same order: the values do not change.
     xs = xs.to(weight.dtype)
     L = x.shape[2]
-    y = bias[:, None] if bias is not None else xs.new_zeros(())
+    y = bias if bias is not None else xs.new_zeros(())
+    wt = weight.t()  # (w, d)
     for k in range(w):  # tap k looks back w - 1 - k steps
-        y = torch.addcmul(y, weight[:, k, None], xs[:, :, k : k + L])  # (b, d, l)
+        y = torch.addcmul(y, wt[k], xs[:, k : k + L])  # (b, l, d)
     if activation == "silu":
         y = F.silu(y)
-    return y.to(x.dtype), new_state
+    return y.to(x.dtype).transpose(1, 2), new_state
 
 
 def causal_conv1d_update(
