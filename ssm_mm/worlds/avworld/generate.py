@@ -30,7 +30,7 @@ from ssm_mm.worlds.avworld.dialogue import make_dialogue
 from ssm_mm.worlds.avworld.render import frame_times, render_frame, sound_wave
 from ssm_mm.worlds.avworld.scene import _ms, _trim_scene, event_attributes, make_scene
 
-GENERATOR_VERSION = 4  # bump when the output for a given config changes (invalidates caches)
+GENERATOR_VERSION = 5  # bump when the output for a given config changes (invalidates caches)
 SPLITS = ("train", "val")
 
 
