@@ -38,6 +38,7 @@ __all__ = [
     "AudioFeaturizerState",
     "audio_token_times",
     "VideoFeaturizer",
+    "pixels_to_unit",
     "mel_filterbank",
     "mel_filterbank_torch",
     "hz_to_mel",
@@ -460,6 +461,12 @@ class VideoFeaturizer:
                 chunk = F.interpolate(
                     chunk, size=(s, s), mode="bilinear", antialias=True, align_corners=False
                 )
-            # clamp: resampling weights sum to 1 only up to rounding (255 -> 254.99998)
-            out[i : i + self._BLOCK] = (chunk / 127.5 - 1.0).clamp_(-1.0, 1.0)
+            out[i : i + self._BLOCK] = pixels_to_unit(chunk)
         return out, float(t0) + ts
+
+
+def pixels_to_unit(x: Tensor) -> Tensor:
+    """Pixel values (uint8, or float after resizing) -> float32 in [-1, 1]: ``x / 127.5 − 1``, the
+    video featurizer's normalisation (the feature cache undoes and redoes it exactly)."""
+    # clamp: resampling weights sum to 1 only up to rounding (255 -> 254.99998)
+    return (x.to(torch.float32) / 127.5 - 1.0).clamp_(-1.0, 1.0)

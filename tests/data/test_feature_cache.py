@@ -81,3 +81,38 @@ def test_media_errors_name_the_stream_and_field(monkeypatch, tmp_path):
     with pytest.raises(MediaError, match=r"a\.wav: stream 's42', field audio: corrupt audio") as e:
         load_features(spec, CFG)
     assert e.value.path == tmp_path / "a.wav"
+
+
+def test_frames_at_the_model_size_are_cached_as_pixels_and_read_back_bit_for_bit(monkeypatch, tmp_path):
+    """Frames that need no resize are their uint8 pixels normalised: the cache stores the pixels (a
+    quarter of the bytes) and every way the pipeline reads them gives the featurizer's float32 exactly;
+    resized frames stay float32 (the test above)."""
+    calls = []
+    _fake_media(monkeypatch, calls)
+    frames = np.random.default_rng(2).integers(0, 256, (9, 16, 16, 3), dtype=np.uint8)
+    frames[0] = 0
+    frames[1] = 255  # the ends of the range
+
+    def fake_video(path, fps=None, size=None, **kw):
+        calls.append(("video", Path(path).name))
+        return VideoClip(torch.from_numpy(frames), torch.arange(9, dtype=torch.float64) / 4, source_fps=4.0)
+
+    monkeypatch.setattr(fc_mod, "decode_video", fake_video)
+    (tmp_path / "s.mp4").write_bytes(b"video bytes")
+    spec = StreamSpec(id="s", video=tmp_path / "s.mp4", audio=None, audio_from_video=True, duration=2.0)
+    cache = tmp_path / "cache"
+    first = load_features(spec, CFG, cache)
+    again = load_features(spec, CFG, cache)
+    assert len(calls) == 2 and isinstance(first.video, np.ndarray)  # decoded once (video + audio)
+    v = again.video
+    assert isinstance(v, fc_mod.PixelFrames) and isinstance(v.pixels, np.memmap)
+    assert not v.pixels.flags.writeable
+    assert v.pixels.dtype == np.uint8 and v.shape == first.video.shape == (9, 3, 16, 16) and len(v) == 9
+    assert np.asarray(v).dtype == np.float32
+    np.testing.assert_array_equal(np.asarray(v).view(np.uint32), first.video.view(np.uint32))  # bitwise
+    np.testing.assert_array_equal(v[2:5], first.video[2:5])
+    np.testing.assert_array_equal(v[np.array([4, 0, 8])], first.video[[4, 0, 8]])  # recall targets index so
+    a, b = (build_example(spec, f, TOK, LABELS, CFG) for f in (first, again))
+    assert torch.equal(cut_window(a, 1, 4, CFG).video, cut_window(b, 1, 4, CFG).video)
+    with pytest.raises(ValueError, match="uint8"):
+        fc_mod.PixelFrames(first.video)
