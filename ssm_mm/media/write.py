@@ -178,9 +178,10 @@ class MediaWriter:
                 self.video.codec_context.gop_size = max(1, round(2 * self.fps))  # a keyframe every ~2 s
                 opts = {}
                 if codec == "libx264":
-                    # ultrafast: 3.6x veryfast's encoding speed on AVWorld's 64x64 4:4:4 frames, with a
-                    # smaller error at the same crf (mean |error| 0.78 against 1.42 of 255) in files
-                    # twice the size; generating data is a sizeable part of a training run's wall time
+                    # ultrafast: 3.6x veryfast's encoding speed on 64x64 4:4:4 frames of synthetic
+                    # shapes, with a smaller error at the same crf (mean |error| 0.78 against 1.42 of
+                    # 255) in files twice the size; generating data is a sizeable part of a training
+                    # run's wall time
                     opts = {"crf": str(crf), "preset": "ultrafast", "threads": str(threads)}
                 elif codec in ("libvpx", "libvpx-vp9"):
                     opts = {
