@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ssm_mm.data.feature_cache import StreamFeatures, load_features
+from ssm_mm.data.feature_cache import PixelFrames, StreamFeatures, load_features
 from ssm_mm.data.featurize import FeaturizerConfig, audio_token_times
 from ssm_mm.data.interleave import (
     AUDIO,
@@ -111,6 +111,16 @@ def build_example(
     return StreamExample(spec.id, stream_index, t0, n_ticks, tokens, features, targets, objectives)
 
 
+def example_nbytes(ex: StreamExample) -> int:
+    """Bytes ``ex`` holds in memory: its tokens, targets and the features not memory-mapped."""
+    n = sum(v.nbytes for v in ex.tokens.columns().values()) + sum(v.nbytes for v in ex.targets.values())
+    for a in (ex.features.video, ex.features.video_times, ex.features.audio):
+        a = a.pixels if isinstance(a, PixelFrames) else a
+        if a is not None and not isinstance(a, np.memmap):
+            n += a.nbytes
+    return n
+
+
 # ---------------------------------------------------------------------------------------- windows
 
 
@@ -150,9 +160,11 @@ def window_bounds(n_ticks: int, ticks_per_window: int) -> list[tuple[int, int]]:
     return [(k0, min(k0 + ticks_per_window, n_ticks)) for k0 in range(0, n_ticks, ticks_per_window)]
 
 
-def _rows(a: np.ndarray | None, lo: int, hi: int, shape_tail: tuple[int, ...]) -> Tensor:
+def _rows(a: np.ndarray | PixelFrames | None, lo: int, hi: int, shape_tail: tuple[int, ...]) -> Tensor:
     if a is None or hi <= lo:
         return torch.zeros(0, *shape_tail, dtype=torch.float32)
+    if isinstance(a, PixelFrames):  # its rows come back as a new float32 array
+        return torch.from_numpy(a[lo:hi])
     return torch.from_numpy(np.array(a[lo:hi], dtype=np.float32))  # copy out of a (read-only) memmap
 
 
@@ -426,8 +438,12 @@ class StreamDataset(torch.utils.data.Dataset):
             vocabulary explicitly for validation sets, so that label indices agree.
         window_seconds: window length, a multiple of ``cfg.tick_seconds``; None = one window per stream.
         cache_dir: optional on-disk feature cache (see :func:`load_features`).
-        memory_cache: how many decoded streams each process keeps in memory (consecutive windows of
-            one stream decode it once); 0 disables. Not pickled: DataLoader workers start empty.
+        memory_cache: how many built streams (:class:`StreamExample`) each process always keeps in
+            memory, the most recently used (consecutive windows of one stream build it once); 0 disables.
+        memory_budget: bytes for keeping more of them, least recently used first out (a stream drawn
+            again is not rebuilt); counts the examples' tensors and in-memory features (features
+            memory-mapped from the feature cache are not counted). 0 = only ``memory_cache``.
+            Neither cache is pickled: DataLoader workers start empty.
         objectives: whose targets the windows carry: a config section (``cfg.objectives``, or
             ``{name: config}``) bound to ``labels`` here, or ``model.objectives`` (a model's own);
             default: the always-on objectives (lm, event, speak) with their default configs.
@@ -447,6 +463,7 @@ class StreamDataset(torch.utils.data.Dataset):
         window_seconds: float | None = None,
         cache_dir: str | Path | None = None,
         memory_cache: int = 1,
+        memory_budget: int = 0,
         objectives=None,
     ):
         cfg.validate()
@@ -460,7 +477,11 @@ class StreamDataset(torch.utils.data.Dataset):
         self.objectives = build_objectives(objectives, self.labels)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.memory_cache = int(memory_cache)
+        self.memory_budget = int(memory_budget)
+        if self.memory_cache < 0 or self.memory_budget < 0:
+            raise ValueError(f"memory_cache={memory_cache} and memory_budget={memory_budget} must be >= 0")
         self._examples: OrderedDict[int, StreamExample] = OrderedDict()
+        self._example_bytes: dict[int, int] = {}
         self.n_ticks = [num_ticks(float(spec.duration), cfg.tick_seconds) for spec in self.streams]
         if window_seconds is None:
             self.ticks_per_window = None
@@ -511,10 +532,13 @@ class StreamDataset(torch.utils.data.Dataset):
             stream_index=s,
             objectives=self.objectives.values(),
         )
-        if self.memory_cache > 0:
+        if self.memory_cache > 0 or self.memory_budget > 0:
             self._examples[s] = ex
-            while len(self._examples) > self.memory_cache:
-                self._examples.popitem(last=False)
+            self._example_bytes[s] = example_nbytes(ex)
+            held = sum(self._example_bytes.values())
+            while len(self._examples) > self.memory_cache and held > self.memory_budget:
+                old, _ = self._examples.popitem(last=False)
+                held -= self._example_bytes.pop(old)
         return ex
 
     def __getitem__(self, i: int) -> Window:
@@ -534,5 +558,6 @@ class StreamDataset(torch.utils.data.Dataset):
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_examples"] = OrderedDict()  # decoded streams stay in their process
+        state["_examples"] = OrderedDict()  # built streams stay in their process
+        state["_example_bytes"] = {}
         return state

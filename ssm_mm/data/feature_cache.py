@@ -88,7 +88,7 @@ class PixelFrames:
         return self.pixels.shape[0]
 
     def __getitem__(self, idx) -> np.ndarray:
-        return pixels_to_unit(torch.from_numpy(np.array(self.pixels[idx]))).numpy()
+        return pixels_to_unit(torch.from_numpy(np.array(self.pixels[idx]))).numpy()  # a new array
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         a = self[:]

@@ -468,5 +468,7 @@ class VideoFeaturizer:
 def pixels_to_unit(x: Tensor) -> Tensor:
     """Pixel values (uint8, or float after resizing) -> float32 in [-1, 1]: ``x / 127.5 − 1``, the
     video featurizer's normalisation (the feature cache undoes and redoes it exactly)."""
-    # clamp: resampling weights sum to 1 only up to rounding (255 -> 254.99998)
-    return (x.to(torch.float32) / 127.5 - 1.0).clamp_(-1.0, 1.0)
+    out = x.to(torch.float32, copy=True).div_(127.5).sub_(1.0)  # one new tensor (the data path's hot spot)
+    if x.dtype != torch.uint8:  # resampling weights sum to 1 only up to rounding (255 -> 254.99998)
+        out.clamp_(-1.0, 1.0)
+    return out

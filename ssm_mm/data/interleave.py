@@ -104,7 +104,7 @@ def tick_end_time(k: int, tick_seconds: float, t0: float = 0.0) -> float:
 
 def place_text_time(t: float, tick_seconds: float, t0: float = 0.0) -> float:
     """Where a turn said at stream-clock time ``t`` is placed: the end of its tick (idempotent)."""
-    return tick_end_time(int(tick_of(float(t) - float(t0), tick_seconds)), tick_seconds, t0)
+    return tick_end_time(tick_index(float(t) - float(t0), tick_seconds), tick_seconds, t0)
 
 
 def num_ticks(duration: float, tick_seconds: float) -> int:
@@ -541,7 +541,7 @@ def proactive_flags(dialogue: Sequence[_TurnLike], tick_seconds: float) -> list[
     """
     flags, last_user_tick = [], None
     for d in dialogue:
-        k = int(tick_of(float(d.t), tick_seconds))
+        k = tick_index(float(d.t), tick_seconds)
         if d.role == "user":
             last_user_tick = k
             flags.append(False)
@@ -559,7 +559,7 @@ def speak_targets(
     out = torch.zeros(n_ticks, dtype=torch.int64)
     for i, (d, pro) in enumerate(zip(dialogue, proactive_flags(dialogue, tick_seconds))):
         if pro:
-            k = int(tick_of(float(d.t), tick_seconds))
+            k = tick_index(float(d.t), tick_seconds)
             if k >= n_ticks:
                 raise ValueError(
                     f"stream {stream_id}: dialogue[{i}].t={d.t} is past the stream's {n_ticks} ticks"

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ssm_mm.data.interleave import place_text_time, tick_of
+from ssm_mm.data.interleave import place_text_time, tick_index
 from ssm_mm.streaming.batched import step_sessions
 from ssm_mm.streaming.records import StreamEvent, TickLabel
 from ssm_mm.streaming.session import StreamingSession
@@ -349,9 +349,9 @@ class _Feeder:
             nxt.append(m.audio_t0 + self.ai / m.sample_rate)
         if not nxt:
             return
-        k = int(tick_of(min(nxt) - t0, self.tau)) - 1  # the round whose cut first reaches that media
+        k = tick_index(min(nxt) - t0, self.tau) - 1  # the round whose cut first reaches that media
         if self.asks:  # never step past a question's tick (it is asked where it is placed)
-            k = min(k, int(tick_of(self.asks[0][0] - t0, self.tau)))
+            k = min(k, tick_index(self.asks[0][0] - t0, self.tau))
         self.k = max(self.k, k)
 
     def ask_due(self, final: bool = False) -> list[AskRecord]:

@@ -52,6 +52,7 @@ MAY_CHANGE_ON_RESUME = (
     "train.run_dir",  # a run folder may be moved
     "train.debug_signal_at_step",  # a removed test-only key: configs of older runs still hold it
     "data.num_workers",
+    "data.memory_cache_mb",
     "data.cache_dir",
     "data.feature_cache",
     "data.val_manifest",

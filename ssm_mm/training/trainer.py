@@ -238,6 +238,7 @@ def prepare_data(cfg: Config, log=print) -> DataSetup:
         window_seconds=d.window_seconds,
         cache_dir=fcache,
         memory_cache=mem,
+        memory_budget=int(d.memory_cache_mb * 2**20),
         objectives=cfg.objectives,
     )
     val = (

@@ -314,6 +314,41 @@ def test_dataset_indexing_memory_cache_and_pickling(monkeypatch):
         StreamDataset(specs, CFG, TOK, objectives={"lm": LMConfig(answer_weights={"count": -2.0})})
 
 
+def test_memory_budget_keeps_more_built_streams_least_recently_used_out(monkeypatch):
+    calls = []
+
+    def fake_load(spec, cfg, cache_dir=None):
+        calls.append(spec.id)
+        return _features(spec.duration)
+
+    monkeypatch.setattr(ds_mod, "load_features", fake_load)
+    specs = [_spec("a"), _spec("b"), _spec("c")]
+    ds = StreamDataset(specs, CFG, TOK, window_seconds=None, memory_cache=1)
+    ex = ds.example(0)
+    size = ds_mod.example_nbytes(ex)  # in-memory features count, with tokens and targets
+    assert size > ex.features.video.nbytes + ex.features.audio.nbytes + ex.tokens.t.nbytes
+    draws = [0, 1, 2, 0, 1]
+    for budget, built in [
+        (0, ["a", "b", "c", "a", "b"]),  # memory_cache alone: the last stream only
+        (10 * size, ["a", "b", "c"]),  # every stream fits: none is built twice
+        (2 * size, ["a", "b", "c", "a", "b"]),  # two fit: a and b were least recently used when drawn
+    ]:
+        ds = StreamDataset(specs, CFG, TOK, window_seconds=None, memory_cache=1, memory_budget=budget)
+        calls.clear()
+        for s in draws:
+            ds[s]
+        assert calls == built, budget
+        assert sum(ds._example_bytes.values()) <= max(budget, size)
+        assert set(ds._example_bytes) == set(ds._examples)
+    calls.clear()
+    ds[1], ds[0]  # a and b, the two most recent, are kept (in the order of their last use)
+    assert calls == [] and list(ds._examples) == [1, 0]
+    clone = pickle.loads(pickle.dumps(ds))
+    assert len(clone._examples) == 0 and clone._example_bytes == {}
+    with pytest.raises(ValueError, match="memory_budget=-1"):
+        StreamDataset(specs, CFG, TOK, memory_budget=-1)
+
+
 # ------------------------------------------------------------------------------ real media, end to end
 
 

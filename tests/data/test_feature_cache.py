@@ -12,7 +12,7 @@ import torch
 import ssm_mm.data.feature_cache as fc_mod
 from ssm_mm.data.dataset import build_example, cut_window
 from ssm_mm.data.feature_cache import load_features
-from ssm_mm.data.featurize import FeaturizerConfig
+from ssm_mm.data.featurize import FeaturizerConfig, pixels_to_unit
 from ssm_mm.data.manifest import StreamSpec
 from ssm_mm.data.tokenizer import ByteTokenizer
 from ssm_mm.media import AudioClip, MediaError, VideoClip
@@ -116,3 +116,6 @@ def test_frames_at_the_model_size_are_cached_as_pixels_and_read_back_bit_for_bit
     assert torch.equal(cut_window(a, 1, 4, CFG).video, cut_window(b, 1, 4, CFG).video)
     with pytest.raises(ValueError, match="uint8"):
         fc_mod.PixelFrames(first.video)
+    every = torch.arange(256, dtype=torch.uint8)  # the uint8 path (no clamp) == the float path, every value
+    bits = lambda x: pixels_to_unit(x).view(torch.int32)
+    assert torch.equal(bits(every), bits(every.float()))
