@@ -144,9 +144,9 @@ class DataConfig:
     on_error: str = "raise"  # "raise" | "skip"
     num_workers: int = 0
     feature_cache: bool = True
-    # MiB of built training streams (tokens and targets; features memory-mapped from the feature cache
-    # do not count) kept in memory per process, so a stream drawn again is not rebuilt: the hour
-    # config's 1656 streams take ~230 MiB. 0 = only the streams the batch slots are walking
+    # MiB of built training streams kept in memory per process (tokens, targets, in-memory features;
+    # 64 KiB per memory-mapped feature array), so a stream drawn again is not rebuilt: the hour
+    # config's 1656 streams take ~430 MiB. 0 = only the streams the batch slots are walking
     memory_cache_mb: float = 1024.0
     # The built-in world (ssm_mm.worlds) that trains and validates when no manifest is given, and the
     # evaluation's held-out and sweep streams: its name, and {name: config} of every registered world,

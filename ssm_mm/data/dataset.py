@@ -111,13 +111,20 @@ def build_example(
     return StreamExample(spec.id, stream_index, t0, n_ticks, tokens, features, targets, objectives)
 
 
+# What a kept example is charged for each feature array it holds memory-mapped (from the feature
+# cache): the mapping, not the file. It also bounds the open mappings: a 1 GiB budget holds at most
+# 16384, well below Linux's default limit of 65530 per process (vm.max_map_count).
+MAPPED_ARRAY_BYTES = 64 * 2**10
+
+
 def example_nbytes(ex: StreamExample) -> int:
-    """Bytes ``ex`` holds in memory: its tokens, targets and the features not memory-mapped."""
+    """Bytes ``ex`` is charged in a dataset's memory budget: its tokens, targets and in-memory
+    features, and :data:`MAPPED_ARRAY_BYTES` for each memory-mapped feature array."""
     n = sum(v.nbytes for v in ex.tokens.columns().values()) + sum(v.nbytes for v in ex.targets.values())
     for a in (ex.features.video, ex.features.video_times, ex.features.audio):
         a = a.pixels if isinstance(a, PixelFrames) else a
-        if a is not None and not isinstance(a, np.memmap):
-            n += a.nbytes
+        if a is not None:
+            n += MAPPED_ARRAY_BYTES if isinstance(a, np.memmap) else a.nbytes
     return n
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import ssm_mm.data.feature_cache as fc_mod
-from ssm_mm.data.dataset import build_example, cut_window
+from ssm_mm.data.dataset import MAPPED_ARRAY_BYTES, build_example, cut_window, example_nbytes
 from ssm_mm.data.feature_cache import load_features
 from ssm_mm.data.featurize import FeaturizerConfig, pixels_to_unit
 from ssm_mm.data.manifest import StreamSpec
@@ -114,6 +114,10 @@ def test_frames_at_the_model_size_are_cached_as_pixels_and_read_back_bit_for_bit
     np.testing.assert_array_equal(v[np.array([4, 0, 8])], first.video[[4, 0, 8]])  # recall targets index so
     a, b = (build_example(spec, f, TOK, LABELS, CFG) for f in (first, again))
     assert torch.equal(cut_window(a, 1, 4, CFG).video, cut_window(b, 1, 4, CFG).video)
+    # a dataset's memory budget charges the mapped arrays (pixels, audio) a flat amount each
+    assert isinstance(v.pixels, np.memmap) and isinstance(again.audio, np.memmap)
+    in_memory = first.video.nbytes + first.audio.nbytes
+    assert example_nbytes(a) - example_nbytes(b) == in_memory - 2 * MAPPED_ARRAY_BYTES
     with pytest.raises(ValueError, match="uint8"):
         fc_mod.PixelFrames(first.video)
     every = torch.arange(256, dtype=torch.uint8)  # the uint8 path (no clamp) == the float path, every value
