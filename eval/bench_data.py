@@ -11,7 +11,8 @@ Variants (every combination of ``--workers`` and ``--feature-cache``):
 - ``data.num_workers``: 0 (batches built in the training process) or N DataLoader worker processes;
 - ``data.feature_cache``: 1 = decoded features cached on disk (the default; decoding happens once,
   before training), 0 = every stream is decoded from its mp4 (ffmpeg) when a batch first needs it
-  (each process keeps the ``batch_size`` most recent streams in memory).
+  (each process keeps the built streams that fit ``data.memory_cache_mb`` in memory, decoded
+  features included).
 
 The AVWorld data is generated into ``--cache-dir`` on first use (the train.py default location), so
 the first invocation takes longer; that generation is not part of any figure. Validation runs on one

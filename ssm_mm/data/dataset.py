@@ -49,6 +49,7 @@ __all__ = [
     "StreamDataset",
     "load_features",
     "build_example",
+    "example_nbytes",
     "window_bounds",
     "cut_window",
     "collate",
@@ -448,8 +449,7 @@ class StreamDataset(torch.utils.data.Dataset):
         memory_cache: how many built streams (:class:`StreamExample`) each process always keeps in
             memory, the most recently used (consecutive windows of one stream build it once); 0 disables.
         memory_budget: bytes for keeping more of them, least recently used first out (a stream drawn
-            again is not rebuilt); counts the examples' tensors and in-memory features (features
-            memory-mapped from the feature cache are not counted). 0 = only ``memory_cache``.
+            again is not rebuilt), each charged :func:`example_nbytes`. 0 = only ``memory_cache``.
             Neither cache is pickled: DataLoader workers start empty.
         objectives: whose targets the windows carry: a config section (``cfg.objectives``, or
             ``{name: config}``) bound to ``labels`` here, or ``model.objectives`` (a model's own);
@@ -547,6 +547,16 @@ class StreamDataset(torch.utils.data.Dataset):
                 old, _ = self._examples.popitem(last=False)
                 held -= self._example_bytes.pop(old)
         return ex
+
+    @property
+    def kept(self) -> tuple[int, int]:
+        """(streams, bytes) of the built streams kept in memory (bytes as :func:`example_nbytes`)."""
+        return len(self._examples), sum(self._example_bytes.values())
+
+    def forget(self) -> None:
+        """Drop every built stream kept in memory (the next read of each builds it again)."""
+        self._examples.clear()
+        self._example_bytes.clear()
 
     def __getitem__(self, i: int) -> Window:
         s, w = self.locate(int(i))

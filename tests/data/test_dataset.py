@@ -338,13 +338,15 @@ def test_memory_budget_keeps_more_built_streams_least_recently_used_out(monkeypa
         for s in draws:
             ds[s]
         assert calls == built, budget
-        assert sum(ds._example_bytes.values()) <= max(budget, size)
-        assert set(ds._example_bytes) == set(ds._examples)
+        assert ds.kept[1] <= max(budget, size) and set(ds._example_bytes) == set(ds._examples)
     calls.clear()
     ds[1], ds[0]  # a and b, the two most recent, are kept (in the order of their last use)
     assert calls == [] and list(ds._examples) == [1, 0]
     clone = pickle.loads(pickle.dumps(ds))
-    assert len(clone._examples) == 0 and clone._example_bytes == {}
+    assert clone.kept == (0, 0) and ds.kept == (2, 2 * size)
+    ds.forget()
+    ds[1]
+    assert calls == ["b"] and ds.kept == (1, size)
     with pytest.raises(ValueError, match="memory_budget=-1"):
         StreamDataset(specs, CFG, TOK, memory_budget=-1)
 
