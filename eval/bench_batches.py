@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
     stages = {"whole streams": Curriculum()}
     if first.enabled and first.max_windows[0]:
         cap = Curriculum((10**12,), (first.max_windows[0], 0), 1)  # the first stage's cap, throughout
-        stages = {f"first stage ({first.max_windows[0]} windows per stream)": cap, **stages}
+        n = first.max_windows[0]
+        stages = {f"first stage ({n} window{'s' if n > 1 else ''} per stream)": cap, **stages}
     results = {}
     for name, curriculum in stages.items():
         r = time_batches(data, cfg, curriculum, args.batches)

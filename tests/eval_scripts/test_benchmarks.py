@@ -144,7 +144,7 @@ def test_cuda_benchmarks_refuse_a_machine_without_cuda(name, tmp_path, capsys):
 def test_bench_batches_quick(tmp_path):
     r = run_quick("bench_batches", tmp_path, f"data.cache_dir={tmp_path / 'cache'}")
     first, whole = r["results"].values()  # the curriculum's first stage (1 window per stream), whole streams
-    assert list(r["results"])[0].startswith("first stage (1 windows")
+    assert list(r["results"])[0].startswith("first stage (1 window per stream)")
     for res in (first, whole):
         assert res["first_pass"]["ms_per_batch"] > 0 and res["first_pass"]["tokens_per_batch"] > 0
         assert res["streams_kept"] == 3 and res["kept_mib"] > 0  # the default budget holds all three
