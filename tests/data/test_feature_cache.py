@@ -98,6 +98,7 @@ def test_frames_at_the_model_size_are_cached_as_pixels_and_read_back_bit_for_bit
         return VideoClip(torch.from_numpy(frames), torch.arange(9, dtype=torch.float64) / 4, source_fps=4.0)
 
     monkeypatch.setattr(fc_mod, "decode_video", fake_video)
+    monkeypatch.setattr(fc_mod, "_PIXEL_BLOCK", 4)  # 9 frames: checked in three blocks, the last partial
     (tmp_path / "s.mp4").write_bytes(b"video bytes")
     spec = StreamSpec(id="s", video=tmp_path / "s.mp4", audio=None, audio_from_video=True, duration=2.0)
     cache = tmp_path / "cache"
@@ -120,6 +121,9 @@ def test_frames_at_the_model_size_are_cached_as_pixels_and_read_back_bit_for_bit
     assert example_nbytes(a) - example_nbytes(b) == in_memory - 2 * MAPPED_ARRAY_BYTES
     with pytest.raises(ValueError, match="uint8"):
         fc_mod.PixelFrames(first.video)
+    off = first.video.copy()
+    off[8, 0, 0, 0] += 1e-3  # one value in the last, partial block is not a pixel's: kept as float32
+    assert fc_mod._as_pixels(off) is None
     every = torch.arange(256, dtype=torch.uint8)  # the uint8 path (no clamp) == the float path, every value
     bits = lambda x: pixels_to_unit(x).view(torch.int32)
     assert torch.equal(bits(every), bits(every.float()))
