@@ -44,17 +44,15 @@ def asked_label(question: str, labels: list[str]) -> str | None:
 
 
 def model_counts(model) -> Callable[[StreamDataset, int], torch.Tensor]:
-    """``predict(dataset, i)``: the count head's (n_ticks, C) argmax over stream ``i``, whole stream."""
+    """``predict(dataset, i)``: the count head's (n_ticks, C) counts over stream ``i``, whole stream
+    (its argmax class, or its regressed count rounded)."""
 
     @torch.no_grad()
     def predict(ds: StreamDataset, i: int) -> torch.Tensor:
         b = ds.collate([ds[i]])
         out = model.forward_batch(b)
-        return (
-            model.objectives["count"]
-            .logits(model.heads["count"], model.tick_hidden(out.hidden, b.summary_pos))[0]
-            .argmax(-1)
-        )
+        ticks = model.tick_hidden(out.hidden, b.summary_pos)[0]
+        return model.objectives["count"].predict(model.heads["count"], ticks)
 
     return predict
 

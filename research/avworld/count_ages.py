@@ -1,0 +1,174 @@
+"""How exact is the count head as a stream ages? Read a model's count head (``objectives.count``, either
+form) over whole streams of a manifest and score it per bin of stream age against the running counts
+of the streams' segments (the head's own targets), and per occurrence: how far its count moves across
+one segment of a label (exactly 1 for a clean counter).
+
+    python research/avworld/count_ages.py MODEL MANIFEST [--bin 60] [--streams N]
+
+Per age bin: exact share (the head's count, i.e. its argmax class or its regressed count rounded),
+the mean signed error (below 0: the count leaks or saturates; above: it overcounts) and the mean
+absolute error of its value (the regressed count itself, unrounded), the share within ±1, the mean
+true count. Per occurrence: the value one tick after a segment ends minus one tick before it begins,
+for segments with no other occurrence of their label in that span, as mean ± sd (sd is how noisy each
+step of the counter is) overall and by the age at which the segment begins. Exit status 2 with a
+message naming what is wrong: a missing file, a model without a count head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ssm_mm.cli import exits_2_on
+from ssm_mm.data.dataset import StreamDataset
+from ssm_mm.data.manifest import StreamSpec, read_manifest
+from ssm_mm.evaluation.report import markdown_table
+
+
+class ProbeError(ValueError):
+    pass
+
+
+def model_values(model):
+    """``values(dataset, i)``: the count head's (n_ticks, C) float values over stream ``i``: its
+    regressed counts as they are, or its argmax classes."""
+    obj, head = model.objectives["count"], model.heads["count"]
+
+    @torch.no_grad()
+    def values(ds: StreamDataset, i: int) -> torch.Tensor:
+        b = ds.collate([ds[i]])
+        ticks = model.tick_hidden(model.forward_batch(b).hidden, b.summary_pos)[0]
+        return head(ticks).float() if obj.regressed else obj.predict(head, ticks).float()
+
+    return values
+
+
+def age_rows(
+    values: Sequence[torch.Tensor], truth: Sequence[torch.Tensor], tick_seconds: float, bin_s: float
+):
+    """Per age bin ``[a, a + bin_s)`` (by tick end): (age, n, exact, mean error, MAE, within 1, mean
+    count) over every (tick, label) of the streams; ``values`` / ``truth``: (n_ticks, C) per stream."""
+    acc: dict[int, list[float]] = {}
+    for v, t in zip(values, truth):
+        n = min(len(v), len(t))
+        v, t = v[:n].double(), t[:n].double()
+        err = v - t
+        exact = (v.round() == t).double()
+        age = ((torch.arange(n, dtype=torch.float64) + 1) * tick_seconds - 1e-9) // bin_s
+        for a in age.unique().tolist():
+            s = age == a
+            e = err[s]
+            part = [
+                e.numel(),
+                exact[s].sum(),
+                e.sum(),
+                e.abs().sum(),
+                (e.abs() <= 1.5).double().sum(),
+                t[s].sum(),
+            ]
+            tot = acc.setdefault(int(a), [0.0] * 6)
+            for j, x in enumerate(part):
+                tot[j] += float(x)
+    rows = []
+    for a in sorted(acc):
+        n, ex, e, ae, w1, c = acc[a]
+        rows.append((a * bin_s, int(n), ex / n, e / n, ae / n, w1 / n, c / n))
+    return rows
+
+
+def increments(value: torch.Tensor, spec: StreamSpec, labels: list[str], tick_seconds: float):
+    """(start time, how far ``value`` (n_ticks, C) moves across the segment) for each segment of
+    ``spec`` whose span, one tick either side, holds no other start of its label."""
+    out = []
+    n = value.shape[0]
+    starts: dict[str, list[float]] = {}
+    for seg in spec.segments:
+        starts.setdefault(seg.label, []).append(seg.start)
+    for seg in spec.segments:
+        if seg.label not in labels[1:]:
+            continue
+        k0 = int(seg.start / tick_seconds) - 1  # the tick before the one the segment begins in
+        k1 = int(math.ceil(seg.end / tick_seconds))  # the tick after the one it ends in
+        if k0 < 0 or k1 >= n:
+            continue
+        lo, hi = k0 * tick_seconds, (k1 + 1) * tick_seconds
+        if sum(lo <= s < hi for s in starts[seg.label]) != 1:
+            continue
+        c = labels.index(seg.label) - 1
+        out.append((seg.start, float(value[k1, c] - value[k0, c])))
+    return out
+
+
+def mean_sd(xs: list[float]) -> str:
+    if not xs:
+        return "–"
+    m = sum(xs) / len(xs)
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))
+    return f"{m:.2f} ± {sd:.2f} ({len(xs)})"
+
+
+def run(model_path: str, manifest: str, bin_s: float, streams: int | None) -> str:
+    from ssm_mm.data.interleave import tick_event_counts
+    from ssm_mm.models.multimodal import MultimodalSSM
+
+    if not Path(model_path).exists():
+        raise ProbeError(f"{model_path}: no such model")
+    if not Path(manifest).is_file():
+        raise ProbeError(f"{manifest}: no such manifest")
+    model = MultimodalSSM.from_pretrained(model_path).eval()
+    if "count" not in model.heads:
+        raise ProbeError(f"{model_path}: the model has no count head (train it with objectives.count)")
+    man = read_manifest(manifest)
+    specs = list(man.streams)[:streams]
+    objectives = {n: o.cfg for n, o in model.objectives.items()}
+    ds = StreamDataset(specs, model.features, model.tokenizer, model.labels, objectives=objectives)
+    tau = model.features.tick_seconds
+    get = model_values(model)
+    vals, truth, incs = [], [], []
+    for i, spec in enumerate(specs):
+        v = get(ds, i)
+        vals.append(v)
+        truth.append(tick_event_counts(spec.segments, model.labels, v.shape[0], tau, stream_id=spec.id))
+        incs += increments(v, spec, model.labels, tau)
+    head = ["age (s)", "(tick, label)s", "exact", "mean error", "MAE", "within ±1", "mean count"]
+    table = [
+        [f"{a:.0f}", str(n), f"{ex:.1%}", f"{e:+.2f}", f"{ae:.2f}", f"{w1:.1%}", f"{c:.1f}"]
+        for a, n, ex, e, ae, w1, c in age_rows(vals, truth, tau, bin_s)
+    ]
+    by_age = [
+        [f"{a:.0f}", mean_sd([d for s, d in incs if a <= s < a + bin_s])]
+        for a in sorted({(s // bin_s) * bin_s for s, _ in incs})
+    ]
+    lines = [f"{model_path} on {len(specs)} streams of {manifest}: the count head by stream age", ""]
+    lines += markdown_table(head, table)
+    lines += [
+        "",
+        f"per occurrence, how far the count moves (1 = a clean counter): {mean_sd([d for _, d in incs])}",
+        "",
+    ]
+    lines += markdown_table(["segment begins at (s)", "move across it"], by_age)
+    return "\n".join(lines)
+
+
+@exits_2_on("count_ages", ProbeError, FileNotFoundError)
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", help="a model folder, checkpoint or run folder trained with objectives.count")
+    ap.add_argument("manifest", help="a manifest of streams with segments (e.g. long held-out streams)")
+    ap.add_argument("--bin", type=float, default=60.0, help="seconds of stream age per row (default 60)")
+    ap.add_argument("--streams", type=int, help="only the first N streams")
+    a = ap.parse_args(argv)
+    if not a.bin > 0:
+        raise ProbeError(f"--bin {a.bin}: must be > 0 seconds")
+    if a.streams is not None and a.streams < 1:
+        raise ProbeError(f"--streams {a.streams}: must be >= 1")
+    print(run(a.model, a.manifest, a.bin, a.streams))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
