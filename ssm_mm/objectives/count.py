@@ -6,7 +6,7 @@ Two forms (``objectives.count.loss``): ``classes`` reads one of the classes 0..m
 every count above max is the class max, so the state is taught that all large counts are alike), and
 ``huber`` regresses the count itself, one number per label (Huber loss, δ = 1; read by rounding): one
 direction of the tick state has to grow by one per occurrence, as a recurrent state could at any count
-(measured on AVWorld it grew by 1 ± 0.4-0.9 per occurrence: docs/experiments.md, "A regressed count").
+(in the measured runs it grew by 1 ± 0.4-0.9 per occurrence: docs/experiments.md, "A regressed count").
 Counts above ``max`` are ``max`` in both.
 """
 
