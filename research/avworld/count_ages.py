@@ -23,29 +23,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from count_probe import load_count_model, model_counts  # beside this script
+from probes import ProbeError
 
 from ssm_mm.cli import exits_2_on
 from ssm_mm.data.dataset import StreamDataset
 from ssm_mm.data.manifest import StreamSpec, read_manifest
 from ssm_mm.evaluation.report import markdown_table
-
-
-class ProbeError(ValueError):
-    pass
-
-
-def model_values(model):
-    """``values(dataset, i)``: the count head's (n_ticks, C) float values over stream ``i``: its
-    regressed counts as they are, or its argmax classes."""
-    obj, head = model.objectives["count"], model.heads["count"]
-
-    @torch.no_grad()
-    def values(ds: StreamDataset, i: int) -> torch.Tensor:
-        b = ds.collate([ds[i]])
-        ticks = model.tick_hidden(model.forward_batch(b).hidden, b.summary_pos)[0]
-        return head(ticks).float() if obj.regressed else obj.predict(head, ticks).float()
-
-    return values
 
 
 def age_rows(
@@ -114,21 +98,15 @@ def mean_sd(xs: list[float]) -> str:
 
 def run(model_path: str, manifest: str, bin_s: float, streams: int | None) -> str:
     from ssm_mm.data.interleave import tick_event_counts
-    from ssm_mm.models.multimodal import MultimodalSSM
 
-    if not Path(model_path).exists():
-        raise ProbeError(f"{model_path}: no such model")
     if not Path(manifest).is_file():
         raise ProbeError(f"{manifest}: no such manifest")
-    model = MultimodalSSM.from_pretrained(model_path).eval()
-    if "count" not in model.heads:
-        raise ProbeError(f"{model_path}: the model has no count head (train it with objectives.count)")
+    model = load_count_model(model_path)
     man = read_manifest(manifest)
     specs = list(man.streams)[:streams]
-    objectives = {n: o.cfg for n, o in model.objectives.items()}
-    ds = StreamDataset(specs, model.features, model.tokenizer, model.labels, objectives=objectives)
+    ds = StreamDataset(specs, model.features, model.tokenizer, model.labels)  # no training targets needed
     tau = model.features.tick_seconds
-    get = model_values(model)
+    get = model_counts(model, raw=True)
     vals, truth, incs = [], [], []
     for i, spec in enumerate(specs):
         v = get(ds, i)

@@ -24,16 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from probes import ProbeError  # research/avworld/probes.py beside this script
 
 from ssm_mm.cli import exits_2_on
 from ssm_mm.data.dataset import StreamDataset
 from ssm_mm.data.interleave import tick_of
 from ssm_mm.data.manifest import StreamSpec, read_manifest
 from ssm_mm.evaluation.report import fraction_cell, markdown_table, read_json
-
-
-class ProbeError(ValueError):
-    pass
 
 
 def asked_label(question: str, labels: list[str]) -> str | None:
@@ -43,18 +40,34 @@ def asked_label(question: str, labels: list[str]) -> str | None:
     return named[0] if len(named) == 1 else None
 
 
-def model_counts(model) -> Callable[[StreamDataset, int], torch.Tensor]:
+def model_counts(model, raw: bool = False) -> Callable[[StreamDataset, int], torch.Tensor]:
     """``predict(dataset, i)``: the count head's (n_ticks, C) counts over stream ``i``, whole stream
-    (its argmax class, or its regressed count rounded)."""
+    (its argmax class, or its regressed count rounded); ``raw``: as float values, a regressed count
+    unrounded."""
+    obj, head = model.objectives["count"], model.heads["count"]
 
     @torch.no_grad()
     def predict(ds: StreamDataset, i: int) -> torch.Tensor:
         b = ds.collate([ds[i]])
-        out = model.forward_batch(b)
-        ticks = model.tick_hidden(out.hidden, b.summary_pos)[0]
-        return model.objectives["count"].predict(model.heads["count"], ticks)
+        ticks = model.tick_hidden(model.forward_batch(b).hidden, b.summary_pos)[0]
+        if raw:
+            return head(ticks).float() if obj.regressed else obj.predict(head, ticks).float()
+        return obj.predict(head, ticks)
 
     return predict
+
+
+def load_count_model(model_path: str):
+    """The model at ``model_path`` in eval mode; :class:`ProbeError` when it is missing or has no count
+    head."""
+    from ssm_mm.models.multimodal import MultimodalSSM
+
+    if not Path(model_path).exists():
+        raise ProbeError(f"{model_path}: no such model")
+    model = MultimodalSSM.from_pretrained(model_path).eval()
+    if "count" not in model.heads:
+        raise ProbeError(f"{model_path}: the model has no count head (train it with objectives.count.max=N)")
+    return model
 
 
 def probe(
@@ -120,13 +133,7 @@ HEAD = [
 
 
 def run(model_path: str, results: str, dataset: str, manifest: str | None, entry: str | None) -> str:
-    from ssm_mm.models.multimodal import MultimodalSSM
-
-    if not Path(model_path).exists():
-        raise ProbeError(f"{model_path}: no such model")
-    model = MultimodalSSM.from_pretrained(model_path).eval()
-    if "count" not in model.heads:
-        raise ProbeError(f"{model_path}: the model has no count head (train it with objectives.count.max=N)")
+    model = load_count_model(model_path)
     try:
         res = read_json(results)
     except ValueError as e:
