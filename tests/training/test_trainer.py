@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -191,11 +192,19 @@ def test_train_py_rejects_typos_before_any_work(tmp_path):
     assert p.returncode == 2 and "no.yaml" in p.stderr and not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("parallel, port", [("ddp", 29517), ("fsdp", 29519)])
+def free_port() -> int:
+    """A TCP port nothing listens on now (a fixed one was once still taken: EADDRINUSE)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_torchrun_matches_single_process_and_resumes_single(
-    tmp_path, tiny_world, uninterrupted, run, tiny_overrides, parallel, port
+    tmp_path, tiny_world, uninterrupted, run, tiny_overrides, parallel
 ):
     full_tmp, _ = uninterrupted
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "SSM_MM_TEST_SIGTERM_AT": "4"}
     cmd = [
         sys.executable,
