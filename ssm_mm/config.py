@@ -68,6 +68,9 @@ class ModelConfig:
     expand: int = 2
     ngroups: int = 1
     d_conv: int = 4
+    # pairs of state dimensions that also rotate by a learned, input-dependent angle per token (a
+    # complex-valued state; 0 = plain real decay; at most d_state / 2; layers/mamba2.py)
+    rotate_pairs: int = 0
     chunk_size: int = 64
     # attention
     attn_heads: int = 4
@@ -423,6 +426,7 @@ RANGES: dict[str, tuple[str, float | None, float | None, str]] = {
     "model.expand": ("[", 1, None, ")"),
     "model.ngroups": ("[", 1, None, ")"),
     "model.d_conv": ("[", 1, None, ")"),
+    "model.rotate_pairs": ("[", 0, None, ")"),
     "model.chunk_size": ("[", 1, None, ")"),
     "model.attn_heads": ("[", 1, None, ")"),
     "model.attn_kv_heads": ("[", 1, None, ")"),
@@ -545,6 +549,11 @@ def validate_config(cfg: Config) -> None:
     if (d_inner // m.headdim) % m.ngroups:
         raise ConfigError(
             f"model.ngroups={m.ngroups} must divide the number of SSM heads {d_inner // m.headdim}"
+        )
+    if m.rotate_pairs > m.d_state // 2:
+        raise ConfigError(
+            f"model.rotate_pairs={m.rotate_pairs}: at most model.d_state / 2 = {m.d_state // 2} "
+            "(each rotated pair takes two state dimensions)"
         )
     if m.d_model % m.attn_heads or m.attn_heads % m.attn_kv_heads:
         raise ConfigError(

@@ -61,16 +61,24 @@ class _TensorState:
 class SSMState(_TensorState):
     """State of a Mamba-2 mixer.
 
-    conv: (B, conv_dim, d_conv - 1) the last inputs of the short causal conv.
-    ssm:  (B, H, P, N) float32 recurrent state h.
+    conv:  (B, conv_dim, d_conv - 1) the last inputs of the short causal conv.
+    ssm:   (B, H, P, N) float32 recurrent state (in the rotating frame when rotate_pairs > 0).
+    phase: (B, G, R) float32 the summed rotation angles Θ mod 2π of the R rotated pairs (R = 0: none).
     """
 
     conv: Tensor
     ssm: Tensor
+    phase: Tensor
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Tensor]) -> SSMState:
+        if "phase" not in d and {"conv", "ssm"} <= set(d):  # written before rotations existed: none
+            d = {**d, "phase": d["ssm"].new_zeros(d["ssm"].shape[0], 1, 0)}
+        return super().from_dict(d)
 
     @classmethod
     def stack(cls, states: list[SSMState]) -> SSMState:
-        return cls(conv=torch.cat([s.conv for s in states]), ssm=torch.cat([s.ssm for s in states]))
+        return cls(**{k: torch.cat([getattr(s, k) for s in states]) for k in ("conv", "ssm", "phase")})
 
 
 @dataclass

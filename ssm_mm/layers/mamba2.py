@@ -8,6 +8,18 @@ Per head, with input ``u_t`` (the block input) and ``x_t, B_t, C_t`` (after the 
     h_t = exp(A · λ_t) · h_{t-1} + γ_t · B_t x_tᵀ      A < 0 per head
     y_t = C_t h_t + D x_t
 
+With ``rotate_pairs = R > 0`` the first R pairs of state dimensions (n, n + R) also turn by a
+data-dependent angle θ_t = w_θ·u_t per token (per group and pair; w_θ starts at zero), so the state is
+complex-valued on those pairs (the complex state of Mamba-3, 2025)::
+
+    h_t = exp(A · λ_t) · R(θ_t) h_{t-1} + γ_t · B_t x_tᵀ
+
+The rotation is carried by the inputs, not the scan: with Θ_t = Σ_{s≤t} θ_s and g_t = R(−Θ_t) h_t,
+``g_t = exp(A·λ_t) g_{t-1} + γ_t (R(−Θ_t) B_t) x_tᵀ`` and ``y_t = (R(−Θ_t) C_t) g_t``, so every scan path
+(chunked, token step, mamba_ssm's kernels) runs unchanged on rotated B and C, and the state carries
+Θ mod 2π beside g. A sum of angles is an exact, unnormalised integrator (e.g. of how often something
+happened) whose read-out, a phase, does not change when later norms rescale the features.
+
 With ρ > 0 every head forgets at least ``exp(−ρ·Δt)`` over ``Δt`` seconds, whatever its input: a
 memory horizon of ~1/ρ seconds past which the state's distribution no longer depends on the stream's
 age. Tokens sharing a timestamp (Δt = 0) are still written into the state (γ_t > 0) and the state forgets
@@ -69,6 +81,15 @@ class Mamba2Mixer(nn.Module):
         self.A_log = nn.Parameter(torch.empty(self.nheads))
         self.gate_bias = nn.Parameter(torch.empty(n_gate))
         self.D = nn.Parameter(torch.ones(self.nheads))
+        self.rotate_pairs = cfg.rotate_pairs
+        if not 0 <= self.rotate_pairs <= self.d_state // 2:
+            raise ValueError(
+                f"Mamba2Mixer: model.rotate_pairs={self.rotate_pairs} must be in [0, d_state / 2 = "
+                f"{self.d_state // 2}] (each rotated pair takes two of the d_state dimensions)"
+            )
+        # angles θ_t (ngroups x rotate_pairs per token); zero at init: the mixer starts as plain Mamba-2
+        n_angles = self.ngroups * self.rotate_pairs
+        self.angle_proj = nn.Linear(cfg.d_model, n_angles, bias=False) if n_angles else None
         self.norm = GatedRMSNorm(self.d_inner, eps=cfg.norm_eps)
         self.out_proj = nn.Linear(self.d_inner, cfg.d_model, bias=False)
         self._rate_range = (cfg.temporal.rate_min, cfg.temporal.rate_max)
@@ -101,6 +122,8 @@ class Mamba2Mixer(nn.Module):
         else:
             self.gate_bias.copy_(_inv_softplus(log_uniform(1e-3, 1e-1)))
         self.D.fill_(1.0)
+        if self.angle_proj is not None:
+            self.angle_proj.weight.zero_()
 
     # ------------------------------------------------------------------------------------------
 
@@ -110,7 +133,28 @@ class Mamba2Mixer(nn.Module):
             ssm=torch.zeros(
                 batch, self.nheads, self.headdim, self.d_state, device=device, dtype=torch.float32
             ),
+            phase=torch.zeros(batch, self.ngroups, self.rotate_pairs, device=device, dtype=torch.float32),
         )
+
+    def _angles(self, u: Tensor, state: SSMState, valid: Tensor | None) -> tuple[Tensor, Tensor] | None:
+        """Θ_t for every token, (B, L, G, R) float32 in [−π, π), and the carried Θ after the last one
+        (B, G, R); None without rotation. Padding turns nothing. Summed in float64 and wrapped: a sum
+        over a long window keeps the precision of its steps."""
+        if self.angle_proj is None:
+            return None
+        theta = rearrange(self.angle_proj(u).double(), "b l (g r) -> b l g r", r=self.rotate_pairs)
+        if valid is not None:
+            theta = theta * valid[..., None, None]
+        total = state.phase.double().unsqueeze(1) + theta.cumsum(1)
+        wrapped = torch.remainder(total + math.pi, 2 * math.pi) - math.pi
+        return wrapped.float(), wrapped[:, -1].float()
+
+    def _rotate(self, v: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """R(−Θ) applied to the pairs (n, n + R) of v (..., G, N); cos, sin: (..., G, R)."""
+        r = self.rotate_pairs
+        a, b, rest = v[..., :r], v[..., r : 2 * r], v[..., 2 * r :]
+        cos, sin = cos.to(v.dtype), sin.to(v.dtype)
+        return torch.cat([a * cos + b * sin, b * cos - a * sin, rest], -1)
 
     def _gates(self, g_bth: Tensor, dt_bt: Tensor | None) -> tuple[Tensor, Tensor]:
         """Return (log_decay = A·λ, gain = γ), each (B, L, H) float32, from gate pre-activations."""
@@ -163,6 +207,12 @@ class Mamba2Mixer(nn.Module):
         x = rearrange(x, "b l (h p) -> b l h p", p=self.headdim)
         B = rearrange(B, "b l (g n) -> b l g n", n=self.d_state)
         C = rearrange(C, "b l (g n) -> b l g n", n=self.d_state)
+        phase = state.phase
+        angles = self._angles(u, state, valid)
+        if angles is not None:
+            theta, phase = angles
+            cos, sin = theta.cos(), theta.sin()
+            B, C = self._rotate(B, cos, sin), self._rotate(C, cos, sin)
         if valid is not None:  # padding: no decay, no input -> state unchanged
             log_decay = log_decay * valid.unsqueeze(-1)
             gain = gain * valid.unsqueeze(-1)
@@ -178,7 +228,7 @@ class Mamba2Mixer(nn.Module):
         )
         y = y + x * rearrange(self.D.to(x.dtype), "h -> h 1")  # skip connection D per head
         y = self.norm(rearrange(y, "b l h p -> b l (h p)"), z)
-        return self.out_proj(y), SSMState(conv=conv_state, ssm=ssm_state)
+        return self.out_proj(y), SSMState(conv=conv_state, ssm=ssm_state, phase=phase)
 
     def _step(self, u, z, xbc, log_decay, gain, state: SSMState, valid) -> tuple[Tensor, SSMState]:
         """One token per row (decode / token-by-token streaming). Same maths, recurrent form."""
@@ -188,21 +238,24 @@ class Mamba2Mixer(nn.Module):
         x, B, C = xbc.split([self.d_inner, self.ngroups * self.d_state, self.ngroups * self.d_state], -1)
         x = rearrange(x, "b (h p) -> b h p", p=self.headdim)
         x_scaled = x * gain[:, 0].unsqueeze(-1).to(x.dtype)
-        y, ssm_state = ssd_step(
-            x_scaled,
-            log_decay[:, 0],
-            rearrange(B, "b (g n) -> b g n", n=self.d_state),
-            rearrange(C, "b (g n) -> b g n", n=self.d_state),
-            state.ssm,
-        )
+        B = rearrange(B, "b (g n) -> b g n", n=self.d_state)
+        C = rearrange(C, "b (g n) -> b g n", n=self.d_state)
+        phase = state.phase
+        angles = self._angles(u, state, valid)
+        if angles is not None:
+            theta, phase = angles
+            cos, sin = theta[:, 0].cos(), theta[:, 0].sin()
+            B, C = self._rotate(B, cos, sin), self._rotate(C, cos, sin)
+        y, ssm_state = ssd_step(x_scaled, log_decay[:, 0], B, C, state.ssm)
         y = y + x * rearrange(self.D.to(x.dtype), "h -> h 1")
         y = self.norm(rearrange(y, "b h p -> b 1 (h p)"), z)
-        new = SSMState(conv=conv_state, ssm=ssm_state)
+        new = SSMState(conv=conv_state, ssm=ssm_state, phase=phase)
         if valid is not None:  # a padded step keeps the old state
             keep = ~valid[:, 0]
             new = SSMState(
                 conv=torch.where(keep.view(-1, 1, 1), state.conv, new.conv),
                 ssm=torch.where(keep.view(-1, 1, 1, 1), state.ssm, new.ssm),
+                phase=torch.where(keep.view(-1, 1, 1), state.phase, new.phase),
             )
         return self.out_proj(y), new
 

@@ -11,6 +11,7 @@ from ssm_mm.worlds.avworld import CLASSES
 LABELS = ["background"] + [c.name for c in CLASSES]
 HYBRID = {}  # the tiny hybrid: SSM, SSM, windowed attention, SSM
 TRANSFORMER = {"pattern": "AA", "attn_window": None}  # full attention: its cache grows every window
+ROTATED = {"rotate_pairs": 2}  # the hybrid with rotated state pairs (their angles summed in float64)
 
 
 def rel(a, b) -> float:
@@ -29,7 +30,7 @@ def carried_state(model, make_dataset):
         return model.forward_batch(windows(make_dataset, 0), model.init_state(2)).state
 
 
-@pytest.mark.parametrize("arch", [HYBRID, TRANSFORMER], ids=["hybrid", "transformer"])
+@pytest.mark.parametrize("arch", [HYBRID, TRANSFORMER, ROTATED], ids=["hybrid", "transformer", "rotated"])
 def test_training_forward_has_no_graph_breaks(make_dataset, arch):
     model = support.tiny_model(0, LABELS, **arch).train()
     batch = windows(make_dataset, 1)

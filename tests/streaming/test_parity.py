@@ -17,6 +17,19 @@ def test_session_equals_offline_forward(model, media, modalities):
     check_session_parity(model, media[0], modalities, seed=1)
 
 
+def test_session_with_rotated_state_pairs_equals_offline(media):
+    """``model.rotate_pairs``: the carried angles of every SSM layer, token by token in the session."""
+    import support
+    from streaming_helpers import LABELS
+
+    model = support.tiny_model(0, LABELS, rotate_pairs=2)
+    with torch.no_grad():
+        for blk in model.backbone.blocks:
+            if getattr(blk.mixer, "angle_proj", None) is not None:
+                blk.mixer.angle_proj.weight.normal_(0, 0.5)  # the init is zero: make them turn
+    check_session_parity(model, media[0], ("video", "audio"), seed=4)
+
+
 def test_session_equals_offline_with_resampled_audio(model, media):
     """Audio pushed at 48 kHz: the session's streaming resampler vs resampling the whole track."""
     m = media[1]
