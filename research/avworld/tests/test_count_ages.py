@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import support
+import torch
 from probe_support import load_script
 
 from ssm_mm.data.featurize import FeaturizerConfig
@@ -47,6 +48,26 @@ def test_an_exact_counter_scores_exact_and_moves_one_per_occurrence(world):
     assert ca.mean_sd([1.0, 3.0]) == "2.00 ± 1.00 (2)" and ca.mean_sd([]) == "–"
 
 
+def test_error_sources_tell_a_shared_scale_from_a_walk_of_each_counter():
+    g = torch.Generator().manual_seed(0)
+    # two streams of 600 ticks, four labels each beginning on ~1 tick in 15: counts to ~40
+    truth = [(torch.rand(600, 4, generator=g, dtype=torch.float64) < 1 / 15).double().cumsum(0) for _ in "ab"]
+    # one factor divides every label's count at once, as a norm by the residual stream's RMS would
+    rms = [1 + 0.2 * torch.rand(len(t), generator=g, dtype=torch.float64) for t in truth]
+    scaled = [t / s.unsqueeze(-1) for t, s in zip(truth, rms)]
+    src = ca.error_sources(scaled, truth, rms)
+    assert src["label_corr"] > 0.99 and src["scale_corr"] < -0.99 and src["persistence"] < 0.5
+    # each counter walks on its own: a noisy write per occurrence, kept until the next one
+    walked = []
+    for t in truth:
+        steps = torch.diff(t, dim=0, prepend=torch.zeros(1, t.shape[1], dtype=t.dtype))
+        noisy = steps * (1 + 0.5 * torch.randn(steps.shape, generator=g, dtype=torch.float64))
+        walked.append(noisy.cumsum(0))
+    src = ca.error_sources(walked, truth, rms)
+    assert abs(src["label_corr"]) < 0.5 and abs(src["scale_corr"]) < 0.2
+    assert src["jitter_sd"] == 0.0 and src["persistence"] > 0.99 and src["error_sd"] > 0.5
+
+
 def test_a_segment_next_to_another_of_its_label_is_left_out(world):
     man, _ = world
     spec = man.streams[0]
@@ -63,6 +84,7 @@ def test_cli_reads_a_count_head_model_and_names_bad_input(world, tmp_path, capsy
         assert ca.main([str(tmp_path / name), str(manifest), "--bin", "20", "--streams", "1"]) == 0
         out = capsys.readouterr().out
         assert "on 1 streams" in out and "| 20 |" in out and "per occurrence" in out
+        assert "where the error comes from" in out
 
     def fails(*args, match):
         assert ca.main([str(a) for a in args]) == 2
