@@ -9,8 +9,9 @@ Per head, with input ``u_t`` (the block input) and ``x_t, B_t, C_t`` (after the 
     y_t = C_t h_t + D x_t
 
 With ``rotate_pairs = R > 0`` the first R pairs of state dimensions (n, n + R) also turn by a
-data-dependent angle θ_t = w_θ·u_t per token (per group and pair; w_θ starts at zero), so the state is
-complex-valued on those pairs (the complex state of Mamba-3, 2025)::
+data-dependent angle θ_t = w_θ·u_t / d_model per token (per group and pair; w_θ starts at zero; the
+1/d_model keeps the first optimizer steps from turning the state by radians per token), so the state
+is complex-valued on those pairs (the complex state of Mamba-3, 2025)::
 
     h_t = exp(A · λ_t) · R(θ_t) h_{t-1} + γ_t · B_t x_tᵀ
 
@@ -142,7 +143,8 @@ class Mamba2Mixer(nn.Module):
         over a long window keeps the precision of its steps."""
         if self.angle_proj is None:
             return None
-        theta = rearrange(self.angle_proj(u).double(), "b l (g r) -> b l g r", r=self.rotate_pairs)
+        theta = self.angle_proj(u).double() / self.d_model
+        theta = rearrange(theta, "b l (g r) -> b l g r", r=self.rotate_pairs)
         if valid is not None:
             theta = theta * valid[..., None, None]
         total = state.phase.double().unsqueeze(1) + theta.cumsum(1)

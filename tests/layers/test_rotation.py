@@ -32,7 +32,7 @@ def mixer(rotate_pairs=R, turn=1.0, seed=0):
     m = Mamba2Mixer(cfg).eval()
     if rotate_pairs and turn:
         with torch.no_grad():  # angles of order `turn` radians per token (the init is zero: no turn)
-            m.angle_proj.weight.normal_(0, turn / 4)
+            m.angle_proj.weight.normal_(0, turn * m.d_model / 4)
     return m
 
 
@@ -54,7 +54,7 @@ def naive(m: Mamba2Mixer, u, dt):
     x, B, C = conv.transpose(1, 2).split([m.d_inner, m.d_state, m.d_state], -1)
     x = x.view(b, length, m.nheads, m.headdim)
     log_decay, gain = m._gates(g, dt)
-    theta = m.angle_proj(u)  # (b, L, R) with one group
+    theta = m.angle_proj(u) / m.d_model  # (b, L, R) with one group
     h = torch.zeros(b, m.nheads, m.headdim, m.d_state)
     total = torch.zeros(b, m.rotate_pairs)
     ys = []
