@@ -151,6 +151,17 @@ class Mamba2Mixer(nn.Module):
         wrapped = torch.remainder(total + math.pi, 2 * math.pi) - math.pi
         return wrapped.float(), wrapped[:, -1].float()
 
+    def _turn(self, u: Tensor, B: Tensor, C: Tensor, state: SSMState, valid: Tensor | None):
+        """B and C, (B, L, G, N) or one token's (B, G, N), turned by −Θ_t, and the carried Θ after them."""
+        angles = self._angles(u, state, valid)
+        if angles is None:
+            return B, C, state.phase
+        theta, phase = angles
+        if B.dim() == 3:  # one token
+            theta = theta[:, 0]
+        cos, sin = theta.cos(), theta.sin()
+        return self._rotate(B, cos, sin), self._rotate(C, cos, sin), phase
+
     def _rotate(self, v: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """R(−Θ) applied to the pairs (n, n + R) of v (..., G, N); cos, sin: (..., G, R)."""
         r = self.rotate_pairs
@@ -209,12 +220,7 @@ class Mamba2Mixer(nn.Module):
         x = rearrange(x, "b l (h p) -> b l h p", p=self.headdim)
         B = rearrange(B, "b l (g n) -> b l g n", n=self.d_state)
         C = rearrange(C, "b l (g n) -> b l g n", n=self.d_state)
-        phase = state.phase
-        angles = self._angles(u, state, valid)
-        if angles is not None:
-            theta, phase = angles
-            cos, sin = theta.cos(), theta.sin()
-            B, C = self._rotate(B, cos, sin), self._rotate(C, cos, sin)
+        B, C, phase = self._turn(u, B, C, state, valid)
         if valid is not None:  # padding: no decay, no input -> state unchanged
             log_decay = log_decay * valid.unsqueeze(-1)
             gain = gain * valid.unsqueeze(-1)
@@ -242,12 +248,7 @@ class Mamba2Mixer(nn.Module):
         x_scaled = x * gain[:, 0].unsqueeze(-1).to(x.dtype)
         B = rearrange(B, "b (g n) -> b g n", n=self.d_state)
         C = rearrange(C, "b (g n) -> b g n", n=self.d_state)
-        phase = state.phase
-        angles = self._angles(u, state, valid)
-        if angles is not None:
-            theta, phase = angles
-            cos, sin = theta[:, 0].cos(), theta[:, 0].sin()
-            B, C = self._rotate(B, cos, sin), self._rotate(C, cos, sin)
+        B, C, phase = self._turn(u, B, C, state, valid)
         y, ssm_state = ssd_step(x_scaled, log_decay[:, 0], B, C, state.ssm)
         y = y + x * rearrange(self.D.to(x.dtype), "h -> h 1")
         y = self.norm(rearrange(y, "b h p -> b 1 (h p)"), z)
