@@ -143,7 +143,8 @@ class Mamba2Mixer(nn.Module):
         over a long window keeps the precision of its steps."""
         if self.angle_proj is None:
             return None
-        theta = self.angle_proj(u).double() / self.d_model
+        # in float64 from the start: autocast leaves float64 alone, so bf16 never rounds an angle
+        theta = F.linear(u.double(), self.angle_proj.weight.double()) / self.d_model
         theta = rearrange(theta, "b l (g r) -> b l g r", r=self.rotate_pairs)
         if valid is not None:
             theta = theta * valid[..., None, None]
