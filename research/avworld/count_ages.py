@@ -166,22 +166,14 @@ def run(model_path: str, manifest: str, bin_s: float, streams: int | None) -> st
     specs = list(man.streams)[:streams]
     ds = StreamDataset(specs, model.features, model.tokenizer, model.labels)  # no training targets needed
     tau = model.features.tick_seconds
-    get = model_counts(model, raw=True)
-    seen = {}
-    hook = model.backbone.norm_f.register_forward_hook(lambda m, inp, out: seen.update(x=inp[0]))
-    vals, truth, incs, scale = [], [], [], []
+    scale: list[torch.Tensor] = []
+    get = model_counts(model, raw=True, scales=scale)
+    vals, truth, incs = [], [], []
     for i, spec in enumerate(specs):
-        try:
-            v = get(ds, i)
-        finally:
-            residual = seen.pop("x", None)
-        if residual is not None:  # the residual stream's RMS at each tick's summary position
-            b = ds.collate([ds[i]])
-            scale.append(model.tick_hidden(residual, b.summary_pos)[0].pow(2).mean(-1).sqrt())
+        v = get(ds, i)
         vals.append(v)
         truth.append(tick_event_counts(spec.segments, model.labels, v.shape[0], tau, stream_id=spec.id))
         incs += increments(v, spec, model.labels, tau)
-    hook.remove()
     head = ["age (s)", "(tick, label)s", "exact", "mean error", "MAE", "within ±1", "mean count"]
     table = [
         [f"{a:.0f}", str(n), f"{ex:.1%}", f"{e:+.2f}", f"{ae:.2f}", f"{w1:.1%}", f"{c:.1f}"]
@@ -199,7 +191,7 @@ def run(model_path: str, manifest: str, bin_s: float, streams: int | None) -> st
         "",
     ]
     lines += markdown_table(["segment begins at (s)", "move across it"], by_age)
-    if len(scale) == len(vals):
+    if vals:
         src = error_sources(vals, truth, scale)
         lines += [
             "",

@@ -40,16 +40,29 @@ def asked_label(question: str, labels: list[str]) -> str | None:
     return named[0] if len(named) == 1 else None
 
 
-def model_counts(model, raw: bool = False) -> Callable[[StreamDataset, int], torch.Tensor]:
+def model_counts(
+    model, raw: bool = False, scales: list | None = None
+) -> Callable[[StreamDataset, int], torch.Tensor]:
     """``predict(dataset, i)``: the count head's (n_ticks, C) counts over stream ``i``, whole stream
     (its argmax class, or its regressed count rounded); ``raw``: as float values, a regressed count
-    unrounded."""
+    unrounded. ``scales``: a list to which each call appends the (n_ticks,) RMS of the residual stream
+    that the final norm divides by at each tick, read from the same forward."""
     obj, head = model.objectives["count"], model.heads["count"]
 
     @torch.no_grad()
     def predict(ds: StreamDataset, i: int) -> torch.Tensor:
         b = ds.collate([ds[i]])
-        ticks = model.tick_hidden(model.forward_batch(b).hidden, b.summary_pos)[0]
+        seen = {}
+        hook = None
+        if scales is not None:
+            hook = model.backbone.norm_f.register_forward_hook(lambda m, inp, out: seen.update(x=inp[0]))
+        try:
+            ticks = model.tick_hidden(model.forward_batch(b).hidden, b.summary_pos)[0]
+        finally:
+            if hook is not None:
+                hook.remove()
+        if scales is not None:
+            scales.append(model.tick_hidden(seen["x"], b.summary_pos)[0].pow(2).mean(-1).sqrt())
         if raw:
             return head(ticks).float() if obj.regressed else obj.predict(head, ticks).float()
         return obj.predict(head, ticks)
