@@ -8,18 +8,22 @@ from ssm_mm.config import ModelConfig, TemporalConfig
 from ssm_mm.layers.mamba2 import Mamba2Mixer
 
 
-def mixer(time_aware=True, rate_floor=0.0):
+def mixer(time_aware=True, rate_floor=0.0, **overrides):
+    """The small mixer of these tests (seeded), ``overrides`` on its ModelConfig (e.g. d_state)."""
     torch.manual_seed(0)
     cfg = ModelConfig(
-        d_model=16,
-        d_state=4,
-        headdim=8,
-        expand=1,
-        ngroups=1,
-        d_conv=2,
-        chunk_size=4,
-        kernels="torch",
-        temporal=TemporalConfig(time_aware_dt=time_aware, rate_floor=rate_floor),
+        **{
+            "d_model": 16,
+            "d_state": 4,
+            "headdim": 8,
+            "expand": 1,
+            "ngroups": 1,
+            "d_conv": 2,
+            "chunk_size": 4,
+            "kernels": "torch",
+            "temporal": TemporalConfig(time_aware_dt=time_aware, rate_floor=rate_floor),
+            **overrides,
+        }
     )
     return Mamba2Mixer(cfg).eval()
 

@@ -6,8 +6,9 @@ import math
 
 import pytest
 import torch
+from test_mamba2 import mixer as small_mixer
 
-from ssm_mm.config import ConfigError, ModelConfig, TemporalConfig, load_config
+from ssm_mm.config import ConfigError, load_config
 from ssm_mm.layers.mamba2 import Mamba2Mixer
 from ssm_mm.ops.conv import causal_conv1d
 from ssm_mm.state import SSMState
@@ -15,21 +16,8 @@ from ssm_mm.state import SSMState
 R = 2  # rotated pairs of the d_state = 6 dimensions: two pairs turn, two dimensions do not
 
 
-def mixer(rotate_pairs=R, turn=1.0, seed=0):
-    torch.manual_seed(seed)
-    cfg = ModelConfig(
-        d_model=16,
-        d_state=6,
-        headdim=8,
-        expand=1,
-        ngroups=1,
-        d_conv=2,
-        chunk_size=4,
-        kernels="torch",
-        rotate_pairs=rotate_pairs,
-        temporal=TemporalConfig(time_aware_dt=True),
-    )
-    m = Mamba2Mixer(cfg).eval()
+def mixer(rotate_pairs=R, turn=1.0):
+    m = small_mixer(d_state=6, rotate_pairs=rotate_pairs)  # test_mamba2's mixer, 6 state dimensions
     if rotate_pairs and turn:
         with torch.no_grad():  # angles of order `turn` radians per token (the init is zero: no turn)
             m.angle_proj.weight.normal_(0, turn * m.d_model / 4)
