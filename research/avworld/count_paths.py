@@ -18,6 +18,8 @@ Variants (none of them is a recipe; each removes one suspect):
   in the stream, teacher-forced): each occurrence is written from the same discrete tokens instead of
   being detected in audio and video. An oracle: the streaming evaluation does not add these turns,
   so only the offline count head (``ages``) measures it.
+
+The patches live in this process (data loader workers inherit them when forked, Linux's default).
 """
 
 from __future__ import annotations
