@@ -5,6 +5,7 @@ its measurement see the same model:
 
     python research/avworld/count_paths.py VARIANT train [train.py key=value ...]
     python research/avworld/count_paths.py VARIANT ages MODEL MANIFEST [--bin 60]
+    python research/avworld/count_paths.py VARIANT state MODEL MANIFEST [--bin 60]
 
 Variants (none of them is a recipe; each removes one suspect):
 
@@ -17,9 +18,11 @@ Variants (none of them is a recipe; each removes one suspect):
 - ``narrate``: every event segment's label is said by the user at the segment's start (a text turn
   in the stream, teacher-forced): each occurrence is written from the same discrete tokens instead of
   being detected in audio and video. An oracle: the streaming evaluation does not add these turns,
-  so only the offline count head (``ages``) measures it.
+  so only the offline count head (``ages``) and the read-outs of ``state`` (``count_state.py``: where
+  along the model the count is still exact) measure it.
 
-The patches live in this process (data loader workers inherit them when forked, Linux's default).
+Variants combine with ``+`` (``narrate+no_mixer_norm``). The patches live in this process (data
+loader workers inherit them when forked, Linux's default).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from ssm_mm.models.backbone import HybridBackbone
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-ENTRY = {"train": ROOT / "train.py", "ages": HERE / "count_ages.py"}
+ENTRY = {"train": ROOT / "train.py", "ages": HERE / "count_ages.py", "state": HERE / "count_state.py"}
 
 
 def _per_head_norm(self, y, z):
@@ -102,15 +105,16 @@ VARIANTS = {
 
 @contextlib.contextmanager
 def patched(variant: str):
-    """The library with ``variant``'s patch, restored on exit."""
+    """The library with ``variant``'s patch (or several joined by ``+``), restored on exit."""
     with contextlib.ExitStack() as stack:
-        for obj, name, new in VARIANTS[variant]():
-            stack.enter_context(mock.patch.object(obj, name, new))
+        for part in variant.split("+"):
+            for obj, name, new in VARIANTS[part]():
+                stack.enter_context(mock.patch.object(obj, name, new))
         yield
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) < 2 or argv[0] not in VARIANTS or argv[1] not in ENTRY:
+    if len(argv) < 2 or not set(argv[0].split("+")) <= set(VARIANTS) or argv[1] not in ENTRY:
         sys.exit(
             f"usage: count_paths.py {{{','.join(VARIANTS)}}} {{{','.join(ENTRY)}}} [args...] "
             f"(got {' '.join(argv[:2]) or 'nothing'})"
@@ -123,4 +127,9 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    # run from the module import, not from __main__: the patched functions keep this module as their
+    # globals when runpy replaces __main__ (torch.compile resolves their globals by module name)
+    sys.path.insert(0, str(HERE))
+    import count_paths
+
+    count_paths.main(sys.argv[1:])

@@ -77,8 +77,10 @@ def test_narrate_says_each_segments_label_at_its_start(world):
 
 def test_bad_arguments_name_the_choices():
     with pytest.raises(
-        SystemExit, match=r"usage: count_paths.py \{plain,.*narrate\} \{train,ages\}.*got what train"
+        SystemExit, match=r"usage: count_paths.py \{plain,.*narrate\} \{train,ages,state\}.*got what train"
     ):
         cp.main(["what", "train"])
+    with pytest.raises(SystemExit, match=r"got narrate\+what train"):
+        cp.main(["narrate+what", "train"])
     with pytest.raises(SystemExit, match="got nothing"):
         cp.main([])
