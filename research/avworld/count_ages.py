@@ -203,18 +203,26 @@ def run(model_path: str, manifest: str, bin_s: float, streams: int | None) -> st
     return "\n".join(lines)
 
 
-@exits_2_on("count_ages", ProbeError, FileNotFoundError)
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def count_args(doc: str, argv: list[str] | None, min_streams: int = 1) -> argparse.Namespace:
+    """The arguments shared by the scripts that read a count head over a manifest's streams (MODEL
+    MANIFEST [--bin S] [--streams N]), checked: :class:`ProbeError` on a bin or a stream count out of
+    range."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="a model folder, checkpoint or run folder trained with objectives.count")
     ap.add_argument("manifest", help="a manifest of streams with segments (e.g. long held-out streams)")
-    ap.add_argument("--bin", type=float, default=60.0, help="seconds of stream age per row (default 60)")
-    ap.add_argument("--streams", type=int, help="only the first N streams")
+    ap.add_argument("--bin", type=float, default=60.0, help="seconds of stream age per bin (default 60)")
+    ap.add_argument("--streams", type=int, help=f"only the first N streams (>= {min_streams})")
     a = ap.parse_args(argv)
     if not a.bin > 0:
         raise ProbeError(f"--bin {a.bin}: must be > 0 seconds")
-    if a.streams is not None and a.streams < 1:
-        raise ProbeError(f"--streams {a.streams}: must be >= 1")
+    if a.streams is not None and a.streams < min_streams:
+        raise ProbeError(f"--streams {a.streams}: must be >= {min_streams}")
+    return a
+
+
+@exits_2_on("count_ages", ProbeError, FileNotFoundError)
+def main(argv: list[str] | None = None) -> None:
+    a = count_args(__doc__, argv)
     print(run(a.model, a.manifest, a.bin, a.streams))
 
 

@@ -27,13 +27,12 @@ wrong: a missing file, too few streams.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from unittest import mock
 
 import torch
-from count_ages import age_rows  # beside this script
+from count_ages import age_rows, count_args  # beside this script
 from probes import ProbeError
 
 from ssm_mm.cli import exits_2_on
@@ -260,14 +259,7 @@ def _cells(rows) -> list[str]:
 
 @exits_2_on("count_state", ProbeError, FileNotFoundError)
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", help="a model folder, checkpoint or run folder trained with objectives.count")
-    ap.add_argument("manifest", help="a manifest of streams with segments (e.g. long held-out streams)")
-    ap.add_argument("--bin", type=float, default=60.0, help="seconds of stream age per column (default 60)")
-    ap.add_argument("--streams", type=int, help="only the first N streams (>= 2)")
-    a = ap.parse_args(argv)
-    if not a.bin > 0:
-        raise ProbeError(f"--bin {a.bin}: must be > 0 seconds")
+    a = count_args(__doc__, argv, min_streams=2)
     print(run(a.model, a.manifest, a.bin, a.streams))
 
 

@@ -98,7 +98,10 @@ def test_cli_prints_every_stage_and_names_bad_input(world, huber, tmp_path, caps
     fails(huber, tmp_path / "x.jsonl", match="x.jsonl: no such manifest")
     support.tiny_model(0, LABELS).save_pretrained(tmp_path / "plain")
     fails(tmp_path / "plain", world, match="no count head")
-    fails(huber, world, "--streams", "1", match="1 stream(s); a read-out fitted on other streams needs >= 2")
+    fails(huber, world, "--streams", "1", match="--streams 1: must be >= 2")
+    one = world.parent / "one_stream.jsonl"
+    one.write_text(world.read_text().splitlines()[0] + "\n")
+    fails(huber, one, match="1 stream(s); a read-out fitted on other streams needs >= 2")
     fails(huber, world, "--bin", "0", match="--bin 0.0: must be > 0")
 
 
