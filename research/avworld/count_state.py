@@ -76,6 +76,8 @@ def stages(model, ds: StreamDataset, i: int) -> dict[str, torch.Tensor]:
     try:
         for p in pos.tolist():
             if p < start:  # a tick without media of its own: it reads what the last one read
+                if not rows:
+                    raise ProbeError(f"stream {i}: its first tick has no media token to read")
                 for v in rows.values():
                     v.append(v[-1])
                 continue
