@@ -47,7 +47,6 @@ def model_counts(
     (its argmax class, or its regressed count rounded); ``raw``: as float values, a regressed count
     unrounded. ``scales``: a list to which each call appends the (n_ticks,) RMS of the residual stream
     that the final norm divides by at each tick, read from the same forward."""
-    obj, head = model.objectives["count"], model.heads["count"]
 
     @torch.no_grad()
     def predict(ds: StreamDataset, i: int) -> torch.Tensor:
@@ -63,11 +62,19 @@ def model_counts(
                 hook.remove()
         if scales is not None:
             scales.append(model.tick_hidden(seen["x"], b.summary_pos)[0].pow(2).mean(-1).sqrt())
-        if raw:
-            return head(ticks).float() if obj.regressed else obj.predict(head, ticks).float()
-        return obj.predict(head, ticks)
+        return read_counts(model, ticks, raw)
 
     return predict
+
+
+def read_counts(model, ticks: torch.Tensor, raw: bool = False) -> torch.Tensor:
+    """The count head's (n_ticks, C) counts read from the final hidden states ``ticks`` (n_ticks, d)
+    at tick summary positions: its argmax class or its regressed count rounded; ``raw``: as float
+    values, a regressed count unrounded."""
+    obj, head = model.objectives["count"], model.heads["count"]
+    if raw:
+        return head(ticks).float() if obj.regressed else obj.predict(head, ticks).float()
+    return obj.predict(head, ticks)
 
 
 def load_count_model(model_path: str):

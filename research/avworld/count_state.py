@@ -18,8 +18,8 @@ written only by the tokens that mark an occurrence would take none from the othe
 
 Each read-out is ridge regression on standardised features, fitted on three of four folds of the
 streams and scored on the fourth (every stream scored once, by a read-out that never saw it), the
-ridge strength the one of a small grid with the lowest mean
-absolute error over all folds (the same for every fold). A stage whose read-out is exact where the
+ridge strength the one of a small grid with the lowest mean absolute error over all folds (the same
+for every fold). A stage whose read-out is exact where the
 count head is not holds the count the head misses; the first stage where it stops being exact is
 where the count is lost. Needs at least 2 streams. Exit status 2 with a message naming what is
 wrong: a missing file, too few streams.
@@ -197,7 +197,7 @@ def best_readout(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> tuple[list[t
 
 
 def run(model_path: str, manifest: str, bin_s: float, streams: int | None) -> str:
-    from count_probe import load_count_model, model_counts
+    from count_probe import load_count_model, read_counts
 
     if not Path(manifest).is_file():
         raise ProbeError(f"{manifest}: no such manifest")
@@ -207,7 +207,6 @@ def run(model_path: str, manifest: str, bin_s: float, streams: int | None) -> st
         raise ProbeError(f"{manifest}: {len(specs)} stream(s); a read-out fitted on other streams needs >= 2")
     ds = StreamDataset(specs, model.features, model.tokenizer, model.labels)
     tau = model.features.tick_seconds
-    head = model_counts(model, raw=True)
     feats, truth, head_vals, writes = [], [], [], []
     for i, spec in enumerate(specs):
         writes.append(head_writes(model, ds, i))
@@ -215,7 +214,8 @@ def run(model_path: str, manifest: str, bin_s: float, streams: int | None) -> st
         n = next(iter(f.values())).shape[0]
         feats.append(f)
         truth.append(tick_event_counts(spec.segments, model.labels, n, tau, stream_id=spec.id).float())
-        head_vals.append(head(ds, i)[:n])
+        with torch.no_grad():  # the count head on the final-norm features the stages already read
+            head_vals.append(read_counts(model, f["final norm"], raw=True))
     bins = [a for a, *_ in age_rows(truth, truth, tau, bin_s)]
     rows = [["count head"] + [""] + _cells(age_rows(head_vals, truth, tau, bin_s))]
     order = [k for k in feats[0] if k.startswith("state")] + [
