@@ -64,7 +64,22 @@ def bin_counts(streams: list[dict], qtype: str | None, bin_s: float) -> tuple[li
     return asked, missed
 
 
+COLUMNS = (
+    "questions",
+    "right",
+    "bins",
+    "median per bin",
+    "bins short",
+    "expected short",
+    "P(none short)",
+    "rate for P=0.5",
+    "first half",
+    "second half",
+)
+
+
 def check(asked: Sequence[int], missed: Sequence[int], target: float) -> dict:
+    """The columns of :data:`COLUMNS` for one (model, dataset) from its per-bin counts."""
     used = [(a, m) for a, m in zip(asked, missed) if a]
     total, wrong = sum(a for a, _ in used), sum(m for _, m in used)
     p = wrong / total
@@ -115,13 +130,16 @@ def report(a: argparse.Namespace) -> str:
             if a.dataset and a.dataset not in r.get("dataset", ""):
                 continue
             streams = r.get("streams") or []
-            seen_types.update(q.get("type") for s in streams for q in s.get("qa", []))
-            asked, missed = bin_counts(streams, a.type, a.bin)
+            try:
+                seen_types.update(q.get("type") for s in streams for q in s.get("qa", []))
+                asked, missed = bin_counts(streams, a.type, a.bin)
+            except (KeyError, TypeError, AttributeError, ValueError) as e:
+                raise ValueError(f"{path}: malformed question records ({type(e).__name__}: {e})") from None
             if not sum(asked):
                 continue
             c = check(asked, missed, a.min)
             name = f"{Path(path).parent.name} · {r.get('model')} · {r.get('dataset')}"
-            rows.append([name] + [_fmt(k, v) for k, v in c.items()])
+            rows.append([name] + [_fmt(k, c[k]) for k in COLUMNS])
             if a.bins:
                 out.append(f"### {name}\n")
                 per = [
@@ -137,7 +155,7 @@ def report(a: argparse.Namespace) -> str:
         where = f" of datasets matching {a.dataset!r}" if a.dataset else ""
         raise ValueError(f"no questions in the results{where}")
     what = f"'{a.type}' questions" if a.type else "all questions"
-    head = ["run · model · dataset"] + list(check([1], [0], a.min))
+    head = ["run · model · dataset", *COLUMNS]
     out.insert(
         0,
         f"{what}, bins of {a.bin:g} s, target >= {a.min:.0%} in every bin; expected / P(none short): "

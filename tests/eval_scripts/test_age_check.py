@@ -64,6 +64,11 @@ def test_bad_input_is_named(tmp_path, capsys):
     assert "missing.json" in capsys.readouterr().err
     assert ac.main([f, "--dataset", "val@10T"]) == 2
     assert "val@10T" in capsys.readouterr().err
+    broken = tmp_path / "broken" / "results.json"
+    broken.parent.mkdir()
+    broken.write_text(json.dumps({"schema": 1, "results": [{"streams": [{"qa": [{"type": "now"}]}]}]}))
+    assert ac.main([str(broken)]) == 2
+    assert "broken" in (err := capsys.readouterr().err) and "malformed question records" in err
     for bad in (["--bin", "0"], ["--min", "1.5"]):
         with pytest.raises(SystemExit) as e:
             ac.main([f, *bad])
