@@ -584,6 +584,7 @@ def validate_config(cfg: Config) -> None:
 def _check_objectives(section: Any) -> None:
     """The always-on objectives are on, and each enabled objective's own checks pass."""
     from ssm_mm.objectives import objective_class
+    from ssm_mm.objectives.base import check_weight_from
 
     for name, ocfg in vars(section).items():
         cls = objective_class(name)
@@ -592,6 +593,7 @@ def _check_objectives(section: Any) -> None:
                 raise ConfigError(f"objectives.{name}: the {name} objective is always on (it cannot be null)")
             continue
         try:
+            check_weight_from(name, ocfg)
             cls.validate_config(ocfg)
         except ValueError as e:
             raise ConfigError(str(e)) from None

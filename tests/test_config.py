@@ -122,6 +122,12 @@ def test_attn_windows_per_layer():
         ("data.worlds.avworld.streams=0", "data.worlds.avworld: AVWorldConfig.streams"),
         ("data.worlds.avworld.fps=-1", "data.worlds.avworld: AVWorldConfig.fps"),
         ("data.avworld.fps=-1", "data.worlds.avworld: AVWorldConfig.fps"),  # an older config's key
+        ("objectives.speak.weight_from={0: 1.0}", "objectives.speak.weight_from"),  # steps count from 1
+        ("objectives.speak.weight_from={5: -1.0}", "objectives.speak.weight_from"),
+        ("objectives.speak.weight_from={5: nan}", "objectives.speak.weight_from"),
+        ("objectives.speak.weight_from={5: inf}", "objectives.speak.weight_from"),
+        ("objectives.speak.weight_from={a: 1.0}", "objectives.speak.weight_from"),
+        ("objectives.speak.weight_from=3", "objectives.speak.weight_from"),
     ],
 )
 def test_values_out_of_range_are_named(override, key):
@@ -174,9 +180,13 @@ def test_every_numeric_field_has_a_range():
 
     sections.update({f"objectives.{n}": objective_class(n).Config for n in objective_names()})
     numeric = [k for name, cls in sections.items() for k in walk(cls, f"{name}.")]
-    # mappings/lists checked where they are read: interleave.bad_answer_weights, the sweep knobs
+    # mappings/lists checked where they are read: interleave.bad_answer_weights, the sweep knobs,
+    # objectives.base.check_weight_from
     numeric = [
-        k for k in numeric if k not in ("objectives.lm.answer_weights", "eval.sweep_values", "eval.sweeps")
+        k
+        for k in numeric
+        if k not in ("objectives.lm.answer_weights", "eval.sweep_values", "eval.sweeps")
+        and not k.endswith(".weight_from")
     ]
     missing = [k for k in numeric if k not in C.ranges()]
     assert not missing, f"add these to ssm_mm.config.RANGES (objectives: their config's RANGES): {missing}"

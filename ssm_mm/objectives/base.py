@@ -38,8 +38,38 @@ class ObjectiveConfig:
     allowed range of each numeric one in ``RANGES`` (checked when a config is loaded)."""
 
     weight: float = 1.0  # the objective's weight in the total loss
+    # the weight from an optimizer step on, {step: weight} (before the first step listed: ``weight``),
+    # e.g. {4000: 1.0} to weigh a head more only while its skill is being found (weight_at)
+    weight_from: dict[int, float] = field(default_factory=dict)
 
     RANGES: ClassVar[dict[str, Rule]] = {"weight": ("[", 0, None, ")")}
+
+
+def weight_at(cfg: ObjectiveConfig, step: int) -> float:
+    """The objective's weight at optimizer step ``step`` (0-based: the step being taken): the value of
+    the last ``weight_from`` entry at or before it, else ``weight``. Keys may be strings of integers
+    (a config read back from JSON)."""
+    w = float(cfg.weight)
+    for start, value in sorted((int(k), float(v)) for k, v in (cfg.weight_from or {}).items()):
+        if start > step:
+            break
+        w = value
+    return w
+
+
+def check_weight_from(name: str, cfg: ObjectiveConfig) -> None:
+    """ValueError naming ``objectives.<name>.weight_from`` unless its steps are integers >= 1 and its
+    weights finite and >= 0."""
+    for k, v in (cfg.weight_from or {}).items():
+        try:
+            step, w = int(k), float(v)
+        except (TypeError, ValueError):
+            step, w = -1, float("nan")
+        if step < 1 or str(step) != str(k).strip() or not (w >= 0 and w != float("inf")):
+            raise ValueError(
+                f"objectives.{name}.weight_from={dict(cfg.weight_from)}: each entry is step: weight, "
+                f"a step >= 1 and a weight >= 0 (got {k!r}: {v!r})"
+            )
 
 
 @dataclass(frozen=True)
@@ -347,6 +377,9 @@ def config_from_dict(name: str, d: Mapping) -> ObjectiveConfig:
     unknown = set(d) - known
     if unknown:
         raise ValueError(f"objectives.{name}: unknown keys {sorted(unknown)} (known: {sorted(known)})")
+    d = dict(d)
+    if d.get("weight_from"):  # JSON keys are strings: the steps back as integers
+        d["weight_from"] = {int(k): float(v) for k, v in d["weight_from"].items()}
     return cls(**d)
 
 

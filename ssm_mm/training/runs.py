@@ -101,7 +101,7 @@ def upgrade_view(old: dict[str, Any]) -> dict[str, Any]:
     """A resume view written before worlds were plugins, in today's keys: ``data.<world>.knob`` read as
     ``data.worlds.<world>.knob``, and the keys that change added then (``data.world``, a world's knobs
     that were not in the config yet) at their defaults, so such a run resumes as it was. Keys of
-    :data:`ADDED_KEYS` it lacks are read at their defaults too."""
+    :data:`ADDED_KEYS` it lacks are read at their defaults too, as is each objective's ``weight_from``."""
     from ssm_mm import worlds
     from ssm_mm.config import Config, to_dict, upgrade_key
 
@@ -110,6 +110,15 @@ def upgrade_view(old: dict[str, Any]) -> dict[str, Any]:
         for k, v in resume_view(to_dict(Config())).items()
         if k not in old and any(k == a or (a.endswith(".") and k.startswith(a)) for a in ADDED_KEYS)
     }
+    # every objective's weight schedule (objectives.<name>.weight_from), none before it existed
+    added.update(
+        {
+            f"{k[: -len('weight')]}weight_from": {}
+            for k in old
+            if k.startswith("objectives.") and k.endswith(".weight")
+        }
+    )
+    added = {k: v for k, v in added.items() if k not in old}
     if added:
         old = dict(sorted({**old, **added}.items()))
     if not any(k.split(".")[:2] == ["data", n] for k in old for n in worlds.names()):

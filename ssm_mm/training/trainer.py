@@ -50,7 +50,7 @@ from ssm_mm.data.manifest import read_manifest
 from ssm_mm.data.tokenizer import load_tokenizer
 from ssm_mm.models.multimodal import ModelState, MultimodalSSM
 from ssm_mm.objectives import objective_class
-from ssm_mm.objectives.base import enabled_configs
+from ssm_mm.objectives.base import enabled_configs, weight_at
 from ssm_mm.training import distributed as D
 from ssm_mm.training.checkpoint import load_checkpoint, save_checkpoint
 from ssm_mm.training.logger import RunLogger, Throughput
@@ -347,8 +347,8 @@ class Trainer:
         model = MultimodalSSM(cfg.model, cfg.features, data.labels, data.train.tokenizer, cfg.objectives)
         model = model.to(info.device)
         self.loss_names = list(model.objectives)  # the losses, in objective order
-        # objectives.<name>.weight
-        self.weights = {k: obj.cfg.weight for k, obj in model.objectives.items()}
+        # objectives.<name>.weight (and .weight_from: self.weights is updated in place every step)
+        self.weights = {k: weight_at(obj.cfg, 0) for k, obj in model.objectives.items()}
         step_module: nn.Module = TrainStep(model, self.weights, compile=tc.compile)
         if info.enabled and tc.parallel == "fsdp":
             # FSDP2: shard each backbone block, then the rest (frontends, heads) at the root, which is
@@ -427,6 +427,7 @@ class Trainer:
         )
         self.model, self.step_module, self.opt, self.sched = model, step_module, opt, sched
         self.global_step, self.carried = step, carried
+        self._update_weights(announce=False)  # a resumed run starts at its step's weights
         self.batches = iter(loader)
         self.autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=tc.bf16)
         self.nonfinite = 0  # skipped steps so far (NonFiniteLossError at 5)
@@ -447,6 +448,7 @@ class Trainer:
         """
         info, model, accum = self.info, self.model, self.accum
         names = self.loss_names
+        self._update_weights()
         acc = {k: 0.0 for k in names}
         tokens = 0
         for micro in range(accum):
@@ -495,6 +497,20 @@ class Trainer:
             "lr": self.sched.get_last_lr()[0],
             "grad_norm": float(gnorm),
         }
+
+    def _update_weights(self, announce: bool = True) -> None:
+        """Set each objective's weight for the step about to be taken (``objectives.<name>.weight_from``),
+        in place: the step module holds the same dict. A function of the step alone, so a resumed run
+        weighs every step as the uninterrupted one did."""
+        for k, obj in self.model.objectives.items():
+            w = weight_at(obj.cfg, self.global_step)
+            if w != self.weights[k]:
+                if announce and self.info.is_main:
+                    print(
+                        f"step {self.global_step}: objectives.{k} weight {self.weights[k]:g} -> {w:g}",
+                        flush=True,
+                    )
+                self.weights[k] = w
 
     # ---------------------------------------------------------------------------------- run
 

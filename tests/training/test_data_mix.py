@@ -211,3 +211,16 @@ def test_a_resume_view_from_before_mix_and_curriculum_reads_them_at_their_defaul
     assert upgrade_view(today) is today
     mixed = resume_view(to_dict(load_config(None, ["data.mix=[{seconds:120}]"])))
     assert mixed["data.mix"] == [{"seconds": 120}] and upgrade_view(mixed) is mixed
+
+
+def test_a_resume_view_from_before_weight_schedules_reads_none():
+    """Runs started before ``objectives.<name>.weight_from`` existed resume with no schedule; a run
+    that set one is compared on it."""
+    on = ["objectives.count.max=3"]
+    today = resume_view(to_dict(load_config(None, on)))
+    older = {k: v for k, v in today.items() if not k.endswith(".weight_from")}
+    assert len(older) == len(today) - 4  # lm, event, speak, count
+    assert upgrade_view(older) == today
+    scheduled = resume_view(to_dict(load_config(None, [*on, "objectives.count.weight_from={100: 0.5}"])))
+    assert scheduled["objectives.count.weight_from"] == {"100": 0.5}
+    assert upgrade_view(scheduled) is scheduled

@@ -142,6 +142,33 @@ def test_optional_objective_adds_its_weighted_loss(
     assert all(p in out for p in printed)  # in the step and validation lines
 
 
+def test_weight_schedule_weighs_each_step_and_resumes_exactly(tmp_path, tiny_world, run, capsys):
+    """``objectives.<name>.weight_from``: the step taken at optimizer step s (logged as s + 1) weighs the
+    objective by the last entry at or before s; an interrupted run resumed between two changes gives
+    the uninterrupted run's losses and weights bit for bit."""
+    sched = ("objectives.speak.weight_from={3: 0.25, 6: 4.0}", "eval.at_end=false")
+    full = tmp_path / "full"
+    assert run(full, tiny_world, *sched)["step"] == 8
+    assert "step 3: objectives.speak weight 1 -> 0.25" in capsys.readouterr().out
+    rows = [json.loads(x) for x in (full / "run" / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        w = 1.0 if r["step"] <= 3 else 0.25 if r["step"] <= 6 else 4.0
+        parts = r["loss_lm"] + r["loss_event"] + w * r["loss_speak"]
+        assert abs(r["loss"] - parts) < 1e-5 * max(1.0, r["loss"]), r
+    part = tmp_path / "part"
+    assert run(part, tiny_world, *sched, sigterm_at=5)["step"] == 5
+    capsys.readouterr()
+    assert run(part, tiny_world, *sched, "train.resume=true")["step"] == 8
+    out = capsys.readouterr().out
+    assert "weight 1 -> 0.25" not in out and "step 6: objectives.speak weight 0.25 -> 4" in out
+    a, b = losses_of(full / "run"), losses_of(part / "run")
+    assert sorted(a) == sorted(b) == list(range(1, 9)) and all(a[s] == b[s] for s in a), (a, b)
+    m1 = MultimodalSSM.from_pretrained(full / "run" / "final")
+    m2 = MultimodalSSM.from_pretrained(part / "run" / "final")
+    assert all(torch.equal(v, w) for v, w in zip(m1.state_dict().values(), m2.state_dict().values()))
+    assert m2.objectives["speak"].cfg.weight_from == {3: 0.25, 6: 4.0}
+
+
 def test_recall_attribute_missing_from_the_training_streams_is_named(tmp_path, tiny_world, run):
     with pytest.raises(ValueError, match=r"\['nope'\]: no segment of the training streams"):
         run(tmp_path, tiny_world, "objectives.attribute.names=[color, nope]", "train.max_steps=1")
