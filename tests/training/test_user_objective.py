@@ -37,7 +37,7 @@ def test_a_user_objective_trains_saves_loads_and_streams(tmp_path, tiny_world, t
         isinstance(model.objectives["dialogue"], Dialogue) and model.objectives["dialogue"].cfg.weight == 0.5
     )
     saved = json.loads((tmp_path / "run" / "final" / "config.json").read_text())
-    assert saved["objectives"]["dialogue"] == {"weight": 0.5, "scale": 10.0}
+    assert saved["objectives"]["dialogue"] == {"weight": 0.5, "weight_from": {}, "scale": 10.0}
     s = model.stream()
     rng = np.random.default_rng(0)
     s.push_video(rng.integers(0, 255, (8, 64, 64, 3), dtype=np.uint8), np.arange(8) / 4)
