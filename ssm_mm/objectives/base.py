@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssm_mm.data.interleave import IGNORE_INDEX
+from ssm_mm.data.interleave import IGNORE_INDEX, bad_answer_weights
 
 # (left bracket, low, high, right bracket) with None = unbounded: the rule format of ssm_mm.config.RANGES
 Rule = tuple[str, float | None, float | None, str]
@@ -58,18 +58,15 @@ def weight_at(cfg: ObjectiveConfig, step: int) -> float:
 
 
 def check_weight_from(name: str, cfg: ObjectiveConfig) -> None:
-    """ValueError naming ``objectives.<name>.weight_from`` unless its steps are integers >= 1 and its
-    weights finite and >= 0."""
-    for k, v in (cfg.weight_from or {}).items():
-        try:
-            step, w = int(k), float(v)
-        except (TypeError, ValueError):
-            step, w = -1, float("nan")
-        if step < 1 or str(step) != str(k).strip() or not (w >= 0 and w != float("inf")):
-            raise ValueError(
-                f"objectives.{name}.weight_from={dict(cfg.weight_from)}: each entry is step: weight, "
-                f"a step >= 1 and a weight >= 0 (got {k!r}: {v!r})"
-            )
+    """ValueError naming ``objectives.<name>.weight_from`` unless its steps are >= 1 and its weights
+    finite and >= 0 (the check of the LM's answer weights)."""
+    sched = dict(cfg.weight_from or {})
+    bad = {k: v for k, v in sched.items() if int(k) < 1} | bad_answer_weights(sched)
+    if bad:
+        raise ValueError(
+            f"objectives.{name}.weight_from={sched}: each entry is step: weight, a step >= 1 and a "
+            f"weight finite and >= 0 (bad: {bad})"
+        )
 
 
 @dataclass(frozen=True)

@@ -111,14 +111,12 @@ def upgrade_view(old: dict[str, Any]) -> dict[str, Any]:
         if k not in old and any(k == a or (a.endswith(".") and k.startswith(a)) for a in ADDED_KEYS)
     }
     # every objective's weight schedule (objectives.<name>.weight_from), none before it existed
-    added.update(
-        {
-            f"{k[: -len('weight')]}weight_from": {}
-            for k in old
-            if k.startswith("objectives.") and k.endswith(".weight")
-        }
-    )
-    added = {k: v for k, v in added.items() if k not in old}
+    schedules = [
+        f"{k[: -len('weight')]}weight_from"
+        for k in old
+        if k.startswith("objectives.") and k.endswith(".weight")
+    ]
+    added.update({k: {} for k in schedules if k not in old})
     if added:
         old = dict(sorted({**old, **added}.items()))
     if not any(k.split(".")[:2] == ["data", n] for k in old for n in worlds.names()):
