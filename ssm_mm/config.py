@@ -170,6 +170,12 @@ class DataConfig:
     #   data.mix=[extra.jsonl]   'data.mix=[{seconds:120,streams:32}]'   'data.mix=[{world:NAME,seed:7}]'
     mix: list[Any] = field(default_factory=list)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    # Join each batch slot's training streams end to end on one clock into runs of at least this many
+    # seconds, the recurrent state carried across every join (each stream keeps its own dialogue,
+    # events and targets, as the evaluation joins a manifest's streams into its long streams): short
+    # clips of any manifest then train the state at ages far past any one of them. A curriculum cap
+    # counts a run's windows. 0 = every stream starts from a fresh state.
+    join_seconds: float = 0.0
 
 
 @dataclass
@@ -449,6 +455,7 @@ RANGES: dict[str, tuple[str, float | None, float | None, str]] = {
     "data.memory_cache_mb": ("[", 0, None, ")"),
     "data.curriculum.steps": ("[", 1, None, ")"),  # optimizer steps; ascending (validate_config)
     "data.curriculum.max_seconds": ("[", 0, None, ")"),  # 0 = no cap
+    "data.join_seconds": ("[", 0, None, ")"),  # 0 = no joins
     "train.seed": ("[", 0, 2**63 - 1, "]"),
     "train.max_steps": ("[", 1, None, ")"),
     "train.batch_size": ("[", 1, None, ")"),

@@ -23,6 +23,8 @@ BAD_CONFIG_VALUES = [
     ("model.d_model=0", "model.d_model"),
     ("train.lr=-1", "train.lr"),
     ("train.lr=nan", "train.lr"),
+    ("data.join_seconds=-30", "data.join_seconds"),
+    ("data.join_seconds=inf", "data.join_seconds"),
 ]
 
 TINY_MODEL = dict(

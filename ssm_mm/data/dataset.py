@@ -145,6 +145,8 @@ class Window:
     summary_pos:  (K,) int64 position in ``tokens`` of each tick's last media token, −1 when the
                   tick has no media token (then it has no prediction and no loss).
     patches_per_frame: video tokens per frame (to re-base video ``src`` when batching).
+    carry:        a window of a later piece of a joined run (:mod:`ssm_mm.training.schedule`): it
+                  starts from the run's state, never ``is_first``.
     """
 
     stream_id: str
@@ -161,6 +163,7 @@ class Window:
     targets: dict[str, Tensor]
     summary_pos: Tensor
     patches_per_frame: int
+    carry: bool = False
 
 
 def window_bounds(n_ticks: int, ticks_per_window: int) -> list[tuple[int, int]]:
@@ -255,7 +258,7 @@ class Batch:
     ``lm_weight`` (B, L), ``event`` (B, K), ``speak`` (B, K) float32 0/1.
     Per row, (B,):
       stream_index, window_index, n_windows, tick_start  int64.
-      is_first  bool  first window of its stream (start from a fresh state).
+      is_first  bool  first window of its stream, not carrying another's state (start fresh).
       is_last   bool  last window of its stream.
       stream_ids  list[str].
     """
@@ -390,7 +393,7 @@ def collate(windows: Sequence[Window], pad_id: int) -> Batch:
         window_index=as_long([w.window_index for w in windows]),
         n_windows=as_long([w.n_windows for w in windows]),
         tick_start=as_long([w.tick_start for w in windows]),
-        is_first=torch.tensor([w.window_index == 0 for w in windows]),
+        is_first=torch.tensor([w.window_index == 0 and not w.carry for w in windows]),
         is_last=torch.tensor([w.window_index == w.n_windows - 1 for w in windows]),
         stream_ids=[w.stream_id for w in windows],
     )

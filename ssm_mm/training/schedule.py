@@ -16,9 +16,19 @@ slot walks, by stage of training: during a stage with a cap of ``n`` windows a s
 state). The cap is a function of the micro-step, so the schedule stays a pure function of
 ``(seed, step)``, and each slot's walk depends on its own slot only, so ranks still split slots.
 
-Per stream *occurrence* (one pass of one slot over one stream) the schedule also fixes a random
-clock offset (SPEC §6: train with random clock offsets so hour-long streams are in distribution) and
-an optional modality dropout; both are applied to the window by :class:`ScheduledWindows`.
+Joined streams (``data.join_seconds``): a slot may join the streams it walks end to end on one clock
+into a *run* of at least ``join_seconds`` seconds, its state carried across every join, so a set of
+short streams (any manifest's clips) trains the state at ages far past any one of them. Piece ``k`` of
+a run is shifted in time so that it starts where piece ``k - 1`` ends (``Item.shift``), and its first
+window carries the state (``Item.carry``) instead of starting fresh. Each piece keeps its own dialogue,
+segments and targets, exactly as the evaluation joins a manifest's streams into its long streams
+(:mod:`ssm_mm.evaluation.long`). A curriculum cap counts the windows of a whole run. Without
+joins (``join_seconds = 0``) a run is one stream occurrence and the walk is as it always was.
+
+Per run (one pass of one slot over one stream, or over the pieces it joins) the schedule also fixes
+a random clock offset (SPEC §6: train with random clock offsets so hour-long streams are in
+distribution) and an optional modality dropout; both are applied to the window by
+:class:`ScheduledWindows`.
 """
 
 from __future__ import annotations
@@ -40,6 +50,9 @@ class Item:
 
     index: int  # dataset item (stream-major window index)
     occurrence: int  # global position of this stream pass in the endless stream sequence
+    run: int | None = None  # occurrence that began this item's run (None: ``occurrence``)
+    shift: float = 0.0  # seconds added to this piece's clock: it starts where the run's previous piece ends
+    carry: bool = False  # a window of a later piece of a run (its first carries the state across the join)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +119,10 @@ class SlotSchedule:
         batch_size: global number of slots B.
         seed: permutation seed.
         rank, world: this process owns slots ``[rank·B/world, (rank+1)·B/world)``.
-        curriculum: caps on the windows walked per stream occurrence by stage (default: none).
+        curriculum: caps on the windows walked per run by stage (default: none).
+        join_seconds: join a slot's streams into runs of at least this many seconds (0 = no joins).
+        seconds, starts: each stream's duration and clock start (needed with joins: the shift that
+            puts a piece where the previous one ends).
     """
 
     def __init__(
@@ -117,11 +133,22 @@ class SlotSchedule:
         rank: int = 0,
         world: int = 1,
         curriculum: Curriculum | None = None,
+        join_seconds: float = 0.0,
+        seconds: Sequence[float] | None = None,
+        starts: Sequence[float] | None = None,
     ):
         if not windows_per_stream:
             raise ValueError("SlotSchedule: no streams to train on")
         if batch_size % world:
             raise ValueError(f"train.batch_size={batch_size} must be divisible by the world size {world}")
+        if not (math.isfinite(join_seconds) and join_seconds >= 0):
+            raise ValueError(f"SlotSchedule: join_seconds={join_seconds} must be finite and >= 0")
+        n = len(windows_per_stream)
+        if join_seconds and (seconds is None or starts is None or len(seconds) != n or len(starts) != n):
+            raise ValueError(f"SlotSchedule: joins need every stream's seconds and clock start ({n} each)")
+        self.join_seconds = float(join_seconds)
+        self.seconds = [float(x) for x in seconds] if join_seconds else []
+        self.starts = [float(x) for x in starts] if join_seconds else []
         self.curriculum = curriculum or Curriculum()
         self.wps = list(windows_per_stream)
         self.first = [0]
@@ -137,39 +164,67 @@ class SlotSchedule:
         """Stream index at ``position`` of the endless sequence of per-epoch permutations."""
         n = len(self.wps)
         epoch, i = divmod(position, n)
-        if epoch not in self._perms:
+        perm = self._perms.pop(epoch, None)  # kept least recently used first: slots may be epochs apart
+        if perm is None:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perms[epoch] = torch.randperm(n, generator=g).tolist()
-            if len(self._perms) > 4:
-                self._perms.pop(min(self._perms))
-        return self._perms[epoch][i]
+            perm = torch.randperm(n, generator=g).tolist()
+        self._perms[epoch] = perm
+        if len(self._perms) > 8:
+            del self._perms[next(iter(self._perms))]
+        return perm[i]
 
     def iterate(self, start_step: int = 0) -> Iterator[list[Item]]:
         """Items of this rank's slots for micro-steps ``start_step, start_step + 1, ...``.
 
-        A slot's occurrence goes on to its next window at micro-step ``m + 1`` only if that window
-        exists and is below the curriculum's cap at ``m + 1``; otherwise the slot starts its next
-        stream there. (Replayed from micro-step 0, so ``iterate(k)`` is exactly the tail of
-        ``iterate(0)``.)"""
-        # cursor per slot: (occurrence number k -> stream position j + k·B, window)
-        cursors = {j: [0, 0] for j in self.slots}
+        A slot's run goes on to its next window at micro-step ``m + 1`` only if the run has walked
+        fewer windows than the curriculum's cap at ``m + 1``, and that window exists in its stream or,
+        with joins, the run is still shorter than ``join_seconds`` (its next piece is the slot's next
+        stream); otherwise the slot starts a new run with its next stream there. (Replayed from
+        micro-step 0, so ``iterate(k)`` is exactly the tail of ``iterate(0)``.)"""
+        # occurrence k of slot j is stream position j + k·B; a run is one or more occurrences
+        cursors = {j: _Cursor(run=j) for j in self.slots}
         cap = self.curriculum.cap
         step = 0
         while True:
             items = []
             limit_next = cap(step + 1)
             for j in self.slots:
-                k, w = cursors[j]
-                pos = j + k * self.B
+                c = cursors[j]
+                pos = j + c.k * self.B
                 s = self.stream_at(pos)
-                items.append(Item(self.first[s] + w, pos))
-                w += 1
-                if w >= self.wps[s] or (limit_next and w >= limit_next):
-                    k, w = k + 1, 0
-                cursors[j] = [k, w]
+                items.append(Item(self.first[s] + c.w, pos, c.run, c.shift, c.carry))
+                c.w += 1
+                c.walked += 1
+                capped = bool(limit_next) and c.walked >= limit_next
+                if c.w < self.wps[s] and not capped:
+                    continue
+                nxt = j + (c.k + 1) * self.B
+                c.k, c.w = c.k + 1, 0
+                if self.join_seconds and not capped:
+                    c.joined += self.seconds[s]
+                    if c.joined < self.join_seconds * (1 - 1e-9):  # the next stream joins this run
+                        c.shift += self.starts[s] + self.seconds[s] - self.starts[self.stream_at(nxt)]
+                        c.carry = True
+                        continue
+                cursors[j] = _Cursor(k=c.k, run=nxt)
             if step >= start_step:
                 yield items
             step += 1
+
+
+@dataclasses.dataclass
+class _Cursor:
+    """Where one slot is: its occurrence number ``k`` and window ``w`` in that stream, and its run (the
+    occurrence that began it, windows walked, seconds of the pieces joined so far, the current piece's
+    clock shift, whether the current piece carries the state)."""
+
+    k: int = 0
+    w: int = 0
+    run: int = 0
+    walked: int = 0
+    joined: float = 0.0
+    shift: float = 0.0
+    carry: bool = False
 
 
 class ScheduleSampler(torch.utils.data.Sampler):
@@ -188,12 +243,13 @@ class ScheduleSampler(torch.utils.data.Sampler):
 
 
 class ScheduledWindows(torch.utils.data.Dataset):
-    """``dataset[item]`` plus the occurrence's clock offset and modality dropout.
+    """``dataset[item]`` plus the run's clock offset and modality dropout, the piece's shift onto the
+    run's clock and whether it carries the state (``Window.carry``).
 
-    clock_offset: offsets are uniform in ``[0, clock_offset)`` seconds, one per occurrence.
+    clock_offset: offsets are uniform in ``[0, clock_offset)`` seconds, one per run.
     modality_dropout: probability that one of video/audio (chosen at random) is blanked for a whole
-        occurrence (frames set to mid-grey 0, audio tokens to silence) — its tokens and times stay, so
-        the model learns to cope with a dead sensor.
+        run (frames set to mid-grey 0, audio tokens to silence) — its tokens and times stay, so the
+        model learns to cope with a dead sensor.
     """
 
     def __init__(
@@ -219,11 +275,11 @@ class ScheduledWindows(torch.utils.data.Dataset):
 
     def __getitem__(self, item: Item) -> Window:
         w = self.dataset[item.index]
-        offset, dropped = self.draws(item.occurrence)
-        tokens = dataclasses.replace(w.tokens, t=w.tokens.t + offset)
+        offset, dropped = self.draws(item.occurrence if item.run is None else item.run)
+        tokens = dataclasses.replace(w.tokens, t=w.tokens.t + (offset + item.shift))
         video, audio = w.video, w.audio
         if dropped == VIDEO:
             video = torch.zeros_like(video)
         elif dropped == AUDIO:
             audio = torch.full_like(audio, self.silence)
-        return dataclasses.replace(w, tokens=tokens, video=video, audio=audio)
+        return dataclasses.replace(w, tokens=tokens, video=video, audio=audio, carry=item.carry)

@@ -410,9 +410,23 @@ class Trainer:
                 for lo, hi, n in zip([0, *curriculum.ends], [*curriculum.ends, None], curriculum.max_windows)
             ]
             log("curriculum, windows walked per stream: " + "; ".join(stages))
+        streams = data.train.streams
         schedule = SlotSchedule(
-            data.train.windows_per_stream, tc.batch_size, tc.seed, info.rank, info.world, curriculum
+            data.train.windows_per_stream,
+            tc.batch_size,
+            tc.seed,
+            info.rank,
+            info.world,
+            curriculum,
+            cfg.data.join_seconds,
+            [float(spec.duration) for spec in streams],
+            [float(spec.t0) for spec in streams],
         )
+        if cfg.data.join_seconds:
+            log(
+                f"joins: each batch slot joins its streams end to end into runs of >= "
+                f"{cfg.data.join_seconds:g} s, the state carried across each join"
+            )
         windows = ScheduledWindows(
             data.train, tc.seed, cfg.model.temporal.train_clock_offset, tc.modality_dropout
         )
