@@ -50,7 +50,7 @@ class Item:
 
     index: int  # dataset item (stream-major window index)
     occurrence: int  # global position of this stream pass in the endless stream sequence
-    run: int | None = None  # occurrence that began this item's run (None: ``occurrence``)
+    run: int  # occurrence that began this item's run (``occurrence`` itself without joins)
     shift: float = 0.0  # seconds added to this piece's clock: it starts where the run's previous piece ends
     carry: bool = False  # a window of a later piece of a run (its first carries the state across the join)
 
@@ -275,7 +275,7 @@ class ScheduledWindows(torch.utils.data.Dataset):
 
     def __getitem__(self, item: Item) -> Window:
         w = self.dataset[item.index]
-        offset, dropped = self.draws(item.occurrence if item.run is None else item.run)
+        offset, dropped = self.draws(item.run)
         tokens = dataclasses.replace(w.tokens, t=w.tokens.t + (offset + item.shift))
         video, audio = w.video, w.audio
         if dropped == VIDEO:
