@@ -71,6 +71,9 @@ class ModelConfig:
     # pairs of state dimensions that also rotate by a learned, input-dependent angle per token (a
     # complex-valued state; 0 = plain real decay; at most d_state / 2; layers/mamba2.py)
     rotate_pairs: int = 0
+    # the SSM input gain γ_t per token and head: "softplus" (> 0 for every token) or "relu" (a learned
+    # scale times relu(w·u_t + b): exactly 0 where the head ignores a token; layers/mamba2.py)
+    gain: str = "softplus"
     chunk_size: int = 64
     # attention
     attn_heads: int = 4
@@ -530,6 +533,11 @@ def check_ranges(cfg: Config) -> None:
             "model.temporal: max_period must be >= min_period and rate_max >= rate_min "
             f"(got periods {t.min_period}..{t.max_period}, rates {t.rate_min}..{t.rate_max})"
         )
+    if cfg.model.gain == "relu" and not t.time_aware_dt:
+        raise ConfigError(
+            "model.gain='relu' needs the time-aware step (model.temporal.time_aware_dt=true): in plain "
+            "Mamba-2 one dt_t is both the decay step and the input gain"
+        )
     if t.rate_floor > 0 and not t.time_aware_dt:
         raise ConfigError(
             f"model.temporal.rate_floor={t.rate_floor!r}: a floor in decay per second needs the "
@@ -548,6 +556,8 @@ def validate_config(cfg: Config) -> None:
         raise ConfigError(f"model.kernels='{m.kernels}': expected auto | torch | cuda")
     if m.rope_positions not in ("index", "time"):
         raise ConfigError(f"model.rope_positions='{m.rope_positions}': expected index | time")
+    if m.gain not in ("softplus", "relu"):
+        raise ConfigError(f"model.gain='{m.gain}': expected softplus | relu")
     d_inner = m.expand * m.d_model
     if d_inner % m.headdim:
         raise ConfigError(

@@ -25,6 +25,7 @@ BAD_CONFIG_VALUES = [
     ("train.lr=nan", "train.lr"),
     ("data.join_seconds=-30", "data.join_seconds"),
     ("data.join_seconds=inf", "data.join_seconds"),
+    ("model.gain=sigmoid", "model.gain"),
 ]
 
 TINY_MODEL = dict(

@@ -8,6 +8,12 @@ Per head, with input ``u_t`` (the block input) and ``x_t, B_t, C_t`` (after the 
     h_t = exp(A · λ_t) · h_{t-1} + γ_t · B_t x_tᵀ      A < 0 per head
     y_t = C_t h_t + D x_t
 
+With ``gain = "relu"`` the input gain is ``γ_t = exp(s_h) · relu(w_γ·u_t + b_γ)`` (s_h per head, b_γ
+starting at 1 so that the gains start in the softplus range): a head can leave a token out of its
+state exactly (γ_t = 0) instead of writing a small positive amount of every token. A head that holds
+something for minutes otherwise sums thousands of small writes of tokens unrelated to it (the
+evidence: docs/experiments.md, "Sparse writes").
+
 With ``rotate_pairs = R > 0`` the first R pairs of state dimensions (n, n + R) also turn by a
 data-dependent angle θ_t = w_θ·u_t / d_model per token (per group and pair; w_θ starts at zero; the
 1/d_model keeps the first optimizer steps from turning the state by radians per token), so the state
@@ -82,6 +88,16 @@ class Mamba2Mixer(nn.Module):
         self.A_log = nn.Parameter(torch.empty(self.nheads))
         self.gate_bias = nn.Parameter(torch.empty(n_gate))
         self.D = nn.Parameter(torch.ones(self.nheads))
+        if cfg.gain not in ("softplus", "relu"):
+            raise ValueError(f"Mamba2Mixer: model.gain={cfg.gain!r} must be 'softplus' or 'relu'")
+        self.sparse_gain = cfg.gain == "relu"
+        if self.sparse_gain and not self.time_aware:
+            raise ValueError(
+                "Mamba2Mixer: model.gain='relu' needs time_aware_dt=True (in plain Mamba-2 one dt_t is "
+                "both the decay step and the gain)"
+            )
+        # γ = exp(s_h) · relu(w·u + b): s_h per head carries the gain's scale, b starts at 1
+        self.gain_log_scale = nn.Parameter(torch.empty(self.nheads)) if self.sparse_gain else None
         self.rotate_pairs = cfg.rotate_pairs
         if not 0 <= self.rotate_pairs <= self.d_state // 2:
             raise ValueError(
@@ -119,7 +135,11 @@ class Mamba2Mixer(nn.Module):
             # from 1/rate_max seconds (e.g. 0.1 s) to 1/rate_min (minutes) across heads.
             rate = log_uniform(*self._rate_range) / A
             gain = log_uniform(1e-3, 1e-1)  # Mamba-2's dt init range for the input gain
-            self.gate_bias.copy_(torch.cat([_inv_softplus(rate), _inv_softplus(gain)]))
+            if self.sparse_gain:
+                self.gain_log_scale.copy_(torch.log(gain))
+                self.gate_bias.copy_(torch.cat([_inv_softplus(rate), torch.ones(h)]))
+            else:
+                self.gate_bias.copy_(torch.cat([_inv_softplus(rate), _inv_softplus(gain)]))
         else:
             self.gate_bias.copy_(_inv_softplus(log_uniform(1e-3, 1e-1)))
         self.D.fill_(1.0)
@@ -179,7 +199,12 @@ class Mamba2Mixer(nn.Module):
                 raise ValueError(
                     "Mamba2Mixer: time_aware_dt=True needs dt (seconds since the previous token)"
                 )
-            rate, gain = F.softplus(g_bth).split(self.nheads, dim=-1)
+            g_rate, g_gain = g_bth.split(self.nheads, dim=-1)
+            rate = F.softplus(g_rate)
+            if self.sparse_gain:
+                gain = torch.exp(self.gain_log_scale.float()) * F.relu(g_gain)
+            else:
+                gain = F.softplus(g_gain)
             dt_blh = dt_bt.float().unsqueeze(-1)
             log_decay = A * (rate * dt_blh)  # (B, L, H)
             if self.rate_floor:

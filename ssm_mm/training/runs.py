@@ -94,7 +94,7 @@ def _may_change(key: str) -> bool:
 
 # Resume-relevant keys added since runs were started (a trailing "." = the whole section); a view
 # without them reads them at their defaults, which keep the behaviour from before they existed.
-ADDED_KEYS = ("data.mix", "data.curriculum.", "data.join_seconds")
+ADDED_KEYS = ("data.mix", "data.curriculum.", "data.join_seconds", "model.rotate_pairs", "model.gain")
 
 
 def upgrade_view(old: dict[str, Any]) -> dict[str, Any]:

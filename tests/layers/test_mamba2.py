@@ -133,3 +133,86 @@ def test_rate_floor_bounds_a_holding_heads_state():
     assert b / a > 3.5  # no floor: the state grows with the stream's age (4x the tokens, ~4x)
     a, b = norms(mixer(True, rate_floor=1.0))  # 1-s horizon: settled long before 10 s
     assert abs(b / a - 1) < 1e-3
+
+
+def test_relu_gain_is_a_scaled_relu_exactly_zero_for_ignored_tokens():
+    """``model.gain=relu``: γ = exp(s_h) · relu(w·u + b), b starting at 1, so a head can leave a token
+    out of its state exactly; the decay is the softplus step's, unchanged."""
+    m, soft = mixer(True, gain="relu"), mixer(True)
+    u = torch.randn(2, 40, 16)
+    dt = torch.rand(2, 40) * 0.5
+    g = m.in_proj(u)[..., m.d_inner + m.conv_dim :]
+    with torch.no_grad():
+        m.gate_bias[m.nheads :] = 0.0  # half the tokens below zero
+        d, gain = m._gates(g, dt)
+        d_soft, _ = soft._gates(g, dt)
+    pre = g[..., m.nheads :] + m.gate_bias[m.nheads :]
+    torch.testing.assert_close(gain, torch.exp(m.gain_log_scale) * pre.clamp(min=0))
+    assert 0.2 < (gain == 0).float().mean() < 0.8
+    torch.testing.assert_close(d, d_soft)  # same seed, same rate weights: the decay is untouched
+
+
+def test_relu_gain_starts_at_the_softplus_gain_range():
+    m = mixer(True, gain="relu")
+    scale = torch.exp(m.gain_log_scale)
+    assert torch.all((scale >= 1e-3 - 1e-9) & (scale <= 1e-1 + 1e-9))
+    assert torch.equal(m.gate_bias[m.nheads :], torch.ones(m.nheads))
+
+
+def test_tokens_every_head_ignores_leave_only_the_decay():
+    """With γ = 0 on every head tokens add nothing: the state is the previous one decayed by their
+    steps, in the chunked scan and token by token alike."""
+    m = mixer(True, gain="relu")
+    u = torch.randn(1, 13, 16)
+    dt = torch.rand(1, 13) * 0.3
+    with torch.no_grad():
+        _, s8 = m(u[:, :8], dt[:, :8])
+        m.gate_bias[m.nheads :] = -1e4  # every gain pre-activation negative
+        y_chunk, s_chunk = m(u[:, 8:], dt[:, 8:], s8)
+        state, ys = s8, []
+        for i in range(8, 13):
+            yi, state = m(u[:, i : i + 1], dt[:, i : i + 1], state)
+            ys.append(yi)
+        log_decay, gain = m._gates(m.in_proj(u[:, 8:])[..., m.d_inner + m.conv_dim :], dt[:, 8:])
+    assert torch.all(gain == 0)
+    decay = torch.exp(log_decay[0].sum(0))[None, :, None, None]
+    torch.testing.assert_close(s_chunk.ssm, decay * s8.ssm)
+    torch.testing.assert_close(state.ssm, s_chunk.ssm)
+    torch.testing.assert_close(torch.cat(ys, 1), y_chunk, rtol=1e-4, atol=1e-5)
+
+
+def test_relu_gain_chunked_equals_token_steps_with_gradients():
+    m = mixer(True, gain="relu")
+    with torch.no_grad():
+        m.gate_bias[m.nheads :] = 0.0  # many exact zeros
+    u = torch.randn(2, 13, 16, requires_grad=True)
+    dt = torch.rand(2, 13) * 0.4
+    y, s = m(u, dt)
+    state, ys = None, []
+    for i in range(13):
+        yi, state = m(u[:, i : i + 1], dt[:, i : i + 1], state)
+        ys.append(yi)
+    torch.testing.assert_close(torch.cat(ys, 1), y, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(state.ssm, s.ssm, rtol=1e-4, atol=1e-5)
+    (g1,) = torch.autograd.grad(y.square().sum(), m.gain_log_scale)
+    (g2,) = torch.autograd.grad(torch.cat(ys, 1).square().sum(), m.gain_log_scale)
+    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
+    assert g1.abs().sum() > 0
+
+
+def test_an_unknown_gain_is_refused_by_name():
+    from ssm_mm.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="model.gain='sigmoid': expected softplus | relu"):
+        load_config(overrides=["model.gain=sigmoid"])
+    with pytest.raises(ValueError, match="model.gain='sigmoid'"):
+        mixer(True, gain="sigmoid")
+
+
+def test_relu_gain_without_the_time_aware_step_is_refused():
+    from ssm_mm.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"model.gain='relu' needs the time-aware step"):
+        load_config(overrides=["model.gain=relu", "model.temporal.time_aware_dt=false"])
+    with pytest.raises(ValueError, match=r"model.gain='relu' needs time_aware_dt=True"):
+        mixer(False, gain="relu")

@@ -30,6 +30,19 @@ def test_session_with_rotated_state_pairs_equals_offline(media):
     check_session_parity(model, media[0], ("video", "audio"), seed=4)
 
 
+def test_session_with_relu_gains_equals_offline(media):
+    """``model.gain=relu``: tokens a head leaves out (γ exactly 0) are left out in the session too."""
+    import support
+    from streaming_helpers import LABELS
+
+    model = support.tiny_model(0, LABELS, gain="relu")
+    with torch.no_grad():
+        for blk in model.backbone.blocks:
+            if getattr(blk.mixer, "gain_log_scale", None) is not None:
+                blk.mixer.gate_bias[blk.mixer.nheads :] = 0.0  # about half the writes exactly zero
+    check_session_parity(model, media[0], ("video", "audio"), seed=5)
+
+
 def test_session_equals_offline_with_resampled_audio(model, media):
     """Audio pushed at 48 kHz: the session's streaming resampler vs resampling the whole track."""
     m = media[1]

@@ -11,7 +11,7 @@ import pytest
 import train as train_cli
 from ssm_mm.config import Config, load_config, mix_sources, to_dict
 from ssm_mm.data.manifest import read_manifest
-from ssm_mm.training.runs import resume_view, upgrade_view
+from ssm_mm.training.runs import config_diff, resume_view, upgrade_view
 from ssm_mm.training.trainer import Trainer, prepare_data
 from ssm_mm.worlds.avworld import CLASSES, generate, make_scene
 
@@ -211,6 +211,18 @@ def test_a_resume_view_from_before_mix_and_curriculum_reads_them_at_their_defaul
     assert upgrade_view(today) is today
     mixed = resume_view(to_dict(load_config(None, ["data.mix=[{seconds:120}]"])))
     assert mixed["data.mix"] == [{"seconds": 120}] and upgrade_view(mixed) is mixed
+
+
+def test_a_resume_view_from_before_the_mixer_options_reads_them_at_their_defaults():
+    """Runs started before ``model.rotate_pairs`` and ``model.gain`` existed resume as plain mixers; a
+    run that set one is compared on it."""
+    today = resume_view(to_dict(Config()))
+    older = {k: v for k, v in today.items() if k not in ("model.rotate_pairs", "model.gain")}
+    assert len(older) == len(today) - 2
+    assert upgrade_view(older) == today
+    relu = resume_view(to_dict(load_config(None, ["model.gain=relu"])))
+    assert relu["model.gain"] == "relu" and upgrade_view(relu) is relu
+    assert config_diff(upgrade_view(older), relu) == ["model.gain ('softplus' -> 'relu')"]
 
 
 def test_a_resume_view_from_before_weight_schedules_reads_none():
