@@ -199,12 +199,12 @@ class Mamba2Mixer(nn.Module):
                 raise ValueError(
                     "Mamba2Mixer: time_aware_dt=True needs dt (seconds since the previous token)"
                 )
-            g_rate, g_gain = g_bth.split(self.nheads, dim=-1)
-            rate = F.softplus(g_rate)
             if self.sparse_gain:
+                g_rate, g_gain = g_bth.split(self.nheads, dim=-1)
+                rate = F.softplus(g_rate)
                 gain = torch.exp(self.gain_log_scale.float()) * F.relu(g_gain)
-            else:
-                gain = F.softplus(g_gain)
+            else:  # one softplus over both halves, as before the option existed
+                rate, gain = F.softplus(g_bth).split(self.nheads, dim=-1)
             dt_blh = dt_bt.float().unsqueeze(-1)
             log_decay = A * (rate * dt_blh)  # (B, L, H)
             if self.rate_floor:

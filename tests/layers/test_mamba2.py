@@ -203,7 +203,7 @@ def test_relu_gain_chunked_equals_token_steps_with_gradients():
 def test_an_unknown_gain_is_refused_by_name():
     from ssm_mm.config import ConfigError, load_config
 
-    with pytest.raises(ConfigError, match="model.gain='sigmoid': expected softplus | relu"):
+    with pytest.raises(ConfigError, match=r"model.gain='sigmoid': expected softplus \| relu"):
         load_config(overrides=["model.gain=sigmoid"])
     with pytest.raises(ValueError, match="model.gain='sigmoid'"):
         mixer(True, gain="sigmoid")
