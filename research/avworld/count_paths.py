@@ -6,6 +6,7 @@ its measurement see the same model:
     python research/avworld/count_paths.py VARIANT train [train.py key=value ...]
     python research/avworld/count_paths.py VARIANT ages MODEL MANIFEST [--bin 60]
     python research/avworld/count_paths.py VARIANT state MODEL MANIFEST [--bin 60]
+    python research/avworld/count_paths.py VARIANT eval [eval/run.py key=value ...]
 
 Variants (none of them is a recipe; each removes one suspect):
 
@@ -17,9 +18,12 @@ Variants (none of them is a recipe; each removes one suspect):
   but not divided by its RMS;
 - ``narrate``: every event segment's label is said by the user at the segment's start (a text turn
   in the stream, teacher-forced): each occurrence is written from the same discrete tokens instead of
-  being detected in audio and video. An oracle: the streaming evaluation does not add these turns,
-  so only the offline count head (``ages``) and the read-outs of ``state`` (``count_state.py``: where
-  along the model the count is still exact) measure it.
+  being detected in audio and video. An oracle: ``eval`` puts the same turns into each streaming
+  session at the end of the tick where a segment begins, as input only (no answer is generated for
+  them); train.py's final evaluation streams without them;
+- ``narrate_own``: trained as ``narrate``; streamed, the turns come from the session's own tick labels
+  (a turn whenever its label changes to an event class), so nothing the truth says reaches the model:
+  a model that hears its own event labels.
 
 Variants combine with ``+`` (``narrate+no_mixer_norm``). The patches live in this process (data
 loader workers inherit them when forked, Linux's default).
@@ -38,14 +42,24 @@ import torch
 import torch.nn.functional as F
 
 from ssm_mm.data import dataset
+from ssm_mm.data.interleave import TEXT, tick_index
 from ssm_mm.data.manifest import Turn
+from ssm_mm.evaluation import harness
 from ssm_mm.layers import norm
 from ssm_mm.layers.mamba2 import Mamba2Mixer
 from ssm_mm.models.backbone import HybridBackbone
+from ssm_mm.streaming import session as session_module
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-ENTRY = {"train": ROOT / "train.py", "ages": HERE / "count_ages.py", "state": HERE / "count_state.py"}
+ENTRY = {
+    "train": ROOT / "train.py",
+    "ages": HERE / "count_ages.py",
+    "state": HERE / "count_state.py",
+    "eval": ROOT / "eval" / "run.py",
+}
+# (stream id, tick, label) of every narration turn a streaming session was given, in order
+TURNS: list[tuple[str, int, str]] = []
 
 
 def _per_head_norm(self, y, z):
@@ -84,6 +98,60 @@ def narration(spec, labels) -> list[Turn]:
     return [Turn(s.start, "user", s.label) for s in spec.segments if s.label in labels[1:]]
 
 
+def say(session, text: str) -> None:
+    """A user turn ``text`` into ``session`` at its current time, as input only (no answer), the way
+    ``StreamingSession.ask`` puts a question in before it generates."""
+    ids = session.model.tokenizer.encode_turn("user", text)
+    with session._transaction():
+        session._advance(force=True)
+        st, dev = session._st, session._device
+        kind = torch.full((1, len(ids)), TEXT, dtype=torch.int64, device=dev)
+        times = torch.full((1, len(ids)), session.time, dtype=torch.float64, device=dev)
+        src = torch.tensor([ids], dtype=torch.int64, device=dev)
+        st.model = session_module._compact_model_state(session.model(kind, times, src, state=st.model).state)
+        st.n_turns += 1
+
+
+def narrator(session, spec, own: bool):
+    """A ``drive_many`` round callback that says each event's label after the tick where it begins:
+    the segments' starts (``own`` False) or where the session's own label changes to an event class."""
+    onsets: dict[int, list[str]] = {}
+    for s in spec.segments if not own else ():
+        if s.label != "background":
+            onsets.setdefault(tick_index(s.start - spec.t0, session.tau), []).append(s.label)
+    last = ["background"]
+
+    def on_round(rnd, labels, events, answers) -> None:
+        for lab in labels:
+            if own:
+                said = [lab.label] if lab.label not in (last[0], "background") else []
+            else:
+                said = onsets.get(lab.tick, [])
+            last[0] = lab.label
+            for text in said:
+                say(session, text)
+                TURNS.append((spec.id, lab.tick, text))
+
+    return on_round
+
+
+def _streamed_narration(own: bool):
+    """Patches of the streaming evaluation: every session gets its stream's narration turns."""
+    tasks, drive_many = harness.stream_tasks, harness.drive_many
+    pending: list = []  # specs in the order evaluate() drives them (all its tasks come first)
+
+    def stream_tasks(spec, *args, **kwargs):
+        pending.append(spec)
+        return tasks(spec, *args, **kwargs)
+
+    def drive(sessions, media, questions=None, **kwargs):
+        specs = [pending.pop(0) for _ in sessions]
+        calls = [narrator(s, spec, own) for s, spec in zip(sessions, specs)]
+        return drive_many(sessions, media, questions, on_round=calls, **kwargs)
+
+    return [(harness, "stream_tasks", stream_tasks), (harness, "drive_many", drive)]
+
+
 def _narrate():
     build = dataset.build_example
 
@@ -100,15 +168,22 @@ VARIANTS = {
     "no_mixer_norm": lambda: [(norm.GatedRMSNorm, "forward", _gated_only)],
     "no_final_norm": _no_final_norm,
     "narrate": _narrate,
+    "narrate_own": _narrate,  # trained alike; streamed (``eval``), the turns come from its own labels
 }
+# what ``eval`` adds: the streaming sessions get the narration turns (own: from their own labels)
+STREAMED = {"narrate": False, "narrate_own": True}
 
 
 @contextlib.contextmanager
-def patched(variant: str):
-    """The library with ``variant``'s patch (or several joined by ``+``), restored on exit."""
+def patched(variant: str, streamed: bool = False):
+    """The library with ``variant``'s patch (or several joined by ``+``), restored on exit; with
+    ``streamed`` also the streaming evaluation's narration turns of a narrating variant."""
     with contextlib.ExitStack() as stack:
         for part in variant.split("+"):
-            for obj, name, new in VARIANTS[part]():
+            patches = VARIANTS[part]()
+            if streamed and part in STREAMED:
+                patches += _streamed_narration(STREAMED[part])
+            for obj, name, new in patches:
                 stack.enter_context(mock.patch.object(obj, name, new))
         yield
 
@@ -122,7 +197,7 @@ def main(argv: list[str]) -> None:
     entry = ENTRY[argv[1]]
     sys.argv = [str(entry), *argv[2:]]
     sys.path.insert(0, str(entry.parent))
-    with patched(argv[0]):
+    with patched(argv[0], streamed=argv[1] == "eval"):
         runpy.run_path(str(entry), run_name="__main__")
 
 

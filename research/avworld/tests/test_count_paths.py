@@ -8,11 +8,13 @@ import torch
 from probe_support import load_script
 
 from ssm_mm.data.dataset import StreamDataset
-from ssm_mm.data.interleave import TEXT
+from ssm_mm.data.interleave import TEXT, tick_index
 from ssm_mm.data.manifest import read_manifest
 from ssm_mm.data.tokenizer import ROLES
+from ssm_mm.evaluation import harness
 from ssm_mm.layers.mamba2 import Mamba2Mixer
 from ssm_mm.layers.norm import GatedRMSNorm
+from ssm_mm.streaming import drive
 
 cp = load_script("count_paths")
 
@@ -64,6 +66,7 @@ def test_narrate_says_each_segments_label_at_its_start(world):
     ds = StreamDataset([spec], model.features, model.tokenizer, model.labels)
     before = user_text(ds)
     with cp.patched("narrate"):
+        assert harness.drive_many is drive.drive_many  # sessions get the turns only under `eval`
         turns = cp.narration(spec, model.labels)
         after = user_text(StreamDataset([spec], model.features, model.tokenizer, model.labels))
     assert [t.text for t in turns] == [s.label for s in spec.segments if s.label != "background"]
@@ -77,10 +80,51 @@ def test_narrate_says_each_segments_label_at_its_start(world):
 
 def test_bad_arguments_name_the_choices():
     with pytest.raises(
-        SystemExit, match=r"usage: count_paths.py \{plain,.*narrate\} \{train,ages,state\}.*got what train"
+        SystemExit,
+        match=r"usage: count_paths.py \{plain,.*,narrate_own\} \{train,ages,state,eval\}.*got what train",
     ):
         cp.main(["what", "train"])
     with pytest.raises(SystemExit, match=r"got narrate\+what train"):
         cp.main(["narrate+what", "train"])
     with pytest.raises(SystemExit, match="got nothing"):
         cp.main([])
+
+
+def _narrated(world, variant):
+    specs = read_manifest(world).streams
+    model = support.tiny_model(0, ["background", "bell", "buzz", "chirp", "drum"])
+    plain = harness.evaluate(model, specs)
+    cp.TURNS.clear()
+    with cp.patched(variant, streamed=True):
+        told = harness.evaluate(model, specs)
+    assert harness.drive_many is drive.drive_many  # restored on exit
+    return specs, model, plain, told
+
+
+def test_narrate_streams_a_turn_after_each_tick_where_an_event_begins(world):
+    specs, model, plain, told = _narrated(world, "narrate")
+    tau = model.features.tick_seconds
+    expected = [
+        (s.id, tick_index(seg.start - s.t0, tau), seg.label)
+        for s in specs
+        for seg in s.segments
+        if seg.label != "background"
+    ]
+    assert expected and sorted(cp.TURNS) == sorted(expected)
+    for a, b in zip(plain.scores, told.scores):  # input only: the same questions, no answer to a turn
+        assert [x["question"] for x in a.answers] == [x["question"] for x in b.answers]
+    assert any(
+        not torch.equal(a.pred, b.pred) or a.answers != b.answers for a, b in zip(plain.scores, told.scores)
+    )
+
+
+def test_narrate_own_says_the_sessions_own_label_where_it_changes_to_an_event(world):
+    specs, model, _, told = _narrated(world, "narrate_own")
+    expected = []
+    for s, sc in zip(specs, told.scores):
+        last = 0
+        for k, i in enumerate(sc.pred.tolist()):
+            if i not in (last, 0):
+                expected.append((s.id, k, model.labels[i]))
+            last = i
+    assert expected and sorted(cp.TURNS) == sorted(expected)
