@@ -117,7 +117,7 @@ def narrator(session, spec, own: bool):
     the segments' starts (``own`` False) or where the session's own label changes to an event class."""
     onsets: dict[int, list[str]] = {}
     for s in spec.segments if not own else ():
-        if s.label != "background":
+        if s.label in session.model.labels[1:]:  # as ``narration`` says them in training
             onsets.setdefault(tick_index(s.start - spec.t0, session.tau), []).append(s.label)
     last = ["background"]
 
