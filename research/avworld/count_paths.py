@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from ssm_mm.data import dataset
-from ssm_mm.data.interleave import TEXT, tick_index
+from ssm_mm.data.interleave import tick_index
 from ssm_mm.data.manifest import Turn
 from ssm_mm.evaluation import harness
 from ssm_mm.layers import norm
@@ -101,15 +101,10 @@ def narration(spec, labels) -> list[Turn]:
 def say(session, text: str) -> None:
     """A user turn ``text`` into ``session`` at its current time, as input only (no answer), the way
     ``StreamingSession.ask`` puts a question in before it generates."""
-    ids = session.model.tokenizer.encode_turn("user", text)
     with session._transaction():
-        session._advance(force=True)
-        st, dev = session._st, session._device
-        kind = torch.full((1, len(ids)), TEXT, dtype=torch.int64, device=dev)
-        times = torch.full((1, len(ids)), session.time, dtype=torch.float64, device=dev)
-        src = torch.tensor([ids], dtype=torch.int64, device=dev)
-        st.model = session_module._compact_model_state(session.model(kind, times, src, state=st.model).state)
-        st.n_turns += 1
+        _, state = session._read_turn(session.model.tokenizer.encode_turn("user", text))
+        session._st.model = session_module._compact_model_state(state)
+        session._st.n_turns += 1
 
 
 def narrator(session, spec, own: bool):
@@ -119,15 +114,16 @@ def narrator(session, spec, own: bool):
     for s in spec.segments if not own else ():
         if s.label in session.model.labels[1:]:  # as ``narration`` says them in training
             onsets.setdefault(tick_index(s.start - spec.t0, session.tau), []).append(s.label)
-    last = ["background"]
+    last = "background"
 
     def on_round(rnd, labels, events, answers) -> None:
+        nonlocal last
         for lab in labels:
             if own:
-                said = [lab.label] if lab.label not in (last[0], "background") else []
+                said = [lab.label] if lab.label not in (last, "background") else []
             else:
                 said = onsets.get(lab.tick, [])
-            last[0] = lab.label
+            last = lab.label
             for text in said:
                 say(session, text)
                 TURNS.append((spec.id, lab.tick, text))

@@ -614,13 +614,7 @@ class StreamingSession:
                 f"advance_to(t) with t > {self.t0 + self.tau}"
             )
         with self._transaction():
-            self._advance(force=True)
-            t = self.time
-            dev = self._device
-            kind = torch.full((1, len(q_ids)), TEXT, dtype=torch.int64, device=dev)
-            times = torch.full((1, len(q_ids)), t, dtype=torch.float64, device=dev)
-            src = torch.tensor([q_ids], dtype=torch.int64, device=dev)
-            state = self.model(kind, times, src, state=self._st.model).state
+            t, state = self._read_turn(q_ids)
             ids, state, _ = self.model.generate(state, t, self.options.max_answer_tokens, role="assistant")
             st = self._st
             st.model = _compact_model_state(state)
@@ -631,6 +625,17 @@ class StreamingSession:
                 st.transcript.append(TranscriptTurn(t, "user", tuple(q_ids), text))
                 st.transcript.append(TranscriptTurn(t, "assistant", a_ids, answer))
         return answer
+
+    def _read_turn(self, ids: Sequence[int]) -> tuple[float, ModelState]:
+        """The model state after the encoded turn ``ids`` at the current stream time (the completed
+        ticks first), and that time; the session's own state is not changed. Call inside
+        ``_transaction``."""
+        self._advance(force=True)
+        t, dev = self.time, self._device
+        kind = torch.full((1, len(ids)), TEXT, dtype=torch.int64, device=dev)
+        times = torch.full((1, len(ids)), t, dtype=torch.float64, device=dev)
+        src = torch.tensor([list(ids)], dtype=torch.int64, device=dev)
+        return t, self.model(kind, times, src, state=self._st.model).state
 
     def poll(self) -> list[StreamEvent]:
         """Proactive responses emitted since the last call (drained)."""

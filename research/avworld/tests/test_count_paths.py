@@ -93,16 +93,16 @@ def test_bad_arguments_name_the_choices():
 def _narrated(world, variant):
     specs = read_manifest(world).streams
     model = support.tiny_model(0, ["background", "bell", "buzz", "chirp", "drum"])
-    plain = harness.evaluate(model, specs)
     cp.TURNS.clear()
     with cp.patched(variant, streamed=True):
         told = harness.evaluate(model, specs)
     assert harness.drive_many is drive.drive_many  # restored on exit
-    return specs, model, plain, told
+    return specs, model, told
 
 
 def test_narrate_streams_a_turn_after_each_tick_where_an_event_begins(world):
-    specs, model, plain, told = _narrated(world, "narrate")
+    specs, model, told = _narrated(world, "narrate")
+    plain = harness.evaluate(model, specs)
     tau = model.features.tick_seconds
     expected = [
         (s.id, tick_index(seg.start - s.t0, tau), seg.label)
@@ -119,7 +119,7 @@ def test_narrate_streams_a_turn_after_each_tick_where_an_event_begins(world):
 
 
 def test_narrate_own_says_the_sessions_own_label_where_it_changes_to_an_event(world):
-    specs, model, _, told = _narrated(world, "narrate_own")
+    specs, model, told = _narrated(world, "narrate_own")
     expected = []
     for s, sc in zip(specs, told.scores):
         last = 0
