@@ -23,7 +23,12 @@ Variants (none of them is a recipe; each removes one suspect):
   them); train.py's final evaluation streams without them;
 - ``narrate_own``: trained as ``narrate``; streamed, the turns come from the session's own tick labels
   (a turn whenever its label changes to an event class), so nothing the truth says reaches the model:
-  a model that hears its own event labels.
+  a model that hears its own event labels;
+- ``ssm_readout``: the heads and the LM read, beside the final norm's output, a linear read-out
+  (zero at the start) of every SSM layer's gated output before its RMS norm divides it: what a
+  layer's state gives is read without the rest of the stack (out-projection, later blocks, their
+  norms, the final norm) in between. The residual stream is unchanged. Token by token, so a
+  streaming session gets exactly what the whole window gets.
 
 Variants combine with ``+`` (``narrate+no_mixer_norm``). The patches live in this process (data
 loader workers inherit them when forked, Linux's default).
@@ -40,6 +45,7 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ssm_mm.data import dataset
 from ssm_mm.data.interleave import tick_index
@@ -91,6 +97,34 @@ def _no_final_norm():
         nf.forward = lambda x: (x.float() * nf.weight.float()).to(x.dtype)
 
     return [(HybridBackbone, "__init__", patched)]
+
+
+def _gated_kept(self, y, z):
+    """The gated RMS norm, keeping its input (the gated output, undivided) for the read-out."""
+    self.gated = y * F.silu(z)
+    return norm.RMSNorm.forward(self, self.gated)
+
+
+def _ssm_readout():
+    init, forward = Mamba2Mixer.__init__, HybridBackbone.forward
+
+    def patched_init(self, cfg):
+        init(self, cfg)
+        with torch.random.fork_rng(devices=[]):  # draws nothing: a seed inits the rest as before
+            self.readout = nn.Linear(self.d_inner, cfg.d_model, bias=False)
+        nn.init.zeros_(self.readout.weight)  # starts as the plain model
+
+    def patched_forward(self, *args, **kwargs):
+        out, state = forward(self, *args, **kwargs)
+        mixers = [blk.mixer for blk in self.blocks if blk.letter == "M"]
+        read = sum(m.readout(m.norm.gated.to(m.readout.weight.dtype)) for m in mixers)
+        return out + read.to(out.dtype), state
+
+    return [
+        (Mamba2Mixer, "__init__", patched_init),
+        (norm.GatedRMSNorm, "forward", _gated_kept),
+        (HybridBackbone, "forward", patched_forward),
+    ]
 
 
 def narration(spec, labels) -> list[Turn]:
@@ -165,6 +199,7 @@ VARIANTS = {
     "no_final_norm": _no_final_norm,
     "narrate": _narrate,
     "narrate_own": _narrate,  # trained alike; streamed (``eval``), the turns come from its own labels
+    "ssm_readout": _ssm_readout,
 }
 # what ``eval`` adds: the streaming sessions get the narration turns (own: from their own labels)
 STREAMED = {"narrate": False, "narrate_own": True}

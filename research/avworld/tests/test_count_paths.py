@@ -53,6 +53,39 @@ def test_no_final_norm_reads_the_residual_undivided():
     assert not torch.allclose(support.tiny_model(0).backbone.norm_f(x), x)
 
 
+def _backbone_inputs(model, n=9):
+    torch.manual_seed(1)
+    x = torch.randn(2, n, model.cfg.d_model)
+    dt = torch.rand(2, n) * 0.3
+    return x, dt
+
+
+def test_ssm_readout_adds_a_read_of_each_ssm_output_before_its_norm():
+    plain = support.tiny_model(0).backbone
+    x, dt = _backbone_inputs(plain)
+    want, _ = plain(x, dt)
+    with cp.patched("ssm_readout"):
+        bb = support.tiny_model(0).backbone
+        mixers = [blk.mixer for blk in bb.blocks if blk.letter == "M"]
+        assert mixers and all(not m.readout.weight.any() for m in mixers)
+        torch.testing.assert_close(bb(x, dt)[0], want)  # zero read-out: the plain model
+        with torch.no_grad():
+            for m in mixers:
+                m.readout.weight.normal_()
+        got, _ = bb(x, dt)
+        # what is added is exactly each layer's read-out of y * silu(z), undivided
+        read = sum(m.readout(m.norm.gated) for m in mixers)
+        torch.testing.assert_close(got, want + read)
+        assert not torch.allclose(got, want, atol=1e-2)
+        # token by token, carrying the state, as a streaming session runs it
+        state, steps = None, []
+        for i in range(x.shape[1]):
+            y, state = bb(x[:, i : i + 1], dt[:, i : i + 1], state)
+            steps.append(y)
+        torch.testing.assert_close(torch.cat(steps, 1), got, atol=1e-5, rtol=1e-4)
+    assert not hasattr(support.tiny_model(0).backbone.blocks[0].mixer, "readout")  # restored
+
+
 def test_narrate_says_each_segments_label_at_its_start(world):
     man = read_manifest(world)
     model = support.tiny_model(0, ["background", "bell", "buzz", "chirp", "drum"])
@@ -81,7 +114,7 @@ def test_narrate_says_each_segments_label_at_its_start(world):
 def test_bad_arguments_name_the_choices():
     with pytest.raises(
         SystemExit,
-        match=r"usage: count_paths.py \{plain,.*,narrate_own\} \{train,ages,state,eval\}.*got what train",
+        match=r"usage: count_paths.py \{plain,.*,ssm_readout\} \{train,ages,state,eval\}.*got what train",
     ):
         cp.main(["what", "train"])
     with pytest.raises(SystemExit, match=r"got narrate\+what train"):
