@@ -1,4 +1,4 @@
-"""Where AVWorld colour answers go wrong: the per-question records of a result file read against the
+"""Where AVWorld colour and shape answers go wrong: the per-question records of a result file read against the
 generator's ground truth (``scenes.jsonl`` next to the evaluated manifest).
 
     python research/avworld/qa_errors.py results/avworld/colour_set/hours.json.gz
@@ -12,7 +12,10 @@ One row per (model, dataset):
 * "what color was the X when the C last V?" split by whether X is the shape of the event itself
   (class C's own shape) or another shape visible throughout it; and how many of these a memory of
   "the last colour each shape kind showed before the question" would answer (a simple oracle: what a
-  model that keeps one colour per kind, and no event binding, could reach).
+  model that keeps one colour per kind, and no event binding, could reach);
+* "which shape was Y when the C last V?" split the same way (is the answer class C's own shape?),
+  and how many of all these answers name C's own shape: a model that answers every kind question
+  with the shape of the event's sound has learned a prior, not the scene.
 
 ``--confusion`` adds, per row, reference x answer counts over the six colours. ``--ages 3,6,9,13``
 adds a table of the past-colour questions by the seconds between the end of the asked event and the
@@ -32,7 +35,7 @@ from pathlib import Path
 
 from ssm_mm.cli import exits_2_on
 from ssm_mm.evaluation.report import fraction_cell, markdown_table, read_json
-from ssm_mm.worlds.avworld import CLASSES, COLORS, Q_COLOR, Q_NOW_COLOR, read_scenes
+from ssm_mm.worlds.avworld import CLASSES, COLORS, Q_COLOR, Q_KIND, Q_NOW_COLOR, read_scenes
 
 OWN_SHAPE = {c.name: c.shape for c in CLASSES}
 
@@ -47,6 +50,7 @@ def _template_regex(template: str) -> re.Pattern:
 
 NOW_COLOUR = _template_regex(Q_NOW_COLOR)  # "what color is the {kind} now?"
 PAST_COLOUR = _template_regex(Q_COLOR)  # "what color was the {kind} when the {cls} last {verb_past}?"
+PAST_KIND = _template_regex(Q_KIND)  # "which shape was {color} when the {cls} last {verb_past}?"
 
 
 class ErrorsError(ValueError):
@@ -95,8 +99,14 @@ def analyse(result: dict, scenes: dict[str, dict], ages: tuple[float, ...] = ())
         shapes = scenes[sid]["shapes"]
         for q in s.get("qa", []):
             text, ref, ans, ok = q["question"], q["reference"], q.get("answer"), bool(q.get("correct"))
-            past = PAST_COLOUR.match(text)
-            if NOW_COLOUR.match(text):
+            past, kind_q = PAST_COLOUR.match(text), PAST_KIND.match(text)
+            if kind_q:
+                own = OWN_SHAPE.get(kind_q["cls"])
+                which = "kind_own" if ref == own else "kind_other"
+                c[which] += 1
+                c[f"{which}_ok"] += ok
+                c["kind_says_own"] += ans == own
+            elif NOW_COLOUR.match(text):
                 vis = _visible(shapes, float(q["t"]))
                 n = min(len(vis), 3)
                 c[f"now{n}"] += 1
@@ -128,6 +138,9 @@ HEAD = (
     "past, the event's own shape",
     "past, another shape",
     "past: last colour of the kind would answer",
+    "shape, the event's own",
+    "shape, another",
+    "shape answers naming the event's own",
 )
 
 
@@ -139,6 +152,9 @@ def row(name: str, c: Counter) -> list[str]:
         fraction_cell(c["own_ok"], c["own"]),
         fraction_cell(c["other_ok"], c["other"]),
         fraction_cell(c["oracle"], c["own"] + c["other"]),
+        fraction_cell(c["kind_own_ok"], c["kind_own"]),
+        fraction_cell(c["kind_other_ok"], c["kind_other"]),
+        fraction_cell(c["kind_says_own"], c["kind_own"] + c["kind_other"]),
     ]
 
 

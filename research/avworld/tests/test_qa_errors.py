@@ -44,6 +44,10 @@ QA = [
     # past, another shape (bell -> circle, asked about the cross); the last cross before t=12 is green
     _q(12.0, "what color was the cross when the bell last rang?", "blue", "green"),
     _q(13.0, "how many times did the bell ring?", "1", "1"),  # not a colour question
+    # shape, the event's own (drum -> cross): right; another (the circle was red at the drum): the
+    # answer names the drum's own shape, the prior
+    _q(14.0, "which shape was blue when the drum last played?", "cross", "cross"),
+    _q(15.0, "which shape was red when the drum last played?", "circle", "cross"),
 ]
 
 
@@ -74,6 +78,9 @@ def test_counts_by_screen_and_by_shape(tmp_path, capsys):
         "100.0% (1/1)",  # past, own shape
         "0.0% (0/1)",  # past, another shape
         "50.0% (1/2)",  # the last-colour-of-the-kind oracle answers the first past question only
+        "100.0% (1/1)",  # shape, the event's own
+        "0.0% (0/1)",  # shape, another
+        "100.0% (2/2)",  # both shape answers name the drum's cross
     ]
     assert "m · val, past colour:" in out and "| blue | 0 | 1 | 1 |" in out  # blue asked twice: blue, green
 
