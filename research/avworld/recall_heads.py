@@ -8,6 +8,9 @@ is scored over all of them, each known (tick, label, attribute) one item.
     python research/avworld/recall_heads.py MODEL --manifest M --ages 1,3,6,9,13 --out recall.json
 
 Attribute head: accuracy per age bucket beside the bucket's majority rate (its most frequent value).
+``--by-attribute`` adds a table per attribute name, its items split by whether they are about the
+event's own shape (``color``, ``color_of_<its kind>``, ``shape_of_<its colour>``) or another shape on
+screen throughout the event: whether the head binds the scene or only the shape that made the sound.
 Recall head: squared error per value of the pooled frame, beside two floors measured on the same items:
 predicting each label's mean frame, and the mean frame overall (a head that beats neither has
 learned no more than the average look of each event). A model with both heads gets both tables.
@@ -29,6 +32,7 @@ from ssm_mm.data.dataset import StreamDataset
 from ssm_mm.data.interleave import missing_attributes, tick_last_segments
 from ssm_mm.data.manifest import read_manifest
 from ssm_mm.evaluation.report import fraction_cell, markdown_table, write_json
+from ssm_mm.worlds.avworld import CLASSES
 
 
 def parse_ages(text: str) -> list[float]:
@@ -53,7 +57,7 @@ def read_heads(model, ds: StreamDataset) -> dict[str, np.ndarray]:
     attribute, ``value`` (target index, −1 unknown), ``pred`` and ``value_age`` (the item's age); with
     the recall head ``frame_pred`` and ``frame`` (3 N²)."""
     tau = ds.cfg.tick_seconds
-    names = ("age", "label", "value", "pred", "value_age", "frame_pred", "frame")
+    names = ("age", "label", "value", "pred", "value_age", "value_label", "value_name", "frame_pred", "frame")
     cols: dict[str, list] = {k: [] for k in names}
     for s in range(len(ds.streams)):
         if ds.windows_per_stream[s] != 1:
@@ -74,6 +78,8 @@ def read_heads(model, ds: StreamDataset) -> dict[str, np.ndarray]:
             cols["value"].append(value[0].numpy()[item].reshape(-1))  # (n, A) -> n A
             cols["pred"].append(logits.argmax(-1).numpy()[item].reshape(-1))
             cols["value_age"].append(np.repeat(age[item], value.shape[-1]))
+            cols["value_label"].append(np.repeat(np.nonzero(item)[1], value.shape[-1]))
+            cols["value_name"].append(np.tile(np.arange(value.shape[-1]), int(item.sum())))
         if "recall" in model.heads:
             recall = model.objectives["recall"]
             idx = torch.from_numpy(w.targets["recall"].numpy()[item])
@@ -101,6 +107,36 @@ def attribute_rows(items: dict[str, np.ndarray], edges: list[float]) -> list[dic
                 "n": int(m.sum()),
                 "right": int((items["pred"][m] == v).sum()),
                 "majority": int(np.bincount(v).max()) if len(v) else 0,
+            }
+        )
+    return rows
+
+
+def attribute_name_rows(
+    items: dict[str, np.ndarray], names: list[str], values: list[str], labels: list[str]
+) -> list[dict]:
+    """Per attribute name: known items and head right, split into the event's own shape and another
+    (AVWorld: label ``c`` is class ``c``'s sound and its shape kind; ``color`` is always its own)."""
+    own_kind = {c.name: c.shape for c in CLASSES}
+    known = items["value"] >= 0
+    rows = []
+    for a, name in enumerate(names):
+        m = known & (items["value_name"] == a)
+        kinds = np.array([own_kind.get(labels[c], "") for c in items["value_label"][m]], dtype=object)
+        if name.startswith("color_of_"):
+            own = kinds == name.removeprefix("color_of_")
+        elif name.startswith("shape_of_"):
+            own = kinds == np.array(values, dtype=object)[items["value"][m]]
+        else:
+            own = np.ones(int(m.sum()), dtype=bool)
+        right = items["pred"][m] == items["value"][m]
+        rows.append(
+            {
+                "name": name,
+                "own": int(own.sum()),
+                "own_right": int((right & own).sum()),
+                "other": int((~own).sum()),
+                "other_right": int((right & ~own).sum()),
             }
         )
     return rows
@@ -139,6 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ages", default="1,3,6,9,13", help="age bucket edges in seconds (default 1,3,6,9,13)")
     p.add_argument("--streams", type=int, default=64, help="the first N streams of the manifest (default 64)")
     p.add_argument("--out", help="write the tables as JSON here")
+    p.add_argument(
+        "--by-attribute",
+        action="store_true",
+        help="the attribute head per attribute name: items about the event's own shape and another",
+    )
     a = p.parse_args(argv)
     try:
         from ssm_mm.models.multimodal import MultimodalSSM
@@ -181,6 +222,19 @@ def main(argv: list[str] | None = None) -> int:
             [r["age"], fraction_cell(r["right"], r["n"]), fraction_cell(r["majority"], r["n"])] for r in rows
         ]
         print("\n".join(markdown_table(["age", "head right", "majority value"], cells)))
+        if a.by_attribute:
+            by_name = attribute_name_rows(items, list(attrs), values, list(model.labels))
+            out["attribute"]["by_name"] = by_name
+            print("attribute head per attribute, the event's own shape or another on screen throughout it:")
+            cells = [
+                [
+                    r["name"],
+                    fraction_cell(r["own_right"], r["own"]),
+                    fraction_cell(r["other_right"], r["other"]),
+                ]
+                for r in by_name
+            ]
+            print("\n".join(markdown_table(["attribute", "own shape", "another shape"], cells)))
     if "recall" in model.heads:
         rows = recall_rows(items, edges)
         out["recall"] = {"pool": model.objectives["recall"].cfg.size, "rows": rows}

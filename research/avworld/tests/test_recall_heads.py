@@ -29,10 +29,14 @@ def both_heads(tmp_path_factory):
 
 def test_every_item_is_scored_once_by_age(world, both_heads, tmp_path, capsys):
     out = tmp_path / "r.json"
-    assert rh.main([str(both_heads), "--manifest", str(world), "--ages", "1,3", "--out", str(out)]) == 0
+    args = [str(both_heads), "--manifest", str(world), "--ages", "1,3", "--out", str(out), "--by-attribute"]
+    assert rh.main(args) == 0
     res = json.loads(out.read_text())
     printed = capsys.readouterr().out
     assert "attribute head (color)" in printed and "recall head" in printed and "≥ 3 s" in printed
+    # "color" is always the event's own shape: every known item in its row, none about another shape
+    (by_name,) = res["attribute"]["by_name"]
+    assert by_name["name"] == "color" and by_name["other"] == 0 and "| color |" in printed
     # the items: every (tick with media, label that has happened) of every stream, counted independently
     man = read_manifest(world)
     model = MultimodalSSM.from_pretrained(both_heads)
@@ -45,6 +49,7 @@ def test_every_item_is_scored_once_by_age(world, both_heads, tmp_path, capsys):
     att, rec = res["attribute"]["rows"], res["recall"]["rows"]
     assert [r["age"] for r in att] == ["0–1 s", "1–3 s", "≥ 3 s"] and res["attribute"]["values"] == VALUES
     assert sum(r["n"] for r in att) == n_known > 0 and sum(r["n"] for r in rec) == n_seen == n_known
+    assert by_name["own"] == n_known and by_name["own_right"] == sum(r["right"] for r in att)
     for r in att:
         assert 0 <= r["right"] <= r["n"] and (r["n"] == 0 or r["majority"] >= r["n"] / len(VALUES))
     for r in rec:  # the label-mean floor is never above the overall-mean floor
@@ -73,6 +78,29 @@ def test_scores_on_planted_items():
     assert rows[1]["n"] == 1 and rows[1]["overall_mean"] == pytest.approx(
         ((1 - 2 / 3) ** 2 + (1 / 3) ** 2) / 2
     )
+
+
+def test_attributes_split_by_own_shape():
+    names = ["color", "color_of_circle", "color_of_square", "shape_of_red"]
+    values = ["blue", "circle", "red", "square"]
+    labels = ["background", "bell", "buzz"]  # the bell's shape is the circle, the buzz's the square
+    items = {  # (label, attribute name, value, prediction) per item; value -1: unknown, left out
+        "value_label": np.array([1, 1, 1, 1, 2, 2, 1, 2]),
+        "value_name": np.array([0, 1, 2, 3, 1, 3, 2, 2]),
+        "value": np.array([2, 2, 0, 1, 0, 3, -1, 0]),
+        "pred": np.array([2, 0, 0, 1, 0, 1, 0, 0]),
+    }
+    rows = {r["name"]: r for r in rh.attribute_name_rows(items, names, values, labels)}
+    assert rows["color"] == {"name": "color", "own": 1, "own_right": 1, "other": 0, "other_right": 0}
+    # the bell's circle is its own shape (wrong), the buzz asked about the circle is another (right)
+    assert (rows["color_of_circle"]["own"], rows["color_of_circle"]["own_right"]) == (1, 0)
+    assert (rows["color_of_circle"]["other"], rows["color_of_circle"]["other_right"]) == (1, 1)
+    # the square at a bell: another shape (right); at a buzz: its own (right); one unknown, left out
+    sq = rows["color_of_square"]
+    assert (sq["own"], sq["own_right"], sq["other"], sq["other_right"]) == (1, 1, 1, 1)
+    # shape_of_red is the circle at a bell (its own, right) and the square at a buzz (its own, wrong)
+    red = rows["shape_of_red"]
+    assert (red["own"], red["own_right"], red["other"]) == (2, 1, 0)
 
 
 @pytest.mark.parametrize(
