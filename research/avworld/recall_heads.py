@@ -122,7 +122,8 @@ def attribute_name_rows(
     rows = []
     for a, name in enumerate(names):
         m = known & (items["value_name"] == a)
-        kinds = np.array([own_kind.get(labels[c], "") for c in items["value_label"][m]], dtype=object)
+        events = labels[1:]  # an item's label indexes the event classes (labels[0] is the background)
+        kinds = np.array([own_kind.get(events[c], "") for c in items["value_label"][m]], dtype=object)
         if name.startswith("color_of_"):
             own = kinds == name.removeprefix("color_of_")
         elif name.startswith("shape_of_"):

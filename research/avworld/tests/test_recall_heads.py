@@ -85,7 +85,7 @@ def test_attributes_split_by_own_shape():
     values = ["blue", "circle", "red", "square"]
     labels = ["background", "bell", "buzz"]  # the bell's shape is the circle, the buzz's the square
     items = {  # (label, attribute name, value, prediction) per item; value -1: unknown, left out
-        "value_label": np.array([1, 1, 1, 1, 2, 2, 1, 2]),
+        "value_label": np.array([0, 0, 0, 0, 1, 1, 0, 1]),  # event classes: 0 the bell, 1 the buzz
         "value_name": np.array([0, 1, 2, 3, 1, 3, 2, 2]),
         "value": np.array([2, 2, 0, 1, 0, 3, -1, 0]),
         "pred": np.array([2, 0, 0, 1, 0, 1, 0, 0]),
