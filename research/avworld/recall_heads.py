@@ -112,6 +112,9 @@ def attribute_rows(items: dict[str, np.ndarray], edges: list[float]) -> list[dic
     return rows
 
 
+NAME_COLS = ("value", "pred", "value_label", "value_name")  # what attribute_name_rows reads
+
+
 def attribute_name_rows(
     items: dict[str, np.ndarray], names: list[str], values: list[str], labels: list[str]
 ) -> list[dict]:
@@ -140,6 +143,23 @@ def attribute_name_rows(
                 "other_right": int((right & ~own).sum()),
             }
         )
+    return rows
+
+
+def scene_age_rows(
+    items: dict[str, np.ndarray], names: list[str], values: list[str], labels: list[str], edges: list[float]
+) -> list[dict]:
+    """Per age bucket: :func:`attribute_name_rows` summed over the attributes about one shape of the
+    scene (``color_of_*``, ``shape_of_*``), its own-shape and another-shape items."""
+    scene = [n.startswith(("color_of_", "shape_of_")) for n in names]
+    rows = []
+    for name, lo, hi in zip(bucket_names(edges), edges, edges[1:]):
+        m = (items["value_age"] >= lo) & (items["value_age"] < hi)
+        part = attribute_name_rows({k: items[k][m] for k in NAME_COLS}, names, values, labels)
+        row = {"age": name}
+        for k in ("own", "own_right", "other", "other_right"):
+            row[k] = sum(r[k] for r, keep in zip(part, scene) if keep)
+        rows.append(row)
     return rows
 
 
@@ -236,6 +256,18 @@ def main(argv: list[str] | None = None) -> int:
                 for r in by_name
             ]
             print("\n".join(markdown_table(["attribute", "own shape", "another shape"], cells)))
+            by_age = scene_age_rows(items, list(attrs), values, list(model.labels), edges)
+            out["attribute"]["scene_by_age"] = by_age
+            print("the same summed over the colour-of-kind and shape-of-colour attributes, by age:")
+            cells = [
+                [
+                    r["age"],
+                    fraction_cell(r["own_right"], r["own"]),
+                    fraction_cell(r["other_right"], r["other"]),
+                ]
+                for r in by_age
+            ]
+            print("\n".join(markdown_table(["age", "own shape", "another shape"], cells)))
     if "recall" in model.heads:
         rows = recall_rows(items, edges)
         out["recall"] = {"pool": model.objectives["recall"].cfg.size, "rows": rows}

@@ -101,6 +101,11 @@ def test_attributes_split_by_own_shape():
     # shape_of_red is the circle at a bell (its own, right) and the square at a buzz (its own, wrong)
     red = rows["shape_of_red"]
     assert (red["own"], red["own_right"], red["other"]) == (2, 1, 0)
+    # by age: "color" is left out of the sums; ages 0.5 for the first four items, 5 for the rest
+    items["value_age"] = np.array([0.5, 0.5, 0.5, 0.5, 5.0, 5.0, 5.0, 5.0])
+    young, old = rh.scene_age_rows(items, names, values, labels, rh.parse_ages("1"))
+    assert (young["own"], young["own_right"], young["other"], young["other_right"]) == (2, 1, 1, 1)
+    assert (old["own"], old["own_right"], old["other"], old["other_right"]) == (2, 1, 1, 1)
 
 
 @pytest.mark.parametrize(
