@@ -25,6 +25,12 @@ class AttributeConfig(ObjectiveConfig):
     values: list[str] = field(
         default_factory=list
     )  # their shared value vocabulary (empty: the training streams')
+    # focal loss exponent γ: each known item's cross-entropy times (1 − p)^γ, p the probability the head
+    # gives its value, so items the head already gets right weigh ~0 and the gradient goes to the ones
+    # it does not (Lin et al., 2017); 0 = plain cross-entropy
+    focal: float = 0.0
+
+    RANGES = {**ObjectiveConfig.RANGES, "focal": ("[", 0, None, ")")}
 
 
 class Attribute(Objective):
@@ -86,9 +92,12 @@ class Attribute(Objective):
         if not (target >= 0).any():
             return None
         logits = self.logits(head, r.ticks).float()  # (T, C, A, V)
-        return F.cross_entropy(
-            logits.flatten(0, 2), target.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-        )
+        ce = F.cross_entropy(
+            logits.flatten(0, 2), target.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
+        )  # 0 where unknown
+        if self.cfg.focal:
+            ce = ce * (1 - torch.exp(-ce)).pow(self.cfg.focal)  # (1 - p)^γ, p = exp(-ce)
+        return ce.sum()
 
     def metric(self, head: nn.Module, r: Readout, batch):
         target = tick_targets(batch, "attribute")

@@ -77,6 +77,35 @@ def test_attribute_head_reads_several_attributes(make_dataset, avworld_manifest)
     assert counts["attribute"] == int(known.sum()) and sums["attribute"] > 0
 
 
+def test_focal_attribute_loss_weighs_each_item_by_how_wrong_the_head_is(make_dataset):
+    """focal=γ: each known item's cross-entropy times (1 − p)^γ, gradients included; 0 is plain."""
+    colours = ["blue", "cyan", "green", "purple", "red", "yellow"]
+    ds = make_dataset(2.0, {"attribute": AttributeConfig(names=["color"], values=colours)})
+    batch = ds.collate([ds[1], ds[3], ds[6]])
+    tv, target = batch.tick_valid, batch.targets["attribute"]
+    known = target[tv] >= 0
+    sums = {}
+    for gamma in (0.0, 2.0):
+        torch.manual_seed(0)
+        cfg = AttributeConfig(names=["color"], values=colours, focal=gamma)
+        model = tiny_model(objectives={"attribute": cfg}).train()
+        out = model.forward_batch(batch)
+        sums[gamma] = model.loss_sums(out, batch)[0]["attribute"]
+        logits = model.objectives["attribute"].logits(
+            model.heads["attribute"], model.readout(out, batch).ticks
+        )
+        logp = logits[known].float().log_softmax(-1).gather(-1, target[tv][known][:, None])[:, 0]
+        manual = -(((1 - logp.exp()) ** gamma) * logp).sum()
+        torch.testing.assert_close(sums[gamma], manual)
+        head = model.heads["attribute"].weight
+        (g_fast,) = torch.autograd.grad(sums[gamma], head, retain_graph=True)
+        (g_manual,) = torch.autograd.grad(manual, head)
+        torch.testing.assert_close(g_fast, g_manual)
+    assert 0 < sums[2.0] < sums[0.0]  # the same weights (seed 0): every item weighs less than 1
+    with pytest.raises(ConfigError, match="objectives.attribute.focal"):
+        load_config(None, ["objectives.attribute.names=[color]", "objectives.attribute.focal=-1"])
+
+
 def test_attribute_config_prepare_and_checks(avworld_manifest):
     streams = read_manifest(avworld_manifest).streams
     cfg = AttributeConfig(names=["color", "shape"])
