@@ -13,9 +13,9 @@ One row per (model, dataset):
   (class C's own shape) or another shape visible throughout it; and how many of these a memory of
   "the last colour each shape kind showed before the question" would answer (a simple oracle: what a
   model that keeps one colour per kind, and no event binding, could reach);
-* "which shape was Y when the C last V?" split the same way (is the answer class C's own shape?),
-  and how many of all these answers name C's own shape: a model that answers every kind question
-  with the shape of the event's sound has learned a prior, not the scene.
+* "which shape was Y when the C last V?": how many answers name class C's own shape (right or wrong;
+  ``eval/summarize.py --shapes`` has the accuracy split by own and other shape): a model whose every
+  answer is the shape of the event's sound has learned a prior, not the scene.
 
 ``--confusion`` adds, per row, reference x answer counts over the six colours. ``--ages 3,6,9,13``
 adds a table of the past-colour questions by the seconds between the end of the asked event and the
@@ -101,11 +101,8 @@ def analyse(result: dict, scenes: dict[str, dict], ages: tuple[float, ...] = ())
             text, ref, ans, ok = q["question"], q["reference"], q.get("answer"), bool(q.get("correct"))
             past, kind_q = PAST_COLOUR.match(text), PAST_KIND.match(text)
             if kind_q:
-                own = OWN_SHAPE.get(kind_q["cls"])
-                which = "kind_own" if ref == own else "kind_other"
-                c[which] += 1
-                c[f"{which}_ok"] += ok
-                c["kind_says_own"] += ans == own
+                c["kind"] += 1
+                c["kind_says_own"] += ans == OWN_SHAPE.get(kind_q["cls"])
             elif NOW_COLOUR.match(text):
                 vis = _visible(shapes, float(q["t"]))
                 n = min(len(vis), 3)
@@ -138,8 +135,6 @@ HEAD = (
     "past, the event's own shape",
     "past, another shape",
     "past: last colour of the kind would answer",
-    "shape, the event's own",
-    "shape, another",
     "shape answers naming the event's own",
 )
 
@@ -152,9 +147,7 @@ def row(name: str, c: Counter) -> list[str]:
         fraction_cell(c["own_ok"], c["own"]),
         fraction_cell(c["other_ok"], c["other"]),
         fraction_cell(c["oracle"], c["own"] + c["other"]),
-        fraction_cell(c["kind_own_ok"], c["kind_own"]),
-        fraction_cell(c["kind_other_ok"], c["kind_other"]),
-        fraction_cell(c["kind_says_own"], c["kind_own"] + c["kind_other"]),
+        fraction_cell(c["kind_says_own"], c["kind"]),
     ]
 
 
