@@ -163,6 +163,15 @@ def scene_age_rows(
     return rows
 
 
+def own_other_table(rows: list[dict], key: str, title: str) -> str:
+    """Markdown of :func:`attribute_name_rows` / :func:`scene_age_rows` rows: ``key``, own, another."""
+    cells = [
+        [r[key], fraction_cell(r["own_right"], r["own"]), fraction_cell(r["other_right"], r["other"])]
+        for r in rows
+    ]
+    return "\n".join(markdown_table([title, "own shape", "another shape"], cells))
+
+
 def recall_rows(items: dict[str, np.ndarray], edges: list[float]) -> list[dict]:
     """Per age bucket: the head's squared error per value and the two floors (label mean, overall mean)."""
     frame, pred, label = items["frame"], items["frame_pred"], items["label"]
@@ -247,27 +256,11 @@ def main(argv: list[str] | None = None) -> int:
             by_name = attribute_name_rows(items, list(attrs), values, list(model.labels))
             out["attribute"]["by_name"] = by_name
             print("attribute head per attribute, the event's own shape or another on screen throughout it:")
-            cells = [
-                [
-                    r["name"],
-                    fraction_cell(r["own_right"], r["own"]),
-                    fraction_cell(r["other_right"], r["other"]),
-                ]
-                for r in by_name
-            ]
-            print("\n".join(markdown_table(["attribute", "own shape", "another shape"], cells)))
+            print(own_other_table(by_name, "name", "attribute"))
             by_age = scene_age_rows(items, list(attrs), values, list(model.labels), edges)
             out["attribute"]["scene_by_age"] = by_age
             print("the same summed over the colour-of-kind and shape-of-colour attributes, by age:")
-            cells = [
-                [
-                    r["age"],
-                    fraction_cell(r["own_right"], r["own"]),
-                    fraction_cell(r["other_right"], r["other"]),
-                ]
-                for r in by_age
-            ]
-            print("\n".join(markdown_table(["age", "own shape", "another shape"], cells)))
+            print(own_other_table(by_age, "age", "age"))
     if "recall" in model.heads:
         rows = recall_rows(items, edges)
         out["recall"] = {"pool": model.objectives["recall"].cfg.size, "rows": rows}
