@@ -1,5 +1,5 @@
-"""Where AVWorld colour and shape answers go wrong: the per-question records of a result file read against the
-generator's ground truth (``scenes.jsonl`` next to the evaluated manifest).
+"""Where AVWorld colour and shape answers go wrong: the per-question records of a result file read
+against the generator's ground truth (``scenes.jsonl`` next to the evaluated manifest).
 
     python research/avworld/qa_errors.py results/avworld/colour_set/hours.json.gz
     python research/avworld/qa_errors.py runs/eval/X/results.json --scenes DIR/scenes.jsonl --confusion

@@ -112,54 +112,57 @@ def attribute_rows(items: dict[str, np.ndarray], edges: list[float]) -> list[dic
     return rows
 
 
-NAME_COLS = ("value", "pred", "value_label", "value_name")  # what attribute_name_rows reads
+OWN_SHAPE = {c.name: c.shape for c in CLASSES}  # AVWorld: class c's sound and its shape kind
+SCENE_PREFIXES = ("color_of_", "shape_of_")  # the attributes about one shape of the scene
 
 
-def attribute_name_rows(
+def own_shape_items(
     items: dict[str, np.ndarray], names: list[str], values: list[str], labels: list[str]
-) -> list[dict]:
-    """Per attribute name: known items and head right, split into the event's own shape and another
-    (AVWorld: label ``c`` is class ``c``'s sound and its shape kind; ``color`` is always its own)."""
-    own_kind = {c.name: c.shape for c in CLASSES}
-    known = items["value"] >= 0
-    rows = []
+) -> np.ndarray:
+    """Per attribute item: is it about the event's own shape (``color`` always; ``color_of_<kind>``
+    when the kind is the class's; ``shape_of_<colour>`` when its value is) rather than another shape
+    on screen throughout the event. An item's label indexes the event classes (``labels[1:]``)."""
+    events = labels[1:]
+    kind = np.array([OWN_SHAPE.get(events[c], "") for c in items["value_label"]], dtype=object)
+    value = np.array(values, dtype=object)[np.maximum(items["value"], 0)]  # unknown (-1): any, unused
+    own = np.ones(len(kind), dtype=bool)
     for a, name in enumerate(names):
-        m = known & (items["value_name"] == a)
-        events = labels[1:]  # an item's label indexes the event classes (labels[0] is the background)
-        kinds = np.array([own_kind.get(events[c], "") for c in items["value_label"][m]], dtype=object)
+        m = items["value_name"] == a
         if name.startswith("color_of_"):
-            own = kinds == name.removeprefix("color_of_")
+            own[m] = kind[m] == name.removeprefix("color_of_")
         elif name.startswith("shape_of_"):
-            own = kinds == np.array(values, dtype=object)[items["value"][m]]
-        else:
-            own = np.ones(int(m.sum()), dtype=bool)
-        right = items["pred"][m] == items["value"][m]
-        rows.append(
-            {
-                "name": name,
-                "own": int(own.sum()),
-                "own_right": int((right & own).sum()),
-                "other": int((~own).sum()),
-                "other_right": int((right & ~own).sum()),
-            }
-        )
-    return rows
+            own[m] = kind[m] == value[m]
+    return own
+
+
+def _own_other(items: dict[str, np.ndarray], own: np.ndarray, m: np.ndarray) -> dict[str, int]:
+    """Known items of mask ``m``: how many about the own shape / another, and how many the head got right."""
+    m = m & (items["value"] >= 0)
+    right = items["pred"] == items["value"]
+    return {
+        "own": int((m & own).sum()),
+        "own_right": int((m & own & right).sum()),
+        "other": int((m & ~own).sum()),
+        "other_right": int((m & ~own & right).sum()),
+    }
+
+
+def attribute_name_rows(items: dict[str, np.ndarray], own: np.ndarray, names: list[str]) -> list[dict]:
+    """Per attribute name: its known items and head right, the own shape's and another's
+    (``own``: :func:`own_shape_items`)."""
+    return [{"name": n, **_own_other(items, own, items["value_name"] == a)} for a, n in enumerate(names)]
 
 
 def scene_age_rows(
-    items: dict[str, np.ndarray], names: list[str], values: list[str], labels: list[str], edges: list[float]
+    items: dict[str, np.ndarray], own: np.ndarray, names: list[str], edges: list[float]
 ) -> list[dict]:
-    """Per age bucket: :func:`attribute_name_rows` summed over the attributes about one shape of the
-    scene (``color_of_*``, ``shape_of_*``), its own-shape and another-shape items."""
-    scene = [n.startswith(("color_of_", "shape_of_")) for n in names]
+    """Per age bucket: the same over the attributes about one shape of the scene (``color_of_*``,
+    ``shape_of_*``) together."""
+    scene = np.isin(items["value_name"], [a for a, n in enumerate(names) if n.startswith(SCENE_PREFIXES)])
     rows = []
     for name, lo, hi in zip(bucket_names(edges), edges, edges[1:]):
-        m = (items["value_age"] >= lo) & (items["value_age"] < hi)
-        part = attribute_name_rows({k: items[k][m] for k in NAME_COLS}, names, values, labels)
-        row = {"age": name}
-        for k in ("own", "own_right", "other", "other_right"):
-            row[k] = sum(r[k] for r, keep in zip(part, scene) if keep)
-        rows.append(row)
+        m = scene & (items["value_age"] >= lo) & (items["value_age"] < hi)
+        rows.append({"age": name, **_own_other(items, own, m)})
     return rows
 
 
@@ -253,11 +256,12 @@ def main(argv: list[str] | None = None) -> int:
         ]
         print("\n".join(markdown_table(["age", "head right", "majority value"], cells)))
         if a.by_attribute:
-            by_name = attribute_name_rows(items, list(attrs), values, list(model.labels))
+            own = own_shape_items(items, list(attrs), values, list(model.labels))
+            by_name = attribute_name_rows(items, own, list(attrs))
             out["attribute"]["by_name"] = by_name
             print("attribute head per attribute, the event's own shape or another on screen throughout it:")
             print(own_other_table(by_name, "name", "attribute"))
-            by_age = scene_age_rows(items, list(attrs), values, list(model.labels), edges)
+            by_age = scene_age_rows(items, own, list(attrs), edges)
             out["attribute"]["scene_by_age"] = by_age
             print("the same summed over the colour-of-kind and shape-of-colour attributes, by age:")
             print(own_other_table(by_age, "age", "age"))

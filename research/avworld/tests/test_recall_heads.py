@@ -90,7 +90,8 @@ def test_attributes_split_by_own_shape():
         "value": np.array([2, 2, 0, 1, 0, 3, -1, 0]),
         "pred": np.array([2, 0, 0, 1, 0, 1, 0, 0]),
     }
-    rows = {r["name"]: r for r in rh.attribute_name_rows(items, names, values, labels)}
+    own = rh.own_shape_items(items, names, values, labels)
+    rows = {r["name"]: r for r in rh.attribute_name_rows(items, own, names)}
     assert rows["color"] == {"name": "color", "own": 1, "own_right": 1, "other": 0, "other_right": 0}
     # the bell's circle is its own shape (wrong), the buzz asked about the circle is another (right)
     assert (rows["color_of_circle"]["own"], rows["color_of_circle"]["own_right"]) == (1, 0)
@@ -103,7 +104,7 @@ def test_attributes_split_by_own_shape():
     assert (red["own"], red["own_right"], red["other"]) == (2, 1, 0)
     # by age: "color" is left out of the sums; ages 0.5 for the first four items, 5 for the rest
     items["value_age"] = np.array([0.5, 0.5, 0.5, 0.5, 5.0, 5.0, 5.0, 5.0])
-    young, old = rh.scene_age_rows(items, names, values, labels, rh.parse_ages("1"))
+    young, old = rh.scene_age_rows(items, own, names, rh.parse_ages("1"))
     assert (young["own"], young["own_right"], young["other"], young["other_right"]) == (2, 1, 1, 1)
     assert (old["own"], old["own_right"], old["other"], old["other_right"]) == (2, 1, 1, 1)
 
