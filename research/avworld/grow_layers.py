@@ -10,7 +10,7 @@ from the trained model and learns what the new layers add.
 the source's number of blocks appends it); several are comma-separated. ``--window`` is the attention
 window of every new ``A`` block (the source's ``attn_window`` when omitted). The new model's config is
 printed as the ``model.pattern`` / ``model.attn_windows`` overrides a fine-tune needs. Exit status 2
-with a message naming what is wrong (a missing model, a bad insertion).
+with a message naming what is wrong (a missing or unreadable model, a bad insertion).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def grow(model: MultimodalSSM, inserts: list[tuple[str, int]], window: int | Non
     return grown
 
 
-@exits_2_on("grow_layers.py", GrowError, FileNotFoundError)
+@exits_2_on("grow_layers.py", ValueError, FileNotFoundError)  # GrowError, unreadable model folders
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="a save_pretrained folder or a run / checkpoint")

@@ -76,6 +76,13 @@ def test_bad_insertions_are_named(tmp_path, capsys, insert, window, says):
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_model(tmp_path, capsys):
+def test_missing_or_unreadable_model(tmp_path, capsys):
     assert gl.main([str(tmp_path / "nope"), str(tmp_path / "out"), "--insert", "A@0"]) == 2
     assert "no such model" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    (bad / "model.safetensors").write_bytes(b"")
+    assert gl.main([str(bad), str(tmp_path / "out"), "--insert", "A@0"]) == 2
+    assert "config.json" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
