@@ -29,6 +29,10 @@ Variants (none of them is a recipe; each removes one suspect):
   layer's state gives is read without the rest of the stack (out-projection, later blocks, their
   norms, the final norm) in between. The residual stream is unchanged. Token by token, so a
   streaming session gets exactly what the whole window gets.
+- ``static_read``: beside each SSM layer's own read of its state (through the token's C, gated by
+  silu(z)), a read by a fixed, learned d_state vector per head, the same for every token, added to
+  the layer's output through a zero-initialised projection (the scan run a second time with it): a
+  count the state holds reaches the residual stream with no factor that changes token by token.
 
 Variants combine with ``+`` (``narrate+no_mixer_norm``). The patches live in this process (data
 loader workers inherit them when forked, Linux's default).
@@ -51,7 +55,7 @@ from ssm_mm.data import dataset
 from ssm_mm.data.interleave import tick_index
 from ssm_mm.data.manifest import Turn
 from ssm_mm.evaluation import harness
-from ssm_mm.layers import norm
+from ssm_mm.layers import mamba2, norm
 from ssm_mm.layers.mamba2 import Mamba2Mixer
 from ssm_mm.models.backbone import HybridBackbone
 from ssm_mm.streaming import session as session_module
@@ -127,6 +131,57 @@ def _ssm_readout():
     ]
 
 
+def _static_read():
+    """Beside each SSM layer's own read of its state (the token's C, gated by silu(z)), a read by a
+    fixed projection: y_s = C0 · state per head (C0 learned, one d_state vector per head, the same
+    for every token), added to the layer's output through a zero-initialised projection, so the
+    state reaches the residual stream with no factor that changes with the token. The chunked path
+    runs the scan a second time with C0; a one-token step reads the updated state."""
+    init, forward = Mamba2Mixer.__init__, Mamba2Mixer.forward
+    scan, step = mamba2.ssd_scan, mamba2.ssd_step
+
+    def patched_init(self, cfg):
+        init(self, cfg)
+        with torch.random.fork_rng(devices=[]):  # draws nothing: a seed inits the rest as before
+            self.c_static = nn.Parameter(torch.randn(self.nheads, self.d_state) / self.d_state**0.5)
+            self.static_proj = nn.Linear(self.d_inner, cfg.d_model, bias=False)
+        nn.init.zeros_(self.static_proj.weight)  # starts as the plain model
+
+    def patched_forward(self, u, *args, **kwargs):
+        _CURRENT.append(self)
+        try:
+            out, state = forward(self, u, *args, **kwargs)
+        finally:
+            _CURRENT.pop()
+        y_s = self.__dict__.pop("_y_static")
+        return out + self.static_proj(y_s.flatten(-2).to(out.dtype)).reshape(out.shape), state
+
+    def patched_scan(x, log_decay, B, C, *args, **kwargs):
+        y, final = scan(x, log_decay, B, C, *args, **kwargs)
+        m = _CURRENT[-1]
+        b, l, h, _ = x.shape
+        c0 = m.c_static.to(C.dtype).expand(b, l, h, m.d_state)
+        y_s, _ = scan(x, log_decay, B.repeat_interleave(h // B.shape[2], dim=2), c0, *args, **kwargs)
+        m._y_static = y_s  # (b, l, h, p)
+        return y, final
+
+    def patched_step(x, log_decay, B, C, state):
+        y, new = step(x, log_decay, B, C, state)
+        m = _CURRENT[-1]
+        m._y_static = torch.einsum("bhpn,hn->bhp", new, m.c_static.to(new.dtype)).unsqueeze(1).to(x.dtype)
+        return y, new
+
+    return [
+        (Mamba2Mixer, "__init__", patched_init),
+        (Mamba2Mixer, "forward", patched_forward),
+        (mamba2, "ssd_scan", patched_scan),
+        (mamba2, "ssd_step", patched_step),
+    ]
+
+
+_CURRENT: list = []  # the mixer whose forward is running (static_read)
+
+
 def narration(spec, labels) -> list[Turn]:
     """A user turn saying the label at the start of every event segment of ``spec``."""
     return [Turn(s.start, "user", s.label) for s in spec.segments if s.label in labels[1:]]
@@ -200,6 +255,7 @@ VARIANTS = {
     "narrate": _narrate,
     "narrate_own": _narrate,  # trained alike; streamed (``eval``), the turns come from its own labels
     "ssm_readout": _ssm_readout,
+    "static_read": _static_read,
 }
 # what ``eval`` adds: the streaming sessions get the narration turns (own: from their own labels)
 STREAMED = {"narrate": False, "narrate_own": True}
