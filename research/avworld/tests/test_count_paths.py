@@ -86,6 +86,46 @@ def test_ssm_readout_adds_a_read_of_each_ssm_output_before_its_norm():
     assert not hasattr(support.tiny_model(0).backbone.blocks[0].mixer, "readout")  # restored
 
 
+def test_static_read_adds_a_fixed_read_of_each_ssm_state():
+    plain = support.tiny_model(0).backbone
+    x, dt = _backbone_inputs(plain)
+    want, _ = plain(x, dt)
+    with cp.patched("static_read"):
+        bb = support.tiny_model(0).backbone
+        mixers = [blk.mixer for blk in bb.blocks if blk.letter == "M"]
+        assert mixers and all(not m.static_proj.weight.any() for m in mixers)
+        torch.testing.assert_close(bb(x, dt)[0], want)  # zero projection: the plain model
+        with torch.no_grad():
+            for m in mixers:
+                m.static_proj.weight.normal_()
+        got, _ = bb(x, dt)
+        assert not torch.allclose(got, want, atol=1e-2)
+        # one mixer alone: what it adds is C0 . state per head, the state of every token prefix
+        m = mixers[0]
+        u = torch.randn(2, 7, bb.cfg.d_model)
+        t = torch.rand(2, 7) * 0.3
+        out, _ = m(u, t)
+        with torch.no_grad():
+            proj, m.static_proj.weight = (
+                m.static_proj.weight,
+                torch.nn.Parameter(torch.zeros_like(m.static_proj.weight)),
+            )
+            base, _ = m(u, t)
+            m.static_proj.weight = proj
+        reads = []
+        for i in range(1, 8):
+            _, st = m(u[:, :i], t[:, :i])
+            reads.append(torch.einsum("bhpn,hn->bhp", st.ssm, m.c_static).flatten(1))
+        torch.testing.assert_close(out - base, m.static_proj(torch.stack(reads, 1)), atol=1e-5, rtol=1e-4)
+        # token by token, carrying the state, as a streaming session runs it
+        state, steps = None, []
+        for i in range(x.shape[1]):
+            y, state = bb(x[:, i : i + 1], dt[:, i : i + 1], state)
+            steps.append(y)
+        torch.testing.assert_close(torch.cat(steps, 1), got, atol=1e-5, rtol=1e-4)
+    assert not hasattr(support.tiny_model(0).backbone.blocks[0].mixer, "static_proj")  # restored
+
+
 def test_narrate_says_each_segments_label_at_its_start(world):
     man = read_manifest(world)
     model = support.tiny_model(0, ["background", "bell", "buzz", "chirp", "drum"])
@@ -114,7 +154,8 @@ def test_narrate_says_each_segments_label_at_its_start(world):
 def test_bad_arguments_name_the_choices():
     with pytest.raises(
         SystemExit,
-        match=r"usage: count_paths.py \{plain,.*,ssm_readout\} \{train,ages,state,eval\}.*got what train",
+        match=r"usage: count_paths.py \{plain,.*,ssm_readout,static_read\} "
+        r"\{train,ages,state,eval\}.*got what train",
     ):
         cp.main(["what", "train"])
     with pytest.raises(SystemExit, match=r"got narrate\+what train"):
