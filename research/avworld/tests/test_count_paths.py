@@ -60,70 +60,58 @@ def _backbone_inputs(model, n=9):
     return x, dt
 
 
-def test_ssm_readout_adds_a_read_of_each_ssm_output_before_its_norm():
+def _added_read(variant: str, proj: str):
+    """Under ``variant``: the tiny backbone's output on fixed inputs with each SSM mixer's zero-
+    initialised projection ``proj`` still zero (must be the plain model's) and then drawn at random;
+    checks that token by token, carrying the state, gives the whole window's output, and that the
+    patch is gone on exit. Yields (backbone, mixers, plain output, output with the drawn projection)."""
     plain = support.tiny_model(0).backbone
     x, dt = _backbone_inputs(plain)
     want, _ = plain(x, dt)
-    with cp.patched("ssm_readout"):
+    with cp.patched(variant):
         bb = support.tiny_model(0).backbone
         mixers = [blk.mixer for blk in bb.blocks if blk.letter == "M"]
-        assert mixers and all(not m.readout.weight.any() for m in mixers)
-        torch.testing.assert_close(bb(x, dt)[0], want)  # zero read-out: the plain model
+        assert mixers and all(not getattr(m, proj).weight.any() for m in mixers)
+        torch.testing.assert_close(bb(x, dt)[0], want)  # a zero projection: the plain model
         with torch.no_grad():
             for m in mixers:
-                m.readout.weight.normal_()
+                getattr(m, proj).weight.normal_()
         got, _ = bb(x, dt)
-        # what is added is exactly each layer's read-out of y * silu(z), undivided
-        read = sum(m.readout(m.norm.gated) for m in mixers)
-        torch.testing.assert_close(got, want + read)
         assert not torch.allclose(got, want, atol=1e-2)
+        yield bb, mixers, want, got
         # token by token, carrying the state, as a streaming session runs it
         state, steps = None, []
         for i in range(x.shape[1]):
             y, state = bb(x[:, i : i + 1], dt[:, i : i + 1], state)
             steps.append(y)
         torch.testing.assert_close(torch.cat(steps, 1), got, atol=1e-5, rtol=1e-4)
-    assert not hasattr(support.tiny_model(0).backbone.blocks[0].mixer, "readout")  # restored
+    assert not hasattr(support.tiny_model(0).backbone.blocks[0].mixer, proj)  # restored
+
+
+def test_ssm_readout_adds_a_read_of_each_ssm_output_before_its_norm():
+    for _, mixers, want, got in _added_read("ssm_readout", "readout"):
+        # what is added is exactly each layer's read-out of y * silu(z), undivided
+        read = sum(m.readout(m.norm.gated) for m in mixers)
+        torch.testing.assert_close(got, want + read)
 
 
 def test_static_read_adds_a_fixed_read_of_each_ssm_state():
-    plain = support.tiny_model(0).backbone
-    x, dt = _backbone_inputs(plain)
-    want, _ = plain(x, dt)
-    with cp.patched("static_read"):
-        bb = support.tiny_model(0).backbone
-        mixers = [blk.mixer for blk in bb.blocks if blk.letter == "M"]
-        assert mixers and all(not m.static_proj.weight.any() for m in mixers)
-        torch.testing.assert_close(bb(x, dt)[0], want)  # zero projection: the plain model
-        with torch.no_grad():
-            for m in mixers:
-                m.static_proj.weight.normal_()
-        got, _ = bb(x, dt)
-        assert not torch.allclose(got, want, atol=1e-2)
-        # one mixer alone: what it adds is C0 . state per head, the state of every token prefix
+    for bb, mixers, _, _ in _added_read("static_read", "static_proj"):
+        # one mixer alone: what it adds is C0 . state per head, the state after each token prefix
         m = mixers[0]
         u = torch.randn(2, 7, bb.cfg.d_model)
         t = torch.rand(2, 7) * 0.3
         out, _ = m(u, t)
+        drawn = m.static_proj.weight
         with torch.no_grad():
-            proj, m.static_proj.weight = (
-                m.static_proj.weight,
-                torch.nn.Parameter(torch.zeros_like(m.static_proj.weight)),
-            )
+            m.static_proj.weight = torch.nn.Parameter(torch.zeros_like(drawn))
             base, _ = m(u, t)
-            m.static_proj.weight = proj
+            m.static_proj.weight = drawn
         reads = []
         for i in range(1, 8):
             _, st = m(u[:, :i], t[:, :i])
             reads.append(torch.einsum("bhpn,hn->bhp", st.ssm, m.c_static).flatten(1))
         torch.testing.assert_close(out - base, m.static_proj(torch.stack(reads, 1)), atol=1e-5, rtol=1e-4)
-        # token by token, carrying the state, as a streaming session runs it
-        state, steps = None, []
-        for i in range(x.shape[1]):
-            y, state = bb(x[:, i : i + 1], dt[:, i : i + 1], state)
-            steps.append(y)
-        torch.testing.assert_close(torch.cat(steps, 1), got, atol=1e-5, rtol=1e-4)
-    assert not hasattr(support.tiny_model(0).backbone.blocks[0].mixer, "static_proj")  # restored
 
 
 def test_narrate_says_each_segments_label_at_its_start(world):
