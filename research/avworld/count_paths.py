@@ -154,7 +154,7 @@ def _static_read():
         finally:
             _CURRENT.pop()
         y_s = self.__dict__.pop("_y_static")
-        return out + self.static_proj(y_s.flatten(-2).to(out.dtype)).reshape(out.shape), state
+        return out + self.static_proj(y_s.flatten(-2).to(out.dtype)), state
 
     def patched_scan(x, log_decay, B, C, *args, **kwargs):
         y, final = scan(x, log_decay, B, C, *args, **kwargs)

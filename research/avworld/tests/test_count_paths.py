@@ -60,11 +60,12 @@ def _backbone_inputs(model, n=9):
     return x, dt
 
 
-def _added_read(variant: str, proj: str):
+def _added_read(variant: str, proj: str, check) -> None:
     """Under ``variant``: the tiny backbone's output on fixed inputs with each SSM mixer's zero-
     initialised projection ``proj`` still zero (must be the plain model's) and then drawn at random;
-    checks that token by token, carrying the state, gives the whole window's output, and that the
-    patch is gone on exit. Yields (backbone, mixers, plain output, output with the drawn projection)."""
+    ``check(backbone, mixers, plain output, output with the drawn projection)`` asserts what is added;
+    then token by token, carrying the state, must give the whole window's output, and the patch must
+    be gone on exit."""
     plain = support.tiny_model(0).backbone
     x, dt = _backbone_inputs(plain)
     want, _ = plain(x, dt)
@@ -78,7 +79,7 @@ def _added_read(variant: str, proj: str):
                 getattr(m, proj).weight.normal_()
         got, _ = bb(x, dt)
         assert not torch.allclose(got, want, atol=1e-2)
-        yield bb, mixers, want, got
+        check(bb, mixers, want, got)
         # token by token, carrying the state, as a streaming session runs it
         state, steps = None, []
         for i in range(x.shape[1]):
@@ -89,14 +90,16 @@ def _added_read(variant: str, proj: str):
 
 
 def test_ssm_readout_adds_a_read_of_each_ssm_output_before_its_norm():
-    for _, mixers, want, got in _added_read("ssm_readout", "readout"):
+    def check(_, mixers, want, got):
         # what is added is exactly each layer's read-out of y * silu(z), undivided
         read = sum(m.readout(m.norm.gated) for m in mixers)
         torch.testing.assert_close(got, want + read)
 
+    _added_read("ssm_readout", "readout", check)
+
 
 def test_static_read_adds_a_fixed_read_of_each_ssm_state():
-    for bb, mixers, _, _ in _added_read("static_read", "static_proj"):
+    def check(bb, mixers, *_):
         # one mixer alone: what it adds is C0 . state per head, the state after each token prefix
         m = mixers[0]
         u = torch.randn(2, 7, bb.cfg.d_model)
@@ -112,6 +115,8 @@ def test_static_read_adds_a_fixed_read_of_each_ssm_state():
             _, st = m(u[:, :i], t[:, :i])
             reads.append(torch.einsum("bhpn,hn->bhp", st.ssm, m.c_static).flatten(1))
         torch.testing.assert_close(out - base, m.static_proj(torch.stack(reads, 1)), atol=1e-5, rtol=1e-4)
+
+    _added_read("static_read", "static_proj", check)
 
 
 def test_narrate_says_each_segments_label_at_its_start(world):
